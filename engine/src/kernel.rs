@@ -1,0 +1,158 @@
+//! Compute pipelines and recorded dispatches.
+//!
+//! A [`Kernel`] is one WGSL entry point compiled once, early. Binding it to
+//! buffers and a small uniform of parameters gives a [`Dispatch`], which is
+//! built once per layer and recorded into a compute pass every step, so a
+//! training step creates no GPU objects after warm-up.
+//!
+//! Binding convention: an entry point's uniform parameters sit at binding
+//! `first_binding` and its storage buffers follow in order. Entry points that
+//! share a WGSL file use disjoint binding ranges (forward 0.., backward 10..,
+//! ...), which every WGSL implementation accepts.
+
+use bytemuck::Pod;
+use wgpu::util::DeviceExt;
+
+/// Workgroup size of the element-wise kernels (one dimension).
+pub const ELEMENTWISE_WORKGROUP: u32 = 256;
+
+/// WebGPU's default `maxComputeWorkgroupsPerDimension`.
+pub const MAX_WORKGROUPS_PER_DIMENSION: u32 = 65535;
+
+/// Creates the shader module of one WGSL file.
+pub fn shader_module(device: &wgpu::Device, label: &str, source: &str) -> wgpu::ShaderModule {
+    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    })
+}
+
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    pipeline: wgpu::ComputePipeline,
+    entry_point: &'static str,
+    first_binding: u32,
+}
+
+impl Kernel {
+    pub fn new(
+        device: &wgpu::Device,
+        module: &wgpu::ShaderModule,
+        entry_point: &'static str,
+        first_binding: u32,
+    ) -> Self {
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry_point),
+            layout: None,
+            module,
+            entry_point: Some(entry_point),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        Self {
+            pipeline,
+            entry_point,
+            first_binding,
+        }
+    }
+
+    pub fn entry_point(&self) -> &'static str {
+        self.entry_point
+    }
+
+    /// Binds `params` (a uniform) and `buffers` (storage, in binding order).
+    pub fn bind<P: Pod>(
+        &self,
+        device: &wgpu::Device,
+        params: &P,
+        buffers: &[&wgpu::Buffer],
+        workgroups: [u32; 3],
+    ) -> Dispatch {
+        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(self.entry_point),
+            contents: bytemuck::bytes_of(params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: self.first_binding,
+            resource: uniform.as_entire_binding(),
+        }];
+        entries.extend(
+            buffers
+                .iter()
+                .zip(self.first_binding + 1..)
+                .map(|(buffer, binding)| wgpu::BindGroupEntry {
+                    binding,
+                    resource: buffer.as_entire_binding(),
+                }),
+        );
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(self.entry_point),
+            layout: &self.pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        Dispatch {
+            pipeline: self.pipeline.clone(),
+            bind_group,
+            workgroups,
+        }
+    }
+}
+
+/// One kernel invocation with its bindings, ready to record.
+#[derive(Clone, Debug)]
+pub struct Dispatch {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: [u32; 3],
+}
+
+impl Dispatch {
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        let [x, y, z] = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// Records dispatches, in order, into one compute pass of a new command
+/// buffer and submits it. WebGPU orders the dispatches of a pass, so each sees
+/// what the previous ones wrote.
+pub fn submit(device: &wgpu::Device, queue: &wgpu::Queue, dispatches: &[&Dispatch]) {
+    let mut encoder = device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        for dispatch in dispatches {
+            dispatch.record(&mut pass);
+        }
+    }
+    queue.submit([encoder.finish()]);
+}
+
+/// A grid of workgroups covering `invocations` threads of `workgroup_size`,
+/// spread over x and y to stay under the per-dimension limit. Shaders recover the
+/// linear index as `gid.x + gid.y * num_workgroups.x * workgroup_size`.
+pub fn grid_1d(invocations: usize, workgroup_size: u32) -> [u32; 3] {
+    let groups = invocations.div_ceil(workgroup_size as usize).max(1) as u32;
+    if groups <= MAX_WORKGROUPS_PER_DIMENSION {
+        [groups, 1, 1]
+    } else {
+        let y = groups.div_ceil(MAX_WORKGROUPS_PER_DIMENSION);
+        [groups.div_ceil(y), y, 1]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_1d_covers_every_invocation_within_limits() {
+        for n in [1usize, 255, 256, 257, 65535 * 256, 65535 * 256 + 1, 100_000_000] {
+            let [x, y, z] = grid_1d(n, 256);
+            assert!(x <= MAX_WORKGROUPS_PER_DIMENSION && y <= MAX_WORKGROUPS_PER_DIMENSION && z == 1);
+            assert!(x as usize * y as usize * 256 >= n, "n={n} grid={x}x{y}");
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! One module per layer family: dispatch builders, CPU reference, tests.
+
+pub mod relu;

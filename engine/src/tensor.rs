@@ -1,0 +1,155 @@
+//! f32 tensors on the GPU.
+//!
+//! Layout: NCHW, row-major. PyTorch weights (OIHW) and activations (NCHW) then
+//! import and export as a plain copy, bit-exact. The kernels turn convolutions
+//! into GEMMs whose long dimension is the output pixels of one image, which are
+//! contiguous in NCHW, so vector loads along pixels stay unit-stride.
+
+use crate::EngineError;
+use wgpu::util::DeviceExt;
+
+const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    pub buffer: wgpu::Buffer,
+    pub shape: Vec<usize>,
+}
+
+fn check_size(device: &wgpu::Device, len: usize) -> Result<u64, EngineError> {
+    // Zero-sized bindings are invalid; keep at least one element.
+    let bytes = (len.max(1) * 4) as u64;
+    let limit = device.limits().max_storage_buffer_binding_size;
+    if bytes > limit {
+        return Err(EngineError::TooLarge { bytes, limit });
+    }
+    Ok(bytes)
+}
+
+impl Tensor {
+    /// A zero-filled tensor.
+    pub fn zeros(device: &wgpu::Device, shape: &[usize]) -> Result<Self, EngineError> {
+        let bytes = check_size(device, shape.iter().product())?;
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes,
+            usage: USAGE,
+            mapped_at_creation: false,
+        });
+        Ok(Self {
+            buffer,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// A tensor holding `data` (row-major in `shape`).
+    pub fn from_slice(device: &wgpu::Device, shape: &[usize], data: &[f32]) -> Result<Self, EngineError> {
+        let len: usize = shape.iter().product();
+        if data.len() != len {
+            return Err(EngineError::ShapeMismatch {
+                shape: shape.to_vec(),
+                len,
+                got: data.len(),
+            });
+        }
+        check_size(device, len)?;
+        let contents: &[u8] = if data.is_empty() {
+            &[0; 4]
+        } else {
+            bytemuck::cast_slice(data)
+        };
+        let buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents,
+            usage: USAGE,
+        });
+        Ok(Self {
+            buffer,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// As [`Tensor::from_slice`], from f64 values (CPU reference data).
+    pub fn from_f64(device: &wgpu::Device, shape: &[usize], data: &[f64]) -> Result<Self, EngineError> {
+        let data: Vec<f32> = data.iter().map(|&v| v as f32).collect();
+        Self::from_slice(device, shape, &data)
+    }
+
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Overwrites the contents (reuses the buffer; nothing is allocated on the GPU).
+    pub fn write(&self, queue: &wgpu::Queue, data: &[f32]) -> Result<(), EngineError> {
+        if data.len() != self.len() {
+            return Err(EngineError::ShapeMismatch {
+                shape: self.shape.clone(),
+                len: self.len(),
+                got: data.len(),
+            });
+        }
+        queue.write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Copies the contents back to the host. Never blocks in the browser; natively
+    /// it waits for the GPU inside.
+    pub async fn read(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Vec<f32>, EngineError> {
+        read_buffer(device, queue, &self.buffer, self.len()).await
+    }
+
+    /// Blocking [`Tensor::read`] for native code.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_blocking(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Vec<f32>, EngineError> {
+        pollster::block_on(self.read(device, queue))
+    }
+}
+
+/// Reads the first `len` f32 values of `buffer` (which needs COPY_SRC).
+pub async fn read_buffer(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    buffer: &wgpu::Buffer,
+    len: usize,
+) -> Result<Vec<f32>, EngineError> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let bytes = (len * 4) as u64;
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("read-back"),
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = device.create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
+    queue.submit([encoder.finish()]);
+    let (sender, receiver) = futures_channel::oneshot::channel();
+    staging.map_async(wgpu::MapMode::Read, .., move |result| {
+        // The receiver only disappears if the caller dropped the future.
+        let _ = sender.send(result);
+    });
+    #[cfg(not(target_arch = "wasm32"))]
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| EngineError::ReadBack(e.to_string()))?;
+    receiver
+        .await
+        .map_err(|_| EngineError::ReadBack("the device was lost before the buffer was mapped".into()))?
+        .map_err(|e| EngineError::ReadBack(e.to_string()))?;
+    let values = {
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| EngineError::ReadBack(e.to_string()))?;
+        bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+    };
+    staging.unmap();
+    Ok(values)
+}
