@@ -10,6 +10,7 @@
 //! share a WGSL file use disjoint binding ranges (forward 0.., backward 10..,
 //! ...), which every WGSL implementation accepts.
 
+use crate::Tensor;
 use bytemuck::Pod;
 use wgpu::util::DeviceExt;
 
@@ -60,30 +61,30 @@ impl Kernel {
         self.entry_point
     }
 
-    /// Binds `params` (a uniform) and `buffers` (storage, in binding order).
+    /// Binds `params` (a uniform) and `tensors` (storage, in binding order).
     pub fn bind<P: Pod>(
         &self,
         device: &wgpu::Device,
         params: &P,
-        buffers: &[&wgpu::Buffer],
+        tensors: &[&Tensor],
         workgroups: [u32; 3],
     ) -> Dispatch {
         let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(self.entry_point),
             contents: bytemuck::bytes_of(params),
-            usage: wgpu::BufferUsages::UNIFORM,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         });
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: self.first_binding,
             resource: uniform.as_entire_binding(),
         }];
         entries.extend(
-            buffers
+            tensors
                 .iter()
                 .zip(self.first_binding + 1..)
-                .map(|(buffer, binding)| wgpu::BindGroupEntry {
+                .map(|(tensor, binding)| wgpu::BindGroupEntry {
                     binding,
-                    resource: buffer.as_entire_binding(),
+                    resource: tensor.binding(),
                 }),
         );
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -94,6 +95,7 @@ impl Kernel {
         Dispatch {
             pipeline: self.pipeline.clone(),
             bind_group,
+            uniform,
             workgroups,
         }
     }
@@ -104,10 +106,22 @@ impl Kernel {
 pub struct Dispatch {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
+    uniform: wgpu::Buffer,
     workgroups: [u32; 3],
 }
 
 impl Dispatch {
+    /// Replaces the uniform parameters (e.g. a new learning rate) without
+    /// creating anything; `params` must be of the type the dispatch was bound with.
+    pub fn update_params<P: Pod>(&self, queue: &wgpu::Queue, params: &P) {
+        assert_eq!(
+            std::mem::size_of::<P>() as u64,
+            self.uniform.size(),
+            "parameter block size changed"
+        );
+        queue.write_buffer(&self.uniform, 0, bytemuck::bytes_of(params));
+    }
+
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);

@@ -1,4 +1,6 @@
-//! f32 tensors on the GPU.
+//! Tensors on the GPU: 4-byte elements (f32, or u32 for labels and counts)
+//! in a buffer, possibly a view at an offset into a larger one (all parameters
+//! of a network live in one flat buffer so that one SGD dispatch updates them).
 //!
 //! Layout: NCHW, row-major. PyTorch weights (OIHW) and activations (NCHW) then
 //! import and export as a plain copy, bit-exact. The kernels turn convolutions
@@ -15,8 +17,15 @@ const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
 #[derive(Clone, Debug)]
 pub struct Tensor {
     pub buffer: wgpu::Buffer,
+    /// Offset of the first element in `buffer`, in bytes; a multiple of
+    /// [`VIEW_ALIGNMENT`] elements.
+    pub offset: u64,
     pub shape: Vec<usize>,
 }
+
+/// Views start at multiples of this many elements: WebGPU's default
+/// `minStorageBufferOffsetAlignment` is 256 bytes.
+pub const VIEW_ALIGNMENT: usize = 64;
 
 fn check_size(device: &wgpu::Device, len: usize) -> Result<u64, EngineError> {
     // Zero-sized bindings are invalid; keep at least one element.
@@ -40,6 +49,7 @@ impl Tensor {
         });
         Ok(Self {
             buffer,
+            offset: 0,
             shape: shape.to_vec(),
         })
     }
@@ -67,14 +77,49 @@ impl Tensor {
         });
         Ok(Self {
             buffer,
+            offset: 0,
             shape: shape.to_vec(),
         })
+    }
+
+    /// A tensor of u32 values (labels, counts).
+    pub fn from_u32(device: &wgpu::Device, shape: &[usize], data: &[u32]) -> Result<Self, EngineError> {
+        Self::from_slice(device, shape, bytemuck::cast_slice(data))
     }
 
     /// As [`Tensor::from_slice`], from f64 values (CPU reference data).
     pub fn from_f64(device: &wgpu::Device, shape: &[usize], data: &[f64]) -> Result<Self, EngineError> {
         let data: Vec<f32> = data.iter().map(|&v| v as f32).collect();
         Self::from_slice(device, shape, &data)
+    }
+
+    /// A view of `shape` starting `start` elements into this tensor; `start` must
+    /// be a multiple of [`VIEW_ALIGNMENT`].
+    pub fn view(&self, start: usize, shape: &[usize]) -> Tensor {
+        let len: usize = shape.iter().product();
+        assert!(
+            start.is_multiple_of(VIEW_ALIGNMENT),
+            "view start {start} is not a multiple of {VIEW_ALIGNMENT}"
+        );
+        assert!(
+            start + len <= self.len(),
+            "view {start}+{len} exceeds tensor of {} elements",
+            self.len()
+        );
+        Tensor {
+            buffer: self.buffer.clone(),
+            offset: self.offset + (start * 4) as u64,
+            shape: shape.to_vec(),
+        }
+    }
+
+    /// The binding of exactly this tensor's elements.
+    pub fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new((self.len().max(1) * 4) as u64),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -94,14 +139,19 @@ impl Tensor {
                 got: data.len(),
             });
         }
-        queue.write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+        queue.write_buffer(&self.buffer, self.offset, bytemuck::cast_slice(data));
         Ok(())
     }
 
     /// Copies the contents back to the host. Never blocks in the browser; natively
     /// it waits for the GPU inside.
     pub async fn read(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Vec<f32>, EngineError> {
-        read_buffer(device, queue, &self.buffer, self.len()).await
+        Ok(bytemuck::cast_slice(&self.read_words(device, queue).await?).to_vec())
+    }
+
+    /// Reads a tensor of u32 values.
+    pub async fn read_u32(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Vec<u32>, EngineError> {
+        self.read_words(device, queue).await
     }
 
     /// Blocking [`Tensor::read`] for native code.
@@ -109,15 +159,26 @@ impl Tensor {
     pub fn read_blocking(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Vec<f32>, EngineError> {
         pollster::block_on(self.read(device, queue))
     }
+
+    /// Blocking [`Tensor::read_u32`] for native code.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_u32_blocking(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Vec<u32>, EngineError> {
+        pollster::block_on(self.read_u32(device, queue))
+    }
+
+    async fn read_words(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Vec<u32>, EngineError> {
+        read_buffer(device, queue, &self.buffer, self.offset, self.len()).await
+    }
 }
 
-/// Reads the first `len` f32 values of `buffer` (which needs COPY_SRC).
+/// Reads `len` 4-byte words of `buffer` (which needs COPY_SRC) from byte `offset`.
 pub async fn read_buffer(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
     buffer: &wgpu::Buffer,
+    offset: u64,
     len: usize,
-) -> Result<Vec<f32>, EngineError> {
+) -> Result<Vec<u32>, EngineError> {
     if len == 0 {
         return Ok(Vec::new());
     }
@@ -129,7 +190,7 @@ pub async fn read_buffer(
         mapped_at_creation: false,
     });
     let mut encoder = device.create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
+    encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
     queue.submit([encoder.finish()]);
     let (sender, receiver) = futures_channel::oneshot::channel();
     staging.map_async(wgpu::MapMode::Read, .., move |result| {
@@ -148,7 +209,7 @@ pub async fn read_buffer(
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| EngineError::ReadBack(e.to_string()))?;
-        bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        bytemuck::cast_slice::<u8, u32>(&view).to_vec()
     };
     staging.unmap();
     Ok(values)

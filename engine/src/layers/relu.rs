@@ -28,12 +28,10 @@ struct Params {
 pub fn relu_forward(device: &wgpu::Device, kernels: &Kernels, x: &Tensor, y: &Tensor) -> Dispatch {
     assert_eq!(x.len(), y.len(), "relu_forward: x {:?} vs y {:?}", x.shape, y.shape);
     let params = Params { len: x.len() as u32 };
-    kernels.relu.forward.bind(
-        device,
-        &params,
-        &[&x.buffer, &y.buffer],
-        grid_1d(x.len(), ELEMENTWISE_WORKGROUP),
-    )
+    kernels
+        .relu
+        .forward
+        .bind(device, &params, &[x, y], grid_1d(x.len(), ELEMENTWISE_WORKGROUP))
 }
 
 /// `dx = dy * [y > 0]`, where `y` is the forward output.
@@ -43,12 +41,10 @@ pub fn relu_backward(device: &wgpu::Device, kernels: &Kernels, y: &Tensor, dy: &
         "relu_backward: shapes differ"
     );
     let params = Params { len: y.len() as u32 };
-    kernels.relu.backward.bind(
-        device,
-        &params,
-        &[&y.buffer, &dy.buffer, &dx.buffer],
-        grid_1d(y.len(), ELEMENTWISE_WORKGROUP),
-    )
+    kernels
+        .relu
+        .backward
+        .bind(device, &params, &[y, dy, dx], grid_1d(y.len(), ELEMENTWISE_WORKGROUP))
 }
 
 /// Plain-Rust reference.
