@@ -1,16 +1,46 @@
 //! The fixed set of pipelines, created once, early, and the execution context.
 
 use crate::layers::relu::ReluKernels;
-use crate::{Dispatch, EngineError, Gpu};
+use crate::{AdapterSummary, Dispatch, EngineError, Gpu};
+
+/// How the heavy kernels (GEMM, convolutions) are tiled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// Large per-invocation register tiles, no barriers: CPU adapters (lavapipe,
+    /// SwiftShader), where `workgroupBarrier()` is very expensive.
+    RegisterTile,
+    /// Tiles staged in workgroup memory: real GPUs.
+    WorkgroupTile,
+}
+
+impl Variant {
+    /// The variant for an adapter; `RESNET_KERNEL_VARIANT=register|workgroup`
+    /// overrides it natively.
+    pub fn for_adapter(adapter: &AdapterSummary) -> Self {
+        #[cfg(not(target_arch = "wasm32"))]
+        match std::env::var("RESNET_KERNEL_VARIANT").as_deref() {
+            Ok("register") => return Self::RegisterTile,
+            Ok("workgroup") => return Self::WorkgroupTile,
+            _ => {}
+        }
+        if adapter.is_cpu() {
+            Self::RegisterTile
+        } else {
+            Self::WorkgroupTile
+        }
+    }
+}
 
 /// Every compute pipeline the engine uses, one field per layer family.
 pub struct Kernels {
+    pub variant: Variant,
     pub relu: ReluKernels,
 }
 
 impl Kernels {
-    pub fn new(device: &wgpu::Device) -> Self {
+    pub fn new(device: &wgpu::Device, variant: Variant) -> Self {
         Self {
+            variant,
             relu: ReluKernels::new(device),
         }
     }
@@ -24,7 +54,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(gpu: Gpu) -> Self {
-        let kernels = Kernels::new(&gpu.device);
+        let kernels = Kernels::new(&gpu.device, Variant::for_adapter(&gpu.adapter));
         Self { gpu, kernels }
     }
 

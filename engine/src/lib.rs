@@ -23,5 +23,5 @@ pub mod testing;
 pub use error::EngineError;
 pub use gpu::{AdapterSummary, Gpu};
 pub use kernel::{Dispatch, Kernel};
-pub use kernels::{Context, Kernels};
+pub use kernels::{Context, Kernels, Variant};
 pub use tensor::Tensor;
