@@ -1,6 +1,13 @@
 //! The fixed set of pipelines, created once, early, and the execution context.
 
+use crate::layers::batch_norm::BatchNormKernels;
+use crate::layers::conv2d::Conv2dKernels;
+use crate::layers::linear::LinearKernels;
+use crate::layers::loss::LossKernels;
+use crate::layers::pool::PoolKernels;
 use crate::layers::relu::ReluKernels;
+use crate::layers::residual::ResidualKernels;
+use crate::layers::sgd::SgdKernels;
 use crate::{AdapterSummary, Dispatch, EngineError, Gpu};
 
 /// How the heavy kernels (GEMM, convolutions) are tiled.
@@ -35,6 +42,13 @@ impl Variant {
 pub struct Kernels {
     pub variant: Variant,
     pub relu: ReluKernels,
+    pub batch_norm: BatchNormKernels,
+    pub conv2d: Conv2dKernels,
+    pub residual: ResidualKernels,
+    pub pool: PoolKernels,
+    pub linear: LinearKernels,
+    pub loss: LossKernels,
+    pub sgd: SgdKernels,
 }
 
 impl Kernels {
@@ -42,6 +56,13 @@ impl Kernels {
         Self {
             variant,
             relu: ReluKernels::new(device),
+            batch_norm: BatchNormKernels::new(device),
+            conv2d: Conv2dKernels::new(device, variant),
+            residual: ResidualKernels::new(device),
+            pool: PoolKernels::new(device),
+            linear: LinearKernels::new(device),
+            loss: LossKernels::new(device),
+            sgd: SgdKernels::new(device),
         }
     }
 }

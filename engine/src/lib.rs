@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod kernel;
 pub mod kernels;
 pub mod layers;
+pub mod network;
 pub mod rng;
 pub mod tensor;
 #[cfg(not(target_arch = "wasm32"))]

@@ -92,3 +92,42 @@ pub fn assert_gradient(what: &str, f: impl Fn(&[f64]) -> f64, x: &[f64], analyti
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_adapter_fails_gpu_tests_unless_skipping_is_asked_for() {
+        // No backend at all: adapter creation must fail with a typed error.
+        let result = pollster::block_on(Gpu::with_backends(wgpu::Backends::empty()));
+        assert!(matches!(result, Err(EngineError::NoAdapter(_))), "expected NoAdapter");
+        let skipping = std::env::var(SKIP_ENV).as_deref() == Ok("1");
+        let error = result.err().expect("checked above");
+        let outcome = std::panic::catch_unwind(|| require_gpu::<()>(Err(error)).is_none());
+        match outcome {
+            Ok(skipped) => assert!(skipping && skipped, "a missing adapter must fail unless {SKIP_ENV}=1"),
+            Err(_) => assert!(!skipping, "with {SKIP_ENV}=1 a missing adapter must skip, not fail"),
+        }
+    }
+
+    #[test]
+    fn assert_close_rejects_values_out_of_tolerance_and_nan() {
+        assert_close("equal", &[1.0, 2.0], &[1.0, 2.0], 0.0, 0.0);
+        assert_close("within", &[1.001], &[1.0], 0.0, 2e-3);
+        for (got, want) in [(1.01f32, 1.0f64), (f32::NAN, 1.0)] {
+            let failed = std::panic::catch_unwind(|| assert_close("x", &[got], &[want], 1e-3, 1e-3)).is_err();
+            assert!(failed, "{got} vs {want} should fail");
+        }
+    }
+
+    #[test]
+    fn finite_differences_recover_a_known_gradient() {
+        // f(x) = sum x_i^3 has gradient 3 x_i^2.
+        let x = [0.5, -1.0, 2.0];
+        let grad = numerical_gradient(|x| x.iter().map(|v| v * v * v).sum(), &x, 1e-5);
+        let want: Vec<f64> = x.iter().map(|v| 3.0 * v * v).collect();
+        let grad: Vec<f32> = grad.iter().map(|&g| g as f32).collect();
+        assert_close("d/dx x^3", &grad, &want, 1e-6, 1e-6);
+    }
+}

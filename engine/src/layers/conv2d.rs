@@ -1,0 +1,682 @@
+//! 2-D convolution without bias, zero padding: `x` NCHW `[N, Cin, H, W]`,
+//! `w` OIHW `[Cout, Cin, K, K]`, `y` NCHW `[N, Cout, OH, OW]`.
+//!
+//! All three directions are implicit GEMMs (see `shaders/conv2d.wgsl`):
+//! - forward: rows Cout, columns the output pixels of all images, depth Cin*K*K;
+//! - backward-data: the transposed GEMM (rows Cin, columns the input pixels,
+//!   depth Cout*taps), split by stride phase so that no tap is masked away;
+//! - backward-weight: rows Cout, columns Cin*K*K, depth batch*OH*OW, split into
+//!   chunks whose partial sums a second pass adds up in a fixed order.
+//!
+//! Each comes in the two tilings of [`Variant`], chosen when the kernels are
+//! created.
+
+use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, grid_1d, shader_module};
+use crate::{Dispatch, EngineError, Kernels, Tensor, Variant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dShape {
+    pub batch: usize,
+    pub in_channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl Conv2dShape {
+    pub fn out_h(&self) -> usize {
+        (self.in_h + 2 * self.pad - self.kernel) / self.stride + 1
+    }
+
+    pub fn out_w(&self) -> usize {
+        (self.in_w + 2 * self.pad - self.kernel) / self.stride + 1
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.batch * self.in_channels * self.in_h * self.in_w
+    }
+
+    pub fn weight_len(&self) -> usize {
+        self.out_channels * self.in_channels * self.kernel * self.kernel
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.batch * self.out_channels * self.out_h() * self.out_w()
+    }
+
+    /// Floating-point operations of the forward pass (2 per multiply-add, padding
+    /// taps included); each backward pass costs the same.
+    pub fn flops(&self) -> f64 {
+        2.0 * self.output_len() as f64 * (self.in_channels * self.kernel * self.kernel) as f64
+    }
+
+    #[track_caller]
+    fn validate(&self) {
+        assert!(
+            self.batch > 0 && self.in_channels > 0 && self.out_channels > 0 && self.kernel > 0 && self.stride > 0,
+            "conv2d: empty or zero-stride shape {self:?}"
+        );
+        assert!(
+            self.in_h + 2 * self.pad >= self.kernel && self.in_w + 2 * self.pad >= self.kernel,
+            "conv2d: kernel larger than the padded input in {self:?}"
+        );
+    }
+}
+
+#[track_caller]
+fn check_len(what: &str, tensor: &Tensor, len: usize, shape: &Conv2dShape) {
+    assert_eq!(
+        tensor.len(),
+        len,
+        "conv2d: {what} has shape {:?}, expected {len} elements for {shape:?}",
+        tensor.shape
+    );
+}
+
+/// Register tile: rows and columns per invocation, invocations per workgroup.
+const REGISTER_ROWS: usize = 8;
+const REGISTER_COLUMNS: usize = 8;
+const REGISTER_WORKGROUP: usize = 64;
+/// Workgroup tile: outputs per workgroup in each dimension.
+const WORKGROUP_TILE: usize = 64;
+
+/// Backward-weight split: aim for at least this many invocations (register
+/// tile) or workgroups (workgroup tile) in flight.
+const REGISTER_MIN_INVOCATIONS: usize = 4096;
+const WORKGROUP_MIN_WORKGROUPS: usize = 512;
+
+pub struct Conv2dKernels {
+    variant: Variant,
+    transpose_weights: Kernel,
+    implicit_gemm: Kernel,
+    weight_grad: Kernel,
+    reduce_partials: Kernel,
+}
+
+impl Conv2dKernels {
+    /// Creates the pipelines of `variant` only.
+    pub fn new(device: &wgpu::Device, variant: Variant) -> Self {
+        let module = shader_module(device, "conv2d", include_str!("../../../shaders/conv2d.wgsl"));
+        let (implicit_gemm, weight_grad) = match variant {
+            Variant::RegisterTile => (
+                Kernel::new(device, &module, "conv2d_implicit_gemm", 10),
+                Kernel::new(device, &module, "conv2d_weight_grad", 30),
+            ),
+            Variant::WorkgroupTile => (
+                Kernel::new(device, &module, "conv2d_implicit_gemm_tiled", 20),
+                Kernel::new(device, &module, "conv2d_weight_grad_tiled", 40),
+            ),
+        };
+        Self {
+            variant,
+            transpose_weights: Kernel::new(device, &module, "conv2d_transpose_weights", 0),
+            implicit_gemm,
+            weight_grad,
+            reduce_partials: Kernel::new(device, &module, "conv2d_reduce_partials", 50),
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct TransposeParams {
+    rows: u32,
+    channels: u32,
+    taps: u32,
+    rows_padded: u32,
+    row_stride: u32,
+    channel_stride: u32,
+    len: u32,
+    _pad: u32,
+}
+
+/// One implicit GEMM (the forward, or one stride phase of backward-data); see
+/// `struct ImplicitGemm` in the shader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct ImplicitGemmParams {
+    batch: u32,
+    channels: u32,
+    rows: u32,
+    rows_padded: u32,
+    src_h: u32,
+    src_w: u32,
+    dst_h: u32,
+    dst_w: u32,
+    q_h: u32,
+    q_w: u32,
+    dst_first_h: u32,
+    dst_first_w: u32,
+    dst_step: u32,
+    src_step: u32,
+    src_first_h: i32,
+    src_first_w: i32,
+    src_tap_step: i32,
+    taps_h: u32,
+    taps_w: u32,
+    kernel: u32,
+    kernel_first_h: u32,
+    kernel_first_w: u32,
+    kernel_step: u32,
+    columns: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct WeightGradParams {
+    batch: u32,
+    in_channels: u32,
+    in_h: u32,
+    in_w: u32,
+    out_channels: u32,
+    out_h: u32,
+    out_w: u32,
+    kernel: u32,
+    stride: u32,
+    pad: u32,
+    rows_per_chunk: u32,
+    chunks: u32,
+    co_blocks: u32,
+    ci_blocks: u32,
+    invocations: u32,
+    weight_len: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ReduceParams {
+    len: u32,
+    chunks: u32,
+}
+
+/// `ceil(tiles)` workgroups over x and y (x at most 65535), `z` in z.
+fn grid_2d(tiles: usize, z: usize) -> [u32; 3] {
+    let [x, y, _] = grid_1d(tiles, 1);
+    [x, y, z as u32]
+}
+
+/// Writes `w` (OIHW) transposed to `[tap][channel][row]` with rows padded to
+/// the register tile; `rows_are_outputs` picks forward (row = co) or
+/// backward-data (row = ci).
+fn transposed_weights(
+    device: &wgpu::Device,
+    kernels: &Conv2dKernels,
+    shape: &Conv2dShape,
+    w: &Tensor,
+    rows_are_outputs: bool,
+) -> Result<(Tensor, Dispatch), EngineError> {
+    let taps = shape.kernel * shape.kernel;
+    let (rows, channels, row_stride, channel_stride) = if rows_are_outputs {
+        (shape.out_channels, shape.in_channels, shape.in_channels * taps, taps)
+    } else {
+        (shape.in_channels, shape.out_channels, taps, shape.in_channels * taps)
+    };
+    let rows_padded = rows.next_multiple_of(REGISTER_ROWS);
+    let wt = Tensor::zeros(device, &[taps, channels, rows_padded])?;
+    let params = TransposeParams {
+        rows: rows as u32,
+        channels: channels as u32,
+        taps: taps as u32,
+        rows_padded: rows_padded as u32,
+        row_stride: row_stride as u32,
+        channel_stride: channel_stride as u32,
+        len: wt.len() as u32,
+        _pad: 0,
+    };
+    let dispatch = kernels
+        .transpose_weights
+        .bind(device, &params, &[w, &wt], grid_1d(wt.len(), ELEMENTWISE_WORKGROUP));
+    Ok((wt, dispatch))
+}
+
+fn implicit_gemm(
+    device: &wgpu::Device,
+    kernels: &Conv2dKernels,
+    params: &ImplicitGemmParams,
+    wt: &Tensor,
+    src: &Tensor,
+    dst: &Tensor,
+) -> Dispatch {
+    let columns = params.columns as usize;
+    let rows = params.rows as usize;
+    let grid = match kernels.variant {
+        Variant::RegisterTile => grid_2d(
+            columns.div_ceil(REGISTER_COLUMNS * REGISTER_WORKGROUP),
+            rows.div_ceil(REGISTER_ROWS),
+        ),
+        Variant::WorkgroupTile => grid_2d(columns.div_ceil(WORKGROUP_TILE), rows.div_ceil(WORKGROUP_TILE)),
+    };
+    kernels.implicit_gemm.bind(device, params, &[wt, src, dst], grid)
+}
+
+/// `y = conv2d(x, w)`.
+pub fn conv2d_forward(
+    device: &wgpu::Device,
+    kernels: &Kernels,
+    shape: &Conv2dShape,
+    x: &Tensor,
+    w: &Tensor,
+    y: &Tensor,
+) -> Result<Vec<Dispatch>, EngineError> {
+    shape.validate();
+    check_len("x", x, shape.input_len(), shape);
+    check_len("w", w, shape.weight_len(), shape);
+    check_len("y", y, shape.output_len(), shape);
+    let k = &kernels.conv2d;
+    let (wt, transpose) = transposed_weights(device, k, shape, w, true)?;
+    let (oh, ow) = (shape.out_h(), shape.out_w());
+    let params = ImplicitGemmParams {
+        batch: shape.batch as u32,
+        channels: shape.in_channels as u32,
+        rows: shape.out_channels as u32,
+        rows_padded: wt.shape[2] as u32,
+        src_h: shape.in_h as u32,
+        src_w: shape.in_w as u32,
+        dst_h: oh as u32,
+        dst_w: ow as u32,
+        q_h: oh as u32,
+        q_w: ow as u32,
+        dst_first_h: 0,
+        dst_first_w: 0,
+        dst_step: 1,
+        src_step: shape.stride as u32,
+        src_first_h: -(shape.pad as i32),
+        src_first_w: -(shape.pad as i32),
+        src_tap_step: 1,
+        taps_h: shape.kernel as u32,
+        taps_w: shape.kernel as u32,
+        kernel: shape.kernel as u32,
+        kernel_first_h: 0,
+        kernel_first_w: 0,
+        kernel_step: 1,
+        columns: (shape.batch * oh * ow) as u32,
+    };
+    Ok(vec![transpose, implicit_gemm(device, k, &params, &wt, x, y)])
+}
+
+/// One dimension of a backward-data stride phase: the input positions
+/// `first + stride * q` (q < `count`) with `(position + pad) % stride == phase`
+/// receive the taps `phase + stride * t` (t < `taps`) from output positions
+/// `q + src_first - t`.
+struct Phase {
+    first: usize,
+    count: usize,
+    taps: usize,
+    src_first: usize,
+}
+
+fn phase(input: usize, kernel: usize, stride: usize, pad: usize, phase: usize) -> Phase {
+    let first = (phase as isize - pad as isize).rem_euclid(stride as isize) as usize;
+    Phase {
+        first,
+        count: if input > first {
+            (input - first).div_ceil(stride)
+        } else {
+            0
+        },
+        taps: if kernel > phase {
+            (kernel - phase).div_ceil(stride)
+        } else {
+            0
+        },
+        src_first: (first + pad - phase) / stride,
+    }
+}
+
+/// `dx = dL/dx` given `dy = dL/dy` (overwrites `dx`).
+pub fn conv2d_backward_data(
+    device: &wgpu::Device,
+    kernels: &Kernels,
+    shape: &Conv2dShape,
+    dy: &Tensor,
+    w: &Tensor,
+    dx: &Tensor,
+) -> Result<Vec<Dispatch>, EngineError> {
+    shape.validate();
+    check_len("dy", dy, shape.output_len(), shape);
+    check_len("w", w, shape.weight_len(), shape);
+    check_len("dx", dx, shape.input_len(), shape);
+    let k = &kernels.conv2d;
+    let (wt, transpose) = transposed_weights(device, k, shape, w, false)?;
+    let mut dispatches = vec![transpose];
+    let s = shape.stride;
+    for phase_h in 0..s {
+        let ph = phase(shape.in_h, shape.kernel, s, shape.pad, phase_h);
+        for phase_w in 0..s {
+            let pw = phase(shape.in_w, shape.kernel, s, shape.pad, phase_w);
+            let columns = shape.batch * ph.count * pw.count;
+            if columns == 0 {
+                continue;
+            }
+            // A phase without taps still runs: it writes the zeros of its pixels.
+            let params = ImplicitGemmParams {
+                batch: shape.batch as u32,
+                channels: shape.out_channels as u32,
+                rows: shape.in_channels as u32,
+                rows_padded: wt.shape[2] as u32,
+                src_h: shape.out_h() as u32,
+                src_w: shape.out_w() as u32,
+                dst_h: shape.in_h as u32,
+                dst_w: shape.in_w as u32,
+                q_h: ph.count as u32,
+                q_w: pw.count as u32,
+                dst_first_h: ph.first as u32,
+                dst_first_w: pw.first as u32,
+                dst_step: s as u32,
+                src_step: 1,
+                src_first_h: ph.src_first as i32,
+                src_first_w: pw.src_first as i32,
+                src_tap_step: -1,
+                taps_h: ph.taps as u32,
+                taps_w: pw.taps as u32,
+                kernel: shape.kernel as u32,
+                kernel_first_h: phase_h as u32,
+                kernel_first_w: phase_w as u32,
+                kernel_step: s as u32,
+                columns: columns as u32,
+            };
+            dispatches.push(implicit_gemm(device, k, &params, &wt, dy, dx));
+        }
+    }
+    Ok(dispatches)
+}
+
+/// `dw = dL/dw` given the forward input `x` and `dy = dL/dy` (overwrites `dw`).
+pub fn conv2d_backward_weight(
+    device: &wgpu::Device,
+    kernels: &Kernels,
+    shape: &Conv2dShape,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+) -> Result<Vec<Dispatch>, EngineError> {
+    shape.validate();
+    check_len("x", x, shape.input_len(), shape);
+    check_len("dy", dy, shape.output_len(), shape);
+    check_len("dw", dw, shape.weight_len(), shape);
+    let k = &kernels.conv2d;
+    let taps = shape.kernel * shape.kernel;
+    let weight_len = shape.weight_len();
+    let output_rows = shape.batch * shape.out_h();
+    let co_blocks = shape.out_channels.div_ceil(REGISTER_ROWS);
+    let ci_blocks = shape.in_channels.div_ceil(REGISTER_COLUMNS);
+    // Enough chunks to keep the adapter busy, but no more partials than one
+    // binding holds.
+    let tiles = match k.variant {
+        Variant::RegisterTile => (taps * co_blocks * ci_blocks, REGISTER_MIN_INVOCATIONS),
+        Variant::WorkgroupTile => (
+            shape.out_channels.div_ceil(WORKGROUP_TILE) * (shape.in_channels * taps).div_ceil(WORKGROUP_TILE),
+            WORKGROUP_MIN_WORKGROUPS,
+        ),
+    };
+    let max_chunks = (device.limits().max_storage_buffer_binding_size as usize / 4 / weight_len).max(1);
+    let wanted = tiles.1.div_ceil(tiles.0).clamp(1, max_chunks.min(output_rows));
+    let rows_per_chunk = output_rows.div_ceil(wanted);
+    let chunks = output_rows.div_ceil(rows_per_chunk);
+    let partials = Tensor::zeros(device, &[chunks, weight_len])?;
+    let invocations = chunks * tiles.0;
+    let params = WeightGradParams {
+        batch: shape.batch as u32,
+        in_channels: shape.in_channels as u32,
+        in_h: shape.in_h as u32,
+        in_w: shape.in_w as u32,
+        out_channels: shape.out_channels as u32,
+        out_h: shape.out_h() as u32,
+        out_w: shape.out_w() as u32,
+        kernel: shape.kernel as u32,
+        stride: shape.stride as u32,
+        pad: shape.pad as u32,
+        rows_per_chunk: rows_per_chunk as u32,
+        chunks: chunks as u32,
+        co_blocks: co_blocks as u32,
+        ci_blocks: ci_blocks as u32,
+        invocations: invocations as u32,
+        weight_len: weight_len as u32,
+    };
+    let grid = match k.variant {
+        Variant::RegisterTile => grid_1d(invocations, REGISTER_WORKGROUP as u32),
+        Variant::WorkgroupTile => [
+            (shape.in_channels * taps).div_ceil(WORKGROUP_TILE) as u32,
+            shape.out_channels.div_ceil(WORKGROUP_TILE) as u32,
+            chunks as u32,
+        ],
+    };
+    let gradient = k.weight_grad.bind(device, &params, &[x, dy, &partials], grid);
+    let reduce = k.reduce_partials.bind(
+        device,
+        &ReduceParams {
+            len: weight_len as u32,
+            chunks: chunks as u32,
+        },
+        &[&partials, dw],
+        grid_1d(weight_len, ELEMENTWISE_WORKGROUP),
+    );
+    Ok(vec![gradient, reduce])
+}
+
+/// Plain-Rust reference, straight from the definition (scatter form for the
+/// backward passes, independent of the GEMM formulation of the kernels).
+pub mod cpu {
+    use super::Conv2dShape;
+
+    /// Calls `f(b, co, oh, ow, ci, kh, kw, x index, w index, y index)` for every
+    /// multiply-add of the forward pass that reads inside the input.
+    fn for_each_tap(s: &Conv2dShape, mut f: impl FnMut(usize, usize, usize)) {
+        let (oh_n, ow_n) = (s.out_h(), s.out_w());
+        for b in 0..s.batch {
+            for co in 0..s.out_channels {
+                for oh in 0..oh_n {
+                    for ow in 0..ow_n {
+                        let yi = ((b * s.out_channels + co) * oh_n + oh) * ow_n + ow;
+                        for ci in 0..s.in_channels {
+                            for kh in 0..s.kernel {
+                                for kw in 0..s.kernel {
+                                    let ih = (oh * s.stride + kh) as isize - s.pad as isize;
+                                    let iw = (ow * s.stride + kw) as isize - s.pad as isize;
+                                    if ih < 0 || iw < 0 || ih >= s.in_h as isize || iw >= s.in_w as isize {
+                                        continue;
+                                    }
+                                    let xi = ((b * s.in_channels + ci) * s.in_h + ih as usize) * s.in_w + iw as usize;
+                                    let wi = ((co * s.in_channels + ci) * s.kernel + kh) * s.kernel + kw;
+                                    f(xi, wi, yi);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `y[b,co,oh,ow] = sum_{ci,kh,kw} w[co,ci,kh,kw] x[b,ci,oh*s-p+kh,ow*s-p+kw]`.
+    pub fn conv2d_forward(shape: &Conv2dShape, x: &[f64], w: &[f64]) -> Vec<f64> {
+        assert_eq!(x.len(), shape.input_len(), "conv2d x");
+        assert_eq!(w.len(), shape.weight_len(), "conv2d w");
+        let mut y = vec![0.0; shape.output_len()];
+        for_each_tap(shape, |xi, wi, yi| y[yi] += w[wi] * x[xi]);
+        y
+    }
+
+    /// `dx = dL/dx` for `dy = dL/dy`.
+    pub fn conv2d_backward_data(shape: &Conv2dShape, dy: &[f64], w: &[f64]) -> Vec<f64> {
+        assert_eq!(dy.len(), shape.output_len(), "conv2d dy");
+        assert_eq!(w.len(), shape.weight_len(), "conv2d w");
+        let mut dx = vec![0.0; shape.input_len()];
+        for_each_tap(shape, |xi, wi, yi| dx[xi] += w[wi] * dy[yi]);
+        dx
+    }
+
+    /// `dw = dL/dw` for the forward input `x` and `dy = dL/dy`.
+    pub fn conv2d_backward_weight(shape: &Conv2dShape, x: &[f64], dy: &[f64]) -> Vec<f64> {
+        assert_eq!(x.len(), shape.input_len(), "conv2d x");
+        assert_eq!(dy.len(), shape.output_len(), "conv2d dy");
+        let mut dw = vec![0.0; shape.weight_len()];
+        for_each_tap(shape, |xi, wi, yi| dw[wi] += x[xi] * dy[yi]);
+        dw
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use crate::testing::{assert_close, assert_gradient, context, dot};
+
+    fn shape(
+        batch: usize,
+        cin: usize,
+        hw: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Conv2dShape {
+        Conv2dShape {
+            batch,
+            in_channels: cin,
+            in_h: hw,
+            in_w: hw,
+            out_channels: cout,
+            kernel,
+            stride,
+            pad,
+        }
+    }
+
+    /// Awkward shapes: kernels 1/3/7, strides 1/2, batch 1 and 3, maps 5x5, 7x7
+    /// and 8x8, channel counts 3, 5, 16, 17 and odd Cout, padding 0..3, plus
+    /// non-square maps and pads that leave whole phases without taps.
+    fn shapes() -> Vec<Conv2dShape> {
+        let mut shapes = vec![
+            shape(1, 3, 8, 16, 3, 1, 1),
+            shape(3, 5, 7, 7, 3, 1, 1),
+            shape(3, 16, 8, 17, 3, 2, 1),
+            shape(1, 17, 5, 5, 3, 2, 1),
+            shape(3, 3, 7, 5, 7, 2, 3),
+            shape(1, 3, 8, 16, 7, 1, 3),
+            shape(3, 16, 7, 33, 1, 1, 0),
+            shape(3, 17, 8, 16, 1, 2, 0),
+            shape(1, 5, 7, 3, 1, 2, 0),
+            shape(3, 5, 5, 9, 3, 1, 0),
+            shape(1, 16, 8, 16, 3, 2, 2),
+            shape(1, 3, 5, 5, 7, 1, 3),
+            shape(1, 4, 5, 6, 1, 1, 2),
+        ];
+        shapes.push(Conv2dShape {
+            in_h: 6,
+            in_w: 9,
+            ..shape(3, 5, 0, 7, 3, 2, 1)
+        });
+        shapes
+    }
+
+    fn check_variant(kernels: &Kernels) {
+        let Some(ctx) = context() else { return };
+        let (device, queue) = (ctx.device(), ctx.queue());
+        let mut rng = Rng::new(7);
+        for s in shapes() {
+            let x = rng.vec(s.input_len(), -1.0, 1.0);
+            let w = rng.vec(s.weight_len(), -1.0, 1.0);
+            let dy = rng.vec(s.output_len(), -1.0, 1.0);
+            let xt = Tensor::from_f64(device, &[s.input_len()], &x).unwrap();
+            let wt = Tensor::from_f64(device, &[s.weight_len()], &w).unwrap();
+            let dyt = Tensor::from_f64(device, &[s.output_len()], &dy).unwrap();
+            // Outputs start as garbage (NaN) to prove they are overwritten everywhere.
+            let garbage = |len: usize| Tensor::from_slice(device, &[len], &vec![f32::NAN; len]).unwrap();
+            let yt = garbage(s.output_len());
+            let dxt = garbage(s.input_len());
+            let dwt = garbage(s.weight_len());
+            let mut dispatches = conv2d_forward(device, kernels, &s, &xt, &wt, &yt).unwrap();
+            dispatches.extend(conv2d_backward_data(device, kernels, &s, &dyt, &wt, &dxt).unwrap());
+            dispatches.extend(conv2d_backward_weight(device, kernels, &s, &xt, &dyt, &dwt).unwrap());
+            crate::kernel::submit(device, queue, &dispatches.iter().collect::<Vec<_>>());
+            // Inputs in [-1, 1): sums of up to 7*7*17 = 833 (forward/data) or
+            // 3*8*8 = 192 (weight) products of magnitude < 1, accumulated in f32
+            // (relative rounding ~1e-7 per add): the error stays far below 1e-4,
+            // while a wrong tap or channel shifts a result by ~0.1 or more.
+            let what = format!("{:?} {s:?}", kernels.variant);
+            let y = yt.read_blocking(device, queue).unwrap();
+            assert_close(&format!("y {what}"), &y, &cpu::conv2d_forward(&s, &x, &w), 1e-4, 1e-4);
+            let dx = dxt.read_blocking(device, queue).unwrap();
+            assert_close(
+                &format!("dx {what}"),
+                &dx,
+                &cpu::conv2d_backward_data(&s, &dy, &w),
+                1e-4,
+                1e-4,
+            );
+            let dw = dwt.read_blocking(device, queue).unwrap();
+            assert_close(
+                &format!("dw {what}"),
+                &dw,
+                &cpu::conv2d_backward_weight(&s, &x, &dy),
+                1e-4,
+                1e-4,
+            );
+        }
+    }
+
+    #[test]
+    fn conv2d_register_tile_matches_reference_in_all_directions() {
+        let Some(ctx) = context() else { return };
+        check_variant(&Kernels::new(ctx.device(), Variant::RegisterTile));
+    }
+
+    #[test]
+    fn conv2d_workgroup_tile_matches_reference_in_all_directions() {
+        let Some(ctx) = context() else { return };
+        check_variant(&Kernels::new(ctx.device(), Variant::WorkgroupTile));
+    }
+
+    #[test]
+    fn conv2d_backward_weight_splits_long_reductions_into_chunks() {
+        // Batch 8 of 32x32 with few channels: many chunks of partial sums.
+        let Some(ctx) = context() else { return };
+        let (device, queue) = (ctx.device(), ctx.queue());
+        let s = shape(8, 3, 32, 5, 3, 1, 1);
+        let mut rng = Rng::new(9);
+        let x = rng.vec(s.input_len(), -1.0, 1.0);
+        let dy = rng.vec(s.output_len(), -1.0, 1.0);
+        let xt = Tensor::from_f64(device, &[s.input_len()], &x).unwrap();
+        let dyt = Tensor::from_f64(device, &[s.output_len()], &dy).unwrap();
+        let want = cpu::conv2d_backward_weight(&s, &x, &dy);
+        for variant in [Variant::RegisterTile, Variant::WorkgroupTile] {
+            let kernels = Kernels::new(device, variant);
+            let dwt = Tensor::zeros(device, &[s.weight_len()]).unwrap();
+            let dispatches = conv2d_backward_weight(device, &kernels, &s, &xt, &dyt, &dwt).unwrap();
+            crate::kernel::submit(device, queue, &dispatches.iter().collect::<Vec<_>>());
+            // 8*32*32 = 8192 products of magnitude < 1 per weight: f32 sums of
+            // that length drift by ~1e-4 absolute, so allow 1e-3.
+            assert_close(
+                &format!("dw {variant:?}"),
+                &dwt.read_blocking(device, queue).unwrap(),
+                &want,
+                1e-3,
+                1e-4,
+            );
+        }
+    }
+
+    #[test]
+    fn conv2d_reference_backward_matches_finite_differences() {
+        let mut rng = Rng::new(3);
+        for s in [
+            shape(2, 3, 5, 4, 3, 1, 1),
+            shape(1, 2, 7, 3, 3, 2, 1),
+            shape(2, 3, 5, 2, 1, 2, 0),
+            shape(1, 2, 6, 2, 7, 2, 3),
+        ] {
+            let x = rng.vec(s.input_len(), -1.0, 1.0);
+            let w = rng.vec(s.weight_len(), -1.0, 1.0);
+            let r = rng.vec(s.output_len(), -1.0, 1.0);
+            // L = <conv(x, w), r>, so dL/dy = r.
+            let dx = cpu::conv2d_backward_data(&s, &r, &w);
+            assert_gradient("conv2d dx", |x| dot(&cpu::conv2d_forward(&s, x, &w), &r), &x, &dx);
+            let dw = cpu::conv2d_backward_weight(&s, &x, &r);
+            assert_gradient("conv2d dw", |w| dot(&cpu::conv2d_forward(&s, &x, w), &r), &w, &dw);
+        }
+    }
+}

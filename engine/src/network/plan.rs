@@ -1,0 +1,399 @@
+//! A graph made executable on the GPU: every buffer allocated and every
+//! dispatch built once, so a training step or an inference only writes its
+//! input, records the same dispatches into one command buffer and submits it.
+
+use super::graph::{BN_EPS, BN_MOMENTUM, GradStep, Graph, Op};
+use crate::layers::batch_norm::{batch_norm_backward, batch_norm_forward_eval, batch_norm_forward_train};
+use crate::layers::conv2d::{conv2d_backward_data, conv2d_backward_weight, conv2d_forward};
+use crate::layers::linear::{linear_backward_data, linear_backward_weight, linear_forward};
+use crate::layers::loss::{LossShape, softmax_cross_entropy_backward, softmax_cross_entropy_forward, top_k_correct};
+use crate::layers::pool::{global_avg_pool_backward, global_avg_pool_forward, max_pool_backward, max_pool_forward};
+use crate::layers::relu::{relu_backward, relu_forward};
+use crate::layers::residual::{add_forward, shortcut_a_backward, shortcut_a_forward};
+use crate::layers::sgd::{SgdParams, sgd_step};
+use crate::{Dispatch, EngineError, Kernels, Tensor};
+
+/// Loss and top-1 hits of the last step, read back on request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    pub loss: f32,
+    pub correct: u32,
+}
+
+/// Training-only state: gradients, momenta, labels and the backward dispatches.
+struct Training {
+    labels: Tensor,
+    param_grads: Tensor,
+    loss: Tensor,
+    correct: Tensor,
+    velocity: Tensor,
+    backward: Vec<Dispatch>,
+    sgd: Dispatch,
+}
+
+pub struct Plan {
+    pub graph: Graph,
+    /// All parameters, flat (see [`Graph::param_offsets`]).
+    pub params: Tensor,
+    /// Running mean and variance of each batch norm.
+    pub running: Vec<(Tensor, Tensor)>,
+    pub input: Tensor,
+    activations: Vec<Tensor>,
+    forward: Vec<Dispatch>,
+    training: Option<Training>,
+}
+
+impl Plan {
+    /// A plan that trains `graph` by SGD from the flat `params`.
+    pub fn training(
+        device: &wgpu::Device,
+        kernels: &Kernels,
+        graph: Graph,
+        params: &[f32],
+        sgd: SgdParams,
+    ) -> Result<Self, EngineError> {
+        let running = fresh_running_stats(&graph);
+        Self::build(device, kernels, graph, params, &running, Some(sgd))
+    }
+
+    /// An eval-mode plan (running statistics) for inference.
+    pub fn inference(
+        device: &wgpu::Device,
+        kernels: &Kernels,
+        graph: Graph,
+        params: &[f32],
+        running: &[(Vec<f32>, Vec<f32>)],
+    ) -> Result<Self, EngineError> {
+        Self::build(device, kernels, graph, params, running, None)
+    }
+
+    fn build(
+        device: &wgpu::Device,
+        kernels: &Kernels,
+        graph: Graph,
+        params: &[f32],
+        running: &[(Vec<f32>, Vec<f32>)],
+        sgd: Option<SgdParams>,
+    ) -> Result<Self, EngineError> {
+        let (offsets, flat_len) = graph.param_offsets();
+        let params = Tensor::from_slice(device, &[flat_len], params)?;
+        let param = |flat: &Tensor, id: usize| flat.view(offsets[id], &graph.params[id].shape);
+        let running = graph
+            .batch_norms
+            .iter()
+            .zip(running)
+            .map(|(bn, (mean, var))| {
+                Ok((
+                    Tensor::from_slice(device, &[bn.channels], mean)?,
+                    Tensor::from_slice(device, &[bn.channels], var)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        let acts = graph
+            .tensors
+            .iter()
+            .map(|shape| Tensor::zeros(device, shape))
+            .collect::<Result<Vec<_>, _>>()?;
+        let train = sgd.is_some();
+
+        // Batch statistics saved by each training-mode batch norm for its backward.
+        let mut saved_stats: Vec<Option<(Tensor, Tensor)>> = vec![None; graph.ops.len()];
+        let mut forward = Vec::new();
+        for (index, op) in graph.ops.iter().enumerate() {
+            let y = &acts[op.output()];
+            match *op {
+                Op::Conv2d { shape, x, w, .. } => forward.extend(conv2d_forward(
+                    device,
+                    kernels,
+                    &shape,
+                    &acts[x],
+                    &param(&params, w),
+                    y,
+                )?),
+                Op::BatchNorm {
+                    shape,
+                    x,
+                    gamma,
+                    beta,
+                    stats,
+                    ..
+                } => {
+                    let (gamma, beta) = (param(&params, gamma), param(&params, beta));
+                    let (mean, var) = &running[stats];
+                    if train {
+                        let saved = (
+                            Tensor::zeros(device, &[shape.channels])?,
+                            Tensor::zeros(device, &[shape.channels])?,
+                        );
+                        forward.extend(batch_norm_forward_train(
+                            device,
+                            kernels,
+                            shape,
+                            &acts[x],
+                            &gamma,
+                            &beta,
+                            mean,
+                            var,
+                            &saved.0,
+                            &saved.1,
+                            y,
+                            BN_MOMENTUM,
+                            BN_EPS,
+                        ));
+                        saved_stats[index] = Some(saved);
+                    } else {
+                        forward.push(batch_norm_forward_eval(
+                            device, kernels, shape, &acts[x], &gamma, &beta, mean, var, y, BN_EPS,
+                        ));
+                    }
+                }
+                Op::Relu { x, .. } => forward.push(relu_forward(device, kernels, &acts[x], y)),
+                Op::Add { a, b, .. } => forward.push(add_forward(device, kernels, &acts[a], &acts[b], y)),
+                Op::ShortcutA { shape, x, .. } => forward.push(shortcut_a_forward(device, kernels, shape, &acts[x], y)),
+                Op::MaxPool { shape, x, .. } => forward.push(max_pool_forward(device, kernels, shape, &acts[x], y)),
+                Op::GlobalAvgPool { shape, x, .. } => {
+                    forward.push(global_avg_pool_forward(device, kernels, shape, &acts[x], y))
+                }
+                Op::Linear { shape, x, w, b, .. } => forward.push(linear_forward(
+                    device,
+                    kernels,
+                    shape,
+                    &acts[x],
+                    &param(&params, w),
+                    &param(&params, b),
+                    y,
+                )),
+            }
+        }
+
+        let training = match sgd {
+            None => None,
+            Some(sgd) => {
+                let loss_shape = LossShape {
+                    batch: graph.batch,
+                    classes: graph.classes,
+                };
+                let labels = Tensor::from_u32(device, &[graph.batch], &vec![0; graph.batch])?;
+                let loss = Tensor::zeros(device, &[1])?;
+                let correct = Tensor::zeros(device, &[1])?;
+                let probs = Tensor::zeros(device, &graph.tensors[graph.logits])?;
+                let logits = &acts[graph.logits];
+                forward.extend(softmax_cross_entropy_forward(
+                    device, kernels, loss_shape, logits, &labels, &probs, &loss,
+                ));
+                forward.push(top_k_correct(device, kernels, loss_shape, logits, &labels, 1, &correct));
+
+                let schedule = graph.backward_schedule();
+                let grads = schedule
+                    .grads
+                    .iter()
+                    .map(|shape| Tensor::zeros(device, shape))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let param_grads = Tensor::zeros(device, &[flat_len])?;
+                let mut backward = vec![softmax_cross_entropy_backward(
+                    device,
+                    kernels,
+                    loss_shape,
+                    &probs,
+                    &labels,
+                    &grads[schedule.logits_grad],
+                )];
+                for step in &schedule.steps {
+                    match step {
+                        GradStep::Accumulate { a, b, y } => {
+                            backward.push(add_forward(device, kernels, &grads[*a], &grads[*b], &grads[*y]))
+                        }
+                        GradStep::Op { op, dy, dx } => {
+                            let dy = &grads[*dy];
+                            let dx = dx[0].map(|g| &grads[g]);
+                            backward.extend(op_backward(
+                                device,
+                                kernels,
+                                &graph.ops[*op],
+                                &acts,
+                                saved_stats[*op].as_ref(),
+                                &|id| param(&params, id),
+                                &|id| param(&param_grads, id),
+                                dy,
+                                dx,
+                            )?);
+                        }
+                    }
+                }
+                let velocity = Tensor::zeros(device, &[flat_len])?;
+                let sgd = sgd_step(
+                    device,
+                    kernels,
+                    &SgdParams {
+                        len: flat_len as u32,
+                        ..sgd
+                    },
+                    &params,
+                    &param_grads,
+                    &velocity,
+                );
+                Some(Training {
+                    labels,
+                    param_grads,
+                    loss,
+                    correct,
+                    velocity,
+                    backward,
+                    sgd,
+                })
+            }
+        };
+        Ok(Self {
+            input: acts[graph.input].clone(),
+            graph,
+            params,
+            running,
+            activations: acts,
+            forward,
+            training,
+        })
+    }
+
+    /// Uploads a batch of images (NCHW) and, when training, their labels.
+    pub fn write_batch(&self, queue: &wgpu::Queue, images: &[f32], labels: &[u32]) -> Result<(), EngineError> {
+        self.input.write(queue, images)?;
+        if let Some(t) = &self.training {
+            t.labels.write(queue, bytemuck::cast_slice(labels))?;
+        }
+        Ok(())
+    }
+
+    /// Records one step (forward; when training also loss, backward and the SGD
+    /// update) into `pass`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for d in &self.forward {
+            d.record(pass);
+        }
+        if let Some(t) = &self.training {
+            for d in &t.backward {
+                d.record(pass);
+            }
+            t.sgd.record(pass);
+        }
+    }
+
+    /// Submits one step as a single command buffer; nothing is read back.
+    pub fn step(&self, device: &wgpu::Device, queue: &wgpu::Queue) {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        self.record(&mut encoder.begin_compute_pass(&Default::default()));
+        queue.submit([encoder.finish()]);
+    }
+
+    /// Changes the SGD hyper-parameters of later steps (learning-rate schedule).
+    pub fn set_sgd(&self, queue: &wgpu::Queue, sgd: SgdParams) {
+        if let Some(t) = &self.training {
+            let len = t.velocity.len() as u32;
+            t.sgd.update_params(queue, &SgdParams { len, ..sgd });
+        }
+    }
+
+    /// Loss and top-1 hits of the last training step.
+    pub async fn read_stats(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<StepStats, EngineError> {
+        let t = self
+            .training
+            .as_ref()
+            .ok_or_else(|| EngineError::Device("an inference plan has no loss".into()))?;
+        Ok(StepStats {
+            loss: t.loss.read(device, queue).await?[0],
+            correct: t.correct.read_u32(device, queue).await?[0],
+        })
+    }
+
+    /// The logits of the last step.
+    pub fn logits(&self) -> &Tensor {
+        &self.activations[self.graph.logits]
+    }
+
+    /// The momentum buffer (flat, like the parameters), when training.
+    pub fn velocity(&self) -> Option<&Tensor> {
+        self.training.as_ref().map(|t| &t.velocity)
+    }
+
+    /// The parameter gradients of the last step (flat), when training.
+    pub fn param_grads(&self) -> Option<&Tensor> {
+        self.training.as_ref().map(|t| &t.param_grads)
+    }
+}
+
+/// PyTorch's initial running statistics: mean 0, variance 1.
+pub fn fresh_running_stats(graph: &Graph) -> Vec<(Vec<f32>, Vec<f32>)> {
+    graph
+        .batch_norms
+        .iter()
+        .map(|bn| (vec![0.0; bn.channels], vec![1.0; bn.channels]))
+        .collect()
+}
+
+/// The backward dispatches of one op: parameter gradients into their views of
+/// the flat gradient buffer, and the input gradient into `dx` when wanted.
+#[allow(clippy::too_many_arguments)]
+fn op_backward(
+    device: &wgpu::Device,
+    kernels: &Kernels,
+    op: &Op,
+    acts: &[Tensor],
+    saved_stats: Option<&(Tensor, Tensor)>,
+    param: &dyn Fn(usize) -> Tensor,
+    grad: &dyn Fn(usize) -> Tensor,
+    dy: &Tensor,
+    dx: Option<&Tensor>,
+) -> Result<Vec<Dispatch>, EngineError> {
+    let mut out = Vec::new();
+    match *op {
+        Op::Conv2d { shape, x, w, .. } => {
+            out.extend(conv2d_backward_weight(device, kernels, &shape, &acts[x], dy, &grad(w))?);
+            if let Some(dx) = dx {
+                out.extend(conv2d_backward_data(device, kernels, &shape, dy, &param(w), dx)?);
+            }
+        }
+        Op::BatchNorm {
+            shape, x, gamma, beta, ..
+        } => {
+            let (mean, inv_std) = saved_stats.expect("training-mode batch norm saves its statistics");
+            let dx = dx.expect("a batch norm always follows another op");
+            out.extend(batch_norm_backward(
+                device,
+                kernels,
+                shape,
+                &acts[x],
+                dy,
+                &param(gamma),
+                mean,
+                inv_std,
+                dx,
+                &grad(gamma),
+                &grad(beta),
+            ));
+        }
+        Op::Linear { shape, x, w, b, .. } => {
+            out.extend(linear_backward_weight(
+                device,
+                kernels,
+                shape,
+                &acts[x],
+                dy,
+                &grad(w),
+                &grad(b),
+            ));
+            if let Some(dx) = dx {
+                out.push(linear_backward_data(device, kernels, shape, dy, &param(w), dx));
+            }
+        }
+        _ => {
+            let dx = dx.expect("only parameterised ops run without an input gradient");
+            out.push(match *op {
+                Op::Relu { y, .. } => relu_backward(device, kernels, &acts[y], dy, dx),
+                Op::ShortcutA { shape, .. } => shortcut_a_backward(device, kernels, shape, dy, dx),
+                Op::MaxPool { shape, x, .. } => max_pool_backward(device, kernels, shape, &acts[x], dy, dx),
+                Op::GlobalAvgPool { shape, .. } => global_avg_pool_backward(device, kernels, shape, dy, dx),
+                _ => unreachable!("handled above; Add has no backward dispatch"),
+            });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,250 @@
+// Batch normalisation of NCHW f32 tensors, per channel c over its N*H*W values:
+//   y = (x - mean) * inv_std * gamma + beta,   inv_std = 1 / sqrt(var + eps).
+//
+// Per-channel reductions (batch statistics, backward sums) run one workgroup of
+// REDUCE_WORKGROUP invocations per channel. Each invocation sums one contiguous
+// share of the channel serially (a plane of H*W is contiguous in NCHW, so a share
+// is at most a few contiguous segments); the workgroup then combines the partials
+// with two barriers, because CPU adapters make every barrier expensive.
+//
+// Element-wise passes give each invocation RUN consecutive values of one plane,
+// so the channel index costs two divisions per run instead of per value.
+// Linear invocation index from a 2-D grid: gid.x + gid.y * num_workgroups.x * 256.
+
+const REDUCE_WORKGROUP: u32 = 256u;
+const RUN: u32 = 4u;
+
+var<workgroup> partials: array<vec2<f32>, REDUCE_WORKGROUP>;
+
+// Sum of `value` over the workgroup, returned to every invocation (all add the
+// partials in the same order, so they agree exactly). Call in uniform control flow.
+fn workgroup_sum(thread: u32, value: vec2<f32>) -> vec2<f32> {
+    partials[thread] = value;
+    workgroupBarrier();
+    var total = vec2<f32>(0.0);
+    for (var i = 0u; i < REDUCE_WORKGROUP; i++) {
+        total += partials[i];
+    }
+    // Nobody may overwrite `partials` in a later call before everyone has read it.
+    workgroupBarrier();
+    return total;
+}
+
+// The values of one channel are numbered image-major: value `flat` is pixel
+// flat % spatial of image flat / spatial. Invocation `thread` owns [first, end).
+fn share_of(thread: u32, count: u32) -> vec2<u32> {
+    let size = (count + REDUCE_WORKGROUP - 1u) / REDUCE_WORKGROUP;
+    let first = min(thread * size, count);
+    return vec2<u32>(first, min(first + size, count));
+}
+
+// The contiguous segment that starts at value `flat` of `channel` and ends at
+// `end` or at the end of its plane, whichever is first: (tensor index, length).
+fn segment(flat: u32, end: u32, channel: u32, channels: u32, spatial: u32) -> vec2<u32> {
+    let image = flat / spatial;
+    let pixel = flat - image * spatial;
+    return vec2<u32>((image * channels + channel) * spatial + pixel, min(end - flat, spatial - pixel));
+}
+
+// Element-wise passes: invocation `index` owns the tensor indices [x, y) in one
+// plane, whose channel is z; an empty range past the last plane.
+fn plane_run(index: u32, channels: u32, spatial: u32, runs_per_plane: u32, planes: u32) -> vec3<u32> {
+    let plane = index / runs_per_plane;
+    if plane >= planes {
+        return vec3<u32>(0u, 0u, 0u);
+    }
+    let start = plane * spatial + (index - plane * runs_per_plane) * RUN;
+    return vec3<u32>(start, min(start + RUN, (plane + 1u) * spatial), plane % channels);
+}
+
+struct ReduceParams {
+    batch: u32,
+    channels: u32,
+    spatial: u32,
+    eps: f32,
+    momentum: f32,
+    // n / (n - 1) turns the biased batch variance into the unbiased one that
+    // the running variance tracks (1 when n = 1, where it is undefined).
+    unbiased_factor: f32,
+}
+
+// batch_norm_statistics: batch mean and inverse standard deviation of each
+// channel (workgroup), and the running statistics' momentum update. Two passes
+// over the data, mean first and then squared deviations from it: the one-pass
+// E[x^2] - E[x]^2 cancels catastrophically in f32 when |mean| >> std.
+@group(0) @binding(0) var<uniform> statistics_params: ReduceParams;
+@group(0) @binding(1) var<storage, read> statistics_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> statistics_running_mean: array<f32>;
+@group(0) @binding(3) var<storage, read_write> statistics_running_var: array<f32>;
+@group(0) @binding(4) var<storage, read_write> statistics_saved_mean: array<f32>;
+@group(0) @binding(5) var<storage, read_write> statistics_saved_inv_std: array<f32>;
+
+@compute @workgroup_size(256)
+fn batch_norm_statistics(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) thread: u32) {
+    let p = statistics_params;
+    let channel = group.x;
+    let count = p.batch * p.spatial;
+    let share = share_of(thread, count);
+
+    // Summing deviations from one of the values (the channel's first) keeps the
+    // partial sums small when |mean| >> std, so that their rounding errors are
+    // relative to the spread rather than to the mean.
+    let pivot = statistics_x[channel * p.spatial];
+    var sum = 0.0;
+    var flat = share.x;
+    while flat < share.y {
+        let s = segment(flat, share.y, channel, p.channels, p.spatial);
+        for (var i = s.x; i < s.x + s.y; i++) {
+            sum += statistics_x[i] - pivot;
+        }
+        flat += s.y;
+    }
+    let mean = pivot + workgroup_sum(thread, vec2<f32>(sum, 0.0)).x / f32(count);
+
+    var squares = 0.0;
+    flat = share.x;
+    while flat < share.y {
+        let s = segment(flat, share.y, channel, p.channels, p.spatial);
+        for (var i = s.x; i < s.x + s.y; i++) {
+            let deviation = statistics_x[i] - mean;
+            squares += deviation * deviation;
+        }
+        flat += s.y;
+    }
+    let variance = workgroup_sum(thread, vec2<f32>(squares, 0.0)).x / f32(count);
+
+    if thread == 0u {
+        statistics_saved_mean[channel] = mean;
+        statistics_saved_inv_std[channel] = inverseSqrt(variance + p.eps);
+        // PyTorch's convention: r = (1 - momentum) r + momentum * statistic.
+        statistics_running_mean[channel] = mix(statistics_running_mean[channel], mean, p.momentum);
+        statistics_running_var[channel] =
+            mix(statistics_running_var[channel], variance * p.unbiased_factor, p.momentum);
+    }
+}
+
+struct NormalizeParams {
+    channels: u32,
+    spatial: u32,
+    runs_per_plane: u32,
+    planes: u32,
+    eps: f32,
+    // 1: `spread` holds variances (eval: running statistics);
+    // 0: it holds inverse standard deviations (training: batch statistics).
+    spread_is_variance: u32,
+}
+
+// batch_norm_normalize: y = (x - mean) * inv_std * gamma + beta, with the
+// statistics of either mode.
+@group(0) @binding(10) var<uniform> normalize_params: NormalizeParams;
+@group(0) @binding(11) var<storage, read> normalize_x: array<f32>;
+@group(0) @binding(12) var<storage, read> normalize_mean: array<f32>;
+@group(0) @binding(13) var<storage, read> normalize_spread: array<f32>;
+@group(0) @binding(14) var<storage, read> normalize_gamma: array<f32>;
+@group(0) @binding(15) var<storage, read> normalize_beta: array<f32>;
+@group(0) @binding(16) var<storage, read_write> normalize_y: array<f32>;
+
+@compute @workgroup_size(256)
+fn batch_norm_normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let p = normalize_params;
+    let run = plane_run(gid.x + gid.y * groups.x * 256u, p.channels, p.spatial, p.runs_per_plane, p.planes);
+    if run.x == run.y {
+        return;
+    }
+    let c = run.z;
+    var inv_std = normalize_spread[c];
+    if p.spread_is_variance == 1u {
+        inv_std = inverseSqrt(inv_std + p.eps);
+    }
+    let mean = normalize_mean[c];
+    let scale = inv_std * normalize_gamma[c];
+    let beta = normalize_beta[c];
+    for (var i = run.x; i < run.y; i++) {
+        normalize_y[i] = (normalize_x[i] - mean) * scale + beta;
+    }
+}
+
+struct BackwardReduceParams {
+    batch: u32,
+    channels: u32,
+    spatial: u32,
+}
+
+// batch_norm_backward_reduce: dbeta = sum(dy), dgamma = sum(dy * xhat) per
+// channel (workgroup), with xhat from the statistics saved by the forward pass.
+@group(0) @binding(20) var<uniform> reduce_params: BackwardReduceParams;
+@group(0) @binding(21) var<storage, read> reduce_x: array<f32>;
+@group(0) @binding(22) var<storage, read> reduce_dy: array<f32>;
+@group(0) @binding(23) var<storage, read> reduce_saved_mean: array<f32>;
+@group(0) @binding(24) var<storage, read> reduce_saved_inv_std: array<f32>;
+@group(0) @binding(25) var<storage, read_write> reduce_dgamma: array<f32>;
+@group(0) @binding(26) var<storage, read_write> reduce_dbeta: array<f32>;
+
+@compute @workgroup_size(256)
+fn batch_norm_backward_reduce(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(local_invocation_index) thread: u32,
+) {
+    let p = reduce_params;
+    let channel = group.x;
+    let mean = reduce_saved_mean[channel];
+    let share = share_of(thread, p.batch * p.spatial);
+
+    // (sum of dy, sum of dy * (x - mean)); inv_std is applied once at the end.
+    var sums = vec2<f32>(0.0);
+    var flat = share.x;
+    while flat < share.y {
+        let s = segment(flat, share.y, channel, p.channels, p.spatial);
+        for (var i = s.x; i < s.x + s.y; i++) {
+            let dy = reduce_dy[i];
+            sums += vec2<f32>(dy, dy * (reduce_x[i] - mean));
+        }
+        flat += s.y;
+    }
+    let total = workgroup_sum(thread, sums);
+    if thread == 0u {
+        reduce_dbeta[channel] = total.x;
+        reduce_dgamma[channel] = total.y * reduce_saved_inv_std[channel];
+    }
+}
+
+struct BackwardDataParams {
+    channels: u32,
+    spatial: u32,
+    runs_per_plane: u32,
+    planes: u32,
+    // 1 / (N*H*W)
+    inv_count: f32,
+}
+
+// batch_norm_backward_data:
+//   dx = gamma * inv_std * (dy - dbeta / n - xhat * dgamma / n),
+// the gradient through the batch statistics included.
+@group(0) @binding(30) var<uniform> data_params: BackwardDataParams;
+@group(0) @binding(31) var<storage, read> data_x: array<f32>;
+@group(0) @binding(32) var<storage, read> data_dy: array<f32>;
+@group(0) @binding(33) var<storage, read> data_gamma: array<f32>;
+@group(0) @binding(34) var<storage, read> data_saved_mean: array<f32>;
+@group(0) @binding(35) var<storage, read> data_saved_inv_std: array<f32>;
+@group(0) @binding(36) var<storage, read> data_dgamma: array<f32>;
+@group(0) @binding(37) var<storage, read> data_dbeta: array<f32>;
+@group(0) @binding(38) var<storage, read_write> data_dx: array<f32>;
+
+@compute @workgroup_size(256)
+fn batch_norm_backward_data(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let p = data_params;
+    let run = plane_run(gid.x + gid.y * groups.x * 256u, p.channels, p.spatial, p.runs_per_plane, p.planes);
+    if run.x == run.y {
+        return;
+    }
+    let c = run.z;
+    let mean = data_saved_mean[c];
+    let inv_std = data_saved_inv_std[c];
+    let scale = data_gamma[c] * inv_std;
+    let mean_dy = data_dbeta[c] * p.inv_count;
+    let mean_dy_xhat = data_dgamma[c] * p.inv_count;
+    for (var i = run.x; i < run.y; i++) {
+        let xhat = (data_x[i] - mean) * inv_std;
+        data_dx[i] = scale * (data_dy[i] - mean_dy - xhat * mean_dy_xhat);
+    }
+}
