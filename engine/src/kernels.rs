@@ -2,6 +2,7 @@
 
 use crate::layers::batch_norm::BatchNormKernels;
 use crate::layers::conv2d::Conv2dKernels;
+use crate::layers::gemm::GemmKernels;
 use crate::layers::linear::LinearKernels;
 use crate::layers::loss::LossKernels;
 use crate::layers::pool::PoolKernels;
@@ -44,6 +45,7 @@ pub struct Kernels {
     pub relu: ReluKernels,
     pub batch_norm: BatchNormKernels,
     pub conv2d: Conv2dKernels,
+    pub gemm: GemmKernels,
     pub residual: ResidualKernels,
     pub pool: PoolKernels,
     pub linear: LinearKernels,
@@ -58,6 +60,7 @@ impl Kernels {
             relu: ReluKernels::new(device),
             batch_norm: BatchNormKernels::new(device),
             conv2d: Conv2dKernels::new(device, variant),
+            gemm: GemmKernels::new(device, variant),
             residual: ResidualKernels::new(device),
             pool: PoolKernels::new(device),
             linear: LinearKernels::new(device),

@@ -15,7 +15,9 @@ pub mod gpu;
 pub mod kernel;
 pub mod kernels;
 pub mod layers;
+pub mod model;
 pub mod network;
+pub mod preprocess;
 pub mod rng;
 pub mod tensor;
 #[cfg(not(target_arch = "wasm32"))]

@@ -2,6 +2,7 @@
 
 pub mod batch_norm;
 pub mod conv2d;
+pub mod gemm;
 pub mod linear;
 pub mod loss;
 pub mod pool;

@@ -8,17 +8,18 @@ use super::graph::{Graph, GraphBuilder, TensorId};
 /// fully connected layer. Shortcuts are option A; `residual = false` gives the
 /// plain counterpart (same layers, no shortcuts).
 pub fn cifar_resnet(batch: usize, n: usize, residual: bool, classes: usize) -> Graph {
-    cifar_resnet_for_input(batch, n, residual, classes, [3, 32, 32])
+    let shortcut = if residual { Shortcut::A } else { Shortcut::None };
+    cifar_resnet_for_input(batch, n, shortcut, classes, [3, 32, 32])
 }
 
-/// As [`cifar_resnet`], for images of `[channels, h, w]` (e.g. 1x28x28 Fashion-MNIST).
-pub fn cifar_resnet_for_input(batch: usize, n: usize, residual: bool, classes: usize, input: [usize; 3]) -> Graph {
+/// As [`cifar_resnet`], with any shortcut option, for images of
+/// `[channels, h, w]` (e.g. 1x28x28 Fashion-MNIST).
+pub fn cifar_resnet_for_input(batch: usize, n: usize, shortcut: Shortcut, classes: usize, input: [usize; 3]) -> Graph {
     let mut g = GraphBuilder::new(batch, input[0], input[1], input[2]);
     let mut x = g.conv_bn("", 1, g.input(), 16, 3, 1, true);
     for (stage, planes) in [16, 32, 64].into_iter().enumerate() {
         for block in 0..n {
             let stride = if stage > 0 && block == 0 { 2 } else { 1 };
-            let shortcut = if residual { Shortcut::A } else { Shortcut::None };
             x = basic_block(
                 &mut g,
                 &format!("layer{}.{block}.", stage + 1),
@@ -49,7 +50,7 @@ fn basic_block(
 }
 
 /// How a block's input reaches its output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Shortcut {
     /// Plain network: no shortcut at all.
     None,
@@ -62,7 +63,8 @@ pub enum Shortcut {
 }
 
 /// Where a bottleneck block downsamples.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BottleneckStride {
     /// On the 3x3 conv (torchvision's "v1.5"; its weights need this).
     OnConv3x3,

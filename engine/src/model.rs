@@ -1,0 +1,354 @@
+//! A model: architecture, class names and preprocessing (its spec), plus
+//! parameters and batch-norm running statistics; saved as safetensors with
+//! torchvision's tensor names and the spec as metadata.
+
+use crate::network::graph::Graph;
+use crate::network::resnet::{BottleneckStride, Shortcut, cifar_resnet_for_input, imagenet_resnet};
+use crate::preprocess::Normalization;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use thiserror::Error;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "snake_case")]
+pub enum Architecture {
+    /// CIFAR ResNet-(6n+2); `shortcut: None` is the plain network.
+    Cifar { depth: usize, shortcut: Shortcut },
+    /// ImageNet ResNet-18/34/50/101/152.
+    Imagenet {
+        depth: usize,
+        shortcut: Shortcut,
+        bottleneck_stride: BottleneckStride,
+    },
+}
+
+impl Architecture {
+    /// "ResNet-20", "Plain-20", ...
+    pub fn name(&self) -> String {
+        let (depth, shortcut) = match *self {
+            Self::Cifar { depth, shortcut } | Self::Imagenet { depth, shortcut, .. } => (depth, shortcut),
+        };
+        let family = if shortcut == Shortcut::None { "Plain" } else { "ResNet" };
+        format!("{family}-{depth}")
+    }
+}
+
+/// Everything about a model except its numbers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub architecture: Architecture,
+    pub class_names: Vec<String>,
+    /// Input image `[channels, height, width]`.
+    pub input: [usize; 3],
+    pub normalization: Normalization,
+}
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("unsupported architecture: {0}")]
+    Unsupported(String),
+    #[error("not a safetensors file: {0}")]
+    Format(String),
+    #[error(
+        "the file has no `resnet` metadata (architecture, classes, normalisation); convert it with `resnet-native import`"
+    )]
+    NoMetadata,
+    #[error("bad `resnet` metadata: {0}")]
+    Metadata(String),
+    #[error("the weights do not match {arch}:\n{problems}")]
+    Mismatch { arch: String, problems: String },
+}
+
+/// Metadata key holding the [`ModelSpec`] as JSON.
+pub const METADATA_KEY: &str = "resnet";
+
+impl ModelSpec {
+    /// The network as a graph for `batch` images.
+    pub fn graph(&self, batch: usize) -> Result<Graph, ModelError> {
+        let classes = self.class_names.len();
+        match self.architecture {
+            Architecture::Cifar { depth, shortcut } => {
+                if depth < 8 || (depth - 2) % 6 != 0 {
+                    return Err(ModelError::Unsupported(format!("CIFAR depth {depth} is not 6n+2")));
+                }
+                Ok(cifar_resnet_for_input(
+                    batch,
+                    (depth - 2) / 6,
+                    shortcut,
+                    classes,
+                    self.input,
+                ))
+            }
+            Architecture::Imagenet {
+                depth,
+                shortcut,
+                bottleneck_stride,
+            } => {
+                if self.input[0] != 3 {
+                    return Err(ModelError::Unsupported("ImageNet networks take RGB input".into()));
+                }
+                imagenet_resnet(batch, depth, shortcut, bottleneck_stride, classes, self.input[1]).ok_or_else(|| {
+                    ModelError::Unsupported(format!("ImageNet depth {depth} (use 18, 34, 50, 101 or 152)"))
+                })
+            }
+        }
+    }
+}
+
+/// A model with its parameters (flat, in [`Graph::param_offsets`] layout) and
+/// running statistics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    pub spec: ModelSpec,
+    pub params: Vec<f32>,
+    pub running: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl Model {
+    /// Freshly initialised (He normal convs, BN 1/0, running 0/1).
+    pub fn init(spec: ModelSpec, seed: u64) -> Result<Self, ModelError> {
+        let graph = spec.graph(1)?;
+        Ok(Self {
+            params: graph.init_params(seed),
+            running: crate::network::plan::fresh_running_stats(&graph),
+            spec,
+        })
+    }
+
+    /// Every named tensor of the model with its shape and values.
+    fn named_tensors(&self, graph: &Graph) -> Vec<(String, Vec<usize>, &[f32])> {
+        let (offsets, _) = graph.param_offsets();
+        let params = graph
+            .params
+            .iter()
+            .zip(offsets)
+            .map(|(p, start)| (p.name.clone(), p.shape.clone(), &self.params[start..start + p.len()]));
+        let stats = graph
+            .batch_norms
+            .iter()
+            .zip(&self.running)
+            .flat_map(|(bn, (mean, var))| {
+                [
+                    (format!("{}.running_mean", bn.name), vec![bn.channels], mean.as_slice()),
+                    (format!("{}.running_var", bn.name), vec![bn.channels], var.as_slice()),
+                ]
+            });
+        params.chain(stats).collect()
+    }
+
+    /// Serialises as safetensors (little-endian f32), spec in the metadata.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, ModelError> {
+        let graph = self.spec.graph(1)?;
+        let named = self.named_tensors(&graph);
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = named
+            .into_iter()
+            .map(|(name, shape, values)| (name, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()))
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(name, shape, data)| {
+                TensorView::new(Dtype::F32, shape.clone(), data)
+                    .map(|view| (name.clone(), view))
+                    .map_err(|e| ModelError::Format(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let spec = serde_json::to_string(&self.spec).map_err(|e| ModelError::Metadata(e.to_string()))?;
+        safetensors::serialize(views, Some(HashMap::from([(METADATA_KEY.to_string(), spec)])))
+            .map_err(|e| ModelError::Format(e.to_string()))
+    }
+
+    /// Loads a file written by [`Model::to_safetensors`] (spec from its metadata).
+    pub fn from_safetensors(bytes: &[u8]) -> Result<Self, ModelError> {
+        let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| ModelError::Format(e.to_string()))?;
+        let json = metadata
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(METADATA_KEY))
+            .ok_or(ModelError::NoMetadata)?;
+        let spec: ModelSpec = serde_json::from_str(json).map_err(|e| ModelError::Metadata(e.to_string()))?;
+        Self::from_tensors(spec, bytes, &[])
+    }
+
+    /// Loads the tensors of `bytes` into a model of `spec`, renaming each
+    /// tensor by the first matching `(from_prefix, to_prefix)` of `renames`.
+    /// Lists every missing, unexpected and mis-shaped tensor when they don't fit.
+    /// `num_batches_tracked` counters are ignored.
+    pub fn from_tensors(spec: ModelSpec, bytes: &[u8], renames: &[(&str, &str)]) -> Result<Self, ModelError> {
+        let file = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Format(e.to_string()))?;
+        let mut available: BTreeMap<String, TensorView> = BTreeMap::new();
+        for (name, view) in file.tensors() {
+            if name.ends_with("num_batches_tracked") {
+                continue;
+            }
+            let renamed = renames
+                .iter()
+                .find_map(|(from, to)| name.strip_prefix(from).map(|rest| format!("{to}{rest}")))
+                .unwrap_or(name);
+            available.insert(renamed, view);
+        }
+        let mut model = Self::init(spec, 0)?;
+        let graph = model.spec.graph(1)?;
+        let mut problems = Vec::new();
+        let mut values: Vec<(String, Vec<f32>)> = Vec::new();
+        for (name, shape, _) in model.named_tensors(&graph) {
+            match available.remove(&name) {
+                None => problems.push(format!("  missing: {name} {shape:?}")),
+                Some(view) if view.shape() != shape.as_slice() => problems.push(format!(
+                    "  mis-shaped: {name} is {:?}, expected {shape:?}",
+                    view.shape()
+                )),
+                Some(view) => match to_f32(&view) {
+                    Some(v) => values.push((name, v)),
+                    None => problems.push(format!(
+                        "  unsupported dtype: {name} is {:?} (need F32/F64/F16/BF16)",
+                        view.dtype()
+                    )),
+                },
+            }
+        }
+        problems.extend(available.keys().map(|name| format!("  unexpected: {name}")));
+        if !problems.is_empty() {
+            return Err(ModelError::Mismatch {
+                arch: model.spec.architecture.name(),
+                problems: problems.join("\n"),
+            });
+        }
+        let mut by_name: HashMap<String, Vec<f32>> = values.into_iter().collect();
+        let (offsets, _) = graph.param_offsets();
+        for (p, start) in graph.params.iter().zip(offsets) {
+            model.params[start..start + p.len()].copy_from_slice(&by_name.remove(&p.name).expect("checked"));
+        }
+        for (bn, (mean, var)) in graph.batch_norms.iter().zip(model.running.iter_mut()) {
+            *mean = by_name.remove(&format!("{}.running_mean", bn.name)).expect("checked");
+            *var = by_name.remove(&format!("{}.running_var", bn.name)).expect("checked");
+        }
+        Ok(model)
+    }
+}
+
+fn to_f32(view: &TensorView) -> Option<Vec<f32>> {
+    let data = view.data();
+    Some(match view.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// IEEE half to single precision.
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exp = i32::from((h >> 10) & 0x1f);
+    let frac = f32::from(h & 0x3ff);
+    sign * match exp {
+        0 => frac * 2f32.powi(-24),
+        31 if frac == 0.0 => f32::INFINITY,
+        31 => f32::NAN,
+        _ => (1.0 + frac / 1024.0) * 2f32.powi(exp - 15),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resnet20_spec() -> ModelSpec {
+        ModelSpec {
+            architecture: Architecture::Cifar {
+                depth: 20,
+                shortcut: Shortcut::A,
+            },
+            class_names: (0..10).map(|i| format!("class {i}")).collect(),
+            input: [3, 32, 32],
+            normalization: Normalization::imagenet(),
+        }
+    }
+
+    #[test]
+    fn safetensors_round_trip_keeps_every_value_and_the_spec() {
+        let mut model = Model::init(resnet20_spec(), 3).unwrap();
+        model.running[0].0[1] = 0.25;
+        let bytes = model.to_safetensors().unwrap();
+        let back = Model::from_safetensors(&bytes).unwrap();
+        assert_eq!(back, model);
+        let names = SafeTensors::deserialize(&bytes).unwrap().names().len();
+        // 20 weighted layers' weights + BN (2 params + 2 stats) x 19 + fc bias.
+        assert_eq!(names, 20 + 19 * 4 + 1);
+    }
+
+    #[test]
+    fn import_renames_prefixes_and_lists_every_problem() {
+        let model = Model::init(resnet20_spec(), 4).unwrap();
+        let graph = model.spec.graph(1).unwrap();
+        let named = model.named_tensors(&graph);
+        // Re-export with PyTorch-DataParallel names and the reference's `linear.`.
+        let renamed: Vec<(String, Vec<usize>, Vec<u8>)> = named
+            .iter()
+            .map(|(n, s, v)| {
+                let n = n.replacen("fc.", "linear.", 1);
+                (
+                    format!("module.{n}"),
+                    s.clone(),
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                )
+            })
+            .collect();
+        let views: Vec<_> = renamed
+            .iter()
+            .map(|(n, s, d)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), d).unwrap()))
+            .collect();
+        let bytes = safetensors::serialize(views.clone(), None).unwrap();
+        assert!(matches!(Model::from_safetensors(&bytes), Err(ModelError::NoMetadata)));
+        let renames = [("module.linear.", "fc."), ("module.", "")];
+        let imported = Model::from_tensors(resnet20_spec(), &bytes, &renames).unwrap();
+        assert_eq!(imported.params, model.params);
+
+        // Drop one tensor, reshape another, add a stray one: all three are named.
+        let mut broken: Vec<_> = views
+            .into_iter()
+            .filter(|(n, _)| n != "module.layer1.0.conv1.weight")
+            .collect();
+        let stray = [0u8; 8];
+        broken.push((
+            "module.extra".into(),
+            TensorView::new(Dtype::F32, vec![2], &stray).unwrap(),
+        ));
+        let index = broken.iter().position(|(n, _)| n == "module.bn1.weight").unwrap();
+        let wrong = [0u8; 12];
+        broken[index].1 = TensorView::new(Dtype::F32, vec![3], &wrong).unwrap();
+        let bytes = safetensors::serialize(broken, None).unwrap();
+        let err = Model::from_tensors(resnet20_spec(), &bytes, &renames)
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "missing: layer1.0.conv1.weight",
+            "mis-shaped: bn1.weight",
+            "unexpected: extra",
+        ] {
+            assert!(err.contains(needle), "{needle} not in: {err}");
+        }
+    }
+
+    #[test]
+    fn half_precision_converts_exactly() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
+        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
+    }
+}
