@@ -12,5 +12,8 @@ run() {
 
 run cargo fmt --all --check
 run cargo clippy --workspace --all-targets -- -D warnings
-run cargo test --workspace
+# Release: the GPU tests take as long either way (lavapipe's JIT does that
+# work), and a cold release build compiles in about half the CPU time of the dev
+# profile, whose dependencies are optimised *and* carry full debug info.
+run cargo test --workspace --release
 run scripts/build-wasm.sh engine

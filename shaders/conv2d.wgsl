@@ -4,8 +4,9 @@
 // Forward and backward-data are one kernel, `conv2d_implicit_gemm`:
 //   dst[b][row][pixel] = sum over taps t, channels c of
 //                        wt[t][c][row] * src[b][c][source pixel of (pixel, t)]
-// over transposed weights `wt` ([tap][channel][row], rows padded to a multiple
-// of 8 with zeros, written by `conv2d_transpose_weights`).
+// over transposed weights `wt` ([tap][channel][row], channels padded to a
+// multiple of 4 and rows to a multiple of 16 with zeros, written by
+// `conv2d_transpose_weights`).
 // - forward: rows = Cout, channels = Cin, src = x, dst = y, every tap;
 // - backward-data: rows = Cin, channels = Cout, src = dy, dst = dx. With stride
 //   s the input pixels split into s*s phases by (ih + pad) mod s; in a phase only
@@ -20,9 +21,10 @@
 // `conv2d_reduce_partials` sums them in a fixed order (deterministic).
 //
 // Two tilings of each GEMM:
-// - register tile (CPU adapters): 8 rows x 8 columns per invocation, no
-//   barriers, no bounds checks in the inner loop (columns past the end are
-//   clamped to a valid address and masked, rows are zero padding);
+// - register tile (CPU adapters): 16 x 16 outputs per invocation, no barriers,
+//   no bounds checks in the inner loop (pixels outside the image or past the
+//   end are read at a clamped address and multiplied by 0, rows and channels
+//   past the end are zero padding or clamped and not stored);
 // - workgroup tile (GPUs): 64x64 outputs per 16x16 workgroup, staged through
 //   workgroup memory 16 deep, 4x4 outputs per invocation.
 
@@ -51,6 +53,8 @@ struct ImplicitGemm {
     kernel_first_w: u32,
     kernel_step: u32,
     columns: u32,
+    // Channel stride of wt: channels rounded up to a multiple of 4 (zero weights).
+    channels_padded: u32,
 }
 
 // Four consecutive columns of an implicit GEMM: where they read and write.
@@ -106,29 +110,12 @@ fn weight_tap(p: ImplicitGemm, th: u32, tw: u32) -> u32 {
     return (p.kernel_first_h + th * p.kernel_step) * p.kernel + p.kernel_first_w + tw * p.kernel_step;
 }
 
-// acc[2i + h] += a[i] * b[h] for the 8 rows a = (a_lo, a_hi) and 8 columns b = (b_lo, b_hi).
-fn outer_product_8x8(acc: ptr<function, array<vec4<f32>, 16>>, a_lo: vec4<f32>, a_hi: vec4<f32>, b_lo: vec4<f32>, b_hi: vec4<f32>) {
-    (*acc)[0] += a_lo.x * b_lo;
-    (*acc)[1] += a_lo.x * b_hi;
-    (*acc)[2] += a_lo.y * b_lo;
-    (*acc)[3] += a_lo.y * b_hi;
-    (*acc)[4] += a_lo.z * b_lo;
-    (*acc)[5] += a_lo.z * b_hi;
-    (*acc)[6] += a_lo.w * b_lo;
-    (*acc)[7] += a_lo.w * b_hi;
-    (*acc)[8] += a_hi.x * b_lo;
-    (*acc)[9] += a_hi.x * b_hi;
-    (*acc)[10] += a_hi.y * b_lo;
-    (*acc)[11] += a_hi.y * b_hi;
-    (*acc)[12] += a_hi.z * b_lo;
-    (*acc)[13] += a_hi.z * b_hi;
-    (*acc)[14] += a_hi.w * b_lo;
-    (*acc)[15] += a_hi.w * b_hi;
-}
-
-// conv2d_transpose_weights: w (OIHW) -> wt[tap][channel][row], rows padded with
-// zeros to rows_padded. Forward: row = co, channel = ci; backward-data: row = ci,
-// channel = co; the strides say which.
+// conv2d_transpose_weights: w (OIHW) -> wt[tap][channel][row], channels and
+// rows padded with zeros to channels_padded and rows_padded (multiples of 4).
+// Forward: row = co, channel = ci; backward-data: row = ci, channel = co; the
+// strides say which. One invocation per 4 channels x 4 rows, for all taps:
+// consecutive invocations take consecutive row blocks, so both the reads (runs
+// of 4 channels x taps per row) and the vec4 writes stream.
 struct Transpose {
     rows: u32,
     channels: u32,
@@ -136,96 +123,264 @@ struct Transpose {
     rows_padded: u32,
     row_stride: u32,
     channel_stride: u32,
-    len: u32,
+    channels_padded: u32,
     _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> transpose_params: Transpose;
 @group(0) @binding(1) var<storage, read> transpose_w: array<f32>;
-@group(0) @binding(2) var<storage, read_write> transpose_wt: array<f32>;
+@group(0) @binding(2) var<storage, read_write> transpose_wt: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
 fn conv2d_transpose_weights(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let p = transpose_params;
     let i = gid.x + gid.y * groups.x * 256u;
-    if i >= p.len {
+    let row_blocks = p.rows_padded / 4u;
+    if i >= p.channels_padded / 4u * row_blocks {
         return;
     }
-    let row = i % p.rows_padded;
-    let rest = i / p.rows_padded;
-    let channel = rest % p.channels;
-    let tap = rest / p.channels;
-    var value = 0.0;
-    if row < p.rows {
-        value = transpose_w[row * p.row_stride + channel * p.channel_stride + tap];
+    let row_block = i % row_blocks;
+    let rows = row_block * 4u + vec4<u32>(0u, 1u, 2u, 3u);
+    let rows_live = rows < vec4<u32>(p.rows);
+    // Clamped source offsets; padding rows and channels are masked to 0.
+    let row_offsets = min(rows, vec4<u32>(p.rows - 1u)) * p.row_stride;
+    for (var channel = (i / row_blocks) * 4u; channel < (i / row_blocks) * 4u + 4u; channel++) {
+        let src = row_offsets + min(channel, p.channels - 1u) * p.channel_stride;
+        let live = rows_live & vec4<bool>(channel < p.channels);
+        for (var tap = 0u; tap < p.taps; tap++) {
+            let v = vec4<f32>(transpose_w[src.x + tap], transpose_w[src.y + tap], transpose_w[src.z + tap], transpose_w[src.w + tap]);
+            transpose_wt[(tap * p.channels_padded + channel) * row_blocks + row_block] = select(vec4<f32>(0.0), v, live);
+        }
     }
-    transpose_wt[i] = value;
 }
 
-// conv2d_implicit_gemm (register tile): 8 rows x 8 consecutive columns per
-// invocation, 64 invocations per workgroup along the columns; the workgroup's
-// row block comes from workgroup_id.z, its column tile from x and y.
+// conv2d_implicit_gemm (register tile): 16 rows x 16 columns per invocation,
+// the columns being two blocks of 8 consecutive pixels of a destination row
+// (consecutive blocks in (b, qh, qw) order, so narrow maps waste nothing); 64
+// invocations per workgroup. On CPU adapters every load costs a loop over the SIMD
+// lanes, so loads are what to save: with a source stride of 1 the taps of one
+// kernel row read overlapping windows, so each channel loads 8 pixels per
+// block once and then one more per tap, shifting the window (stride 2 reloads
+// 8 pixels per tap).
 @group(0) @binding(10) var<uniform> rt_params: ImplicitGemm;
 @group(0) @binding(11) var<storage, read> rt_wt: array<vec4<f32>>;
 @group(0) @binding(12) var<storage, read> rt_src: array<f32>;
 @group(0) @binding(13) var<storage, read_write> rt_dst: array<f32>;
 
-fn rt_store_row(p: ImplicitGemm, lo: Columns4, hi: Columns4, row: u32, v_lo: vec4<f32>, v_hi: vec4<f32>) {
-    if row >= p.rows {
+// 16 consecutive rows of wt (one tap and channel).
+struct Rows16 {
+    a0: vec4<f32>,
+    a1: vec4<f32>,
+    a2: vec4<f32>,
+    a3: vec4<f32>,
+}
+
+fn rt_rows(index: u32) -> Rows16 {
+    return Rows16(rt_wt[index], rt_wt[index + 1u], rt_wt[index + 2u], rt_wt[index + 3u]);
+}
+
+// 8 source pixels of one channel for the 8 columns of a block.
+struct Window {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+// acc[2i + h] += a_i * x_h + b_i * y_h: rows a with pixels x of one channel and
+// rows b with pixels y of the next. Two channels per update: on llvmpipe every
+// update of a loop-carried accumulator is a masked store, so fewer updates per
+// multiply-add is faster.
+fn outer_product_16x8x2(acc: ptr<function, array<vec4<f32>, 32>>, a: Rows16, x: Window, b: Rows16, y: Window) {
+    (*acc)[0] += a.a0.x * x.lo + b.a0.x * y.lo;
+    (*acc)[1] += a.a0.x * x.hi + b.a0.x * y.hi;
+    (*acc)[2] += a.a0.y * x.lo + b.a0.y * y.lo;
+    (*acc)[3] += a.a0.y * x.hi + b.a0.y * y.hi;
+    (*acc)[4] += a.a0.z * x.lo + b.a0.z * y.lo;
+    (*acc)[5] += a.a0.z * x.hi + b.a0.z * y.hi;
+    (*acc)[6] += a.a0.w * x.lo + b.a0.w * y.lo;
+    (*acc)[7] += a.a0.w * x.hi + b.a0.w * y.hi;
+    (*acc)[8] += a.a1.x * x.lo + b.a1.x * y.lo;
+    (*acc)[9] += a.a1.x * x.hi + b.a1.x * y.hi;
+    (*acc)[10] += a.a1.y * x.lo + b.a1.y * y.lo;
+    (*acc)[11] += a.a1.y * x.hi + b.a1.y * y.hi;
+    (*acc)[12] += a.a1.z * x.lo + b.a1.z * y.lo;
+    (*acc)[13] += a.a1.z * x.hi + b.a1.z * y.hi;
+    (*acc)[14] += a.a1.w * x.lo + b.a1.w * y.lo;
+    (*acc)[15] += a.a1.w * x.hi + b.a1.w * y.hi;
+    (*acc)[16] += a.a2.x * x.lo + b.a2.x * y.lo;
+    (*acc)[17] += a.a2.x * x.hi + b.a2.x * y.hi;
+    (*acc)[18] += a.a2.y * x.lo + b.a2.y * y.lo;
+    (*acc)[19] += a.a2.y * x.hi + b.a2.y * y.hi;
+    (*acc)[20] += a.a2.z * x.lo + b.a2.z * y.lo;
+    (*acc)[21] += a.a2.z * x.hi + b.a2.z * y.hi;
+    (*acc)[22] += a.a2.w * x.lo + b.a2.w * y.lo;
+    (*acc)[23] += a.a2.w * x.hi + b.a2.w * y.hi;
+    (*acc)[24] += a.a3.x * x.lo + b.a3.x * y.lo;
+    (*acc)[25] += a.a3.x * x.hi + b.a3.x * y.hi;
+    (*acc)[26] += a.a3.y * x.lo + b.a3.y * y.lo;
+    (*acc)[27] += a.a3.y * x.hi + b.a3.y * y.hi;
+    (*acc)[28] += a.a3.z * x.lo + b.a3.z * y.lo;
+    (*acc)[29] += a.a3.z * x.hi + b.a3.z * y.hi;
+    (*acc)[30] += a.a3.w * x.lo + b.a3.w * y.lo;
+    (*acc)[31] += a.a3.w * x.hi + b.a3.w * y.hi;
+}
+
+// One block of 8 consecutive destination pixels of a row.
+struct RtBlock {
+    image: u32,
+    qh: u32,
+    qw0: u32,
+    // Pixels of the block inside the row: 8, fewer at the row's end, 0 for a
+    // block past the last one (it computes a clamped block and stores nothing).
+    live: u32,
+}
+
+fn rt_block(p: ImplicitGemm, index: u32, blocks: u32) -> RtBlock {
+    let per_row = (p.q_w + 7u) / 8u;
+    let i = min(index, blocks - 1u);
+    var block: RtBlock;
+    block.qw0 = (i % per_row) * 8u;
+    block.qh = (i / per_row) % p.q_h;
+    block.image = i / (per_row * p.q_h);
+    block.live = select(0u, min(8u, p.q_w - block.qw0), index < blocks);
+    return block;
+}
+
+// The source row read by tap row `th` of a block.
+struct RtRow {
+    base: u32,
+    ok: bool,
+}
+
+fn rt_row(p: ImplicitGemm, block: RtBlock, th: u32) -> RtRow {
+    let r = i32(block.qh * p.src_step) + p.src_first_h + i32(th) * p.src_tap_step;
+    let base = block.image * p.channels * p.src_h * p.src_w + u32(clamp(r, 0, i32(p.src_h) - 1)) * p.src_w;
+    return RtRow(base, r >= 0 && r < i32(p.src_h));
+}
+
+// Pixel `col` of channel plane `plane_offset` of a source row, 0 in the padding.
+fn rt_pixel(p: ImplicitGemm, row: RtRow, plane_offset: u32, col: i32) -> f32 {
+    let value = rt_src[row.base + plane_offset + u32(clamp(col, 0, i32(p.src_w) - 1))];
+    return select(0.0, value, row.ok && col >= 0 && col < i32(p.src_w));
+}
+
+// Pixels col, col + s, ..., col + 7s.
+fn rt_window(p: ImplicitGemm, row: RtRow, plane_offset: u32, col: i32, s: i32) -> Window {
+    return Window(
+        vec4<f32>(rt_pixel(p, row, plane_offset, col), rt_pixel(p, row, plane_offset, col + s), rt_pixel(p, row, plane_offset, col + 2 * s), rt_pixel(p, row, plane_offset, col + 3 * s)),
+        vec4<f32>(rt_pixel(p, row, plane_offset, col + 4 * s), rt_pixel(p, row, plane_offset, col + 5 * s), rt_pixel(p, row, plane_offset, col + 6 * s), rt_pixel(p, row, plane_offset, col + 7 * s)),
+    );
+}
+
+// The window one pixel to the right, `col` being the new last pixel.
+fn rt_shift(p: ImplicitGemm, w: Window, row: RtRow, plane_offset: u32, col: i32) -> Window {
+    return Window(vec4<f32>(w.lo.yzw, w.hi.x), vec4<f32>(w.hi.yzw, rt_pixel(p, row, plane_offset, col)));
+}
+
+fn rt_store_row(p: ImplicitGemm, block: RtBlock, row: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    let n = block.live;
+    if row >= p.rows || n == 0u {
         return;
     }
-    let offset = row * p.dst_h * p.dst_w;
-    if lo.live.x { rt_dst[lo.dst.x + offset] = v_lo.x; }
-    if lo.live.y { rt_dst[lo.dst.y + offset] = v_lo.y; }
-    if lo.live.z { rt_dst[lo.dst.z + offset] = v_lo.z; }
-    if lo.live.w { rt_dst[lo.dst.w + offset] = v_lo.w; }
-    if hi.live.x { rt_dst[hi.dst.x + offset] = v_hi.x; }
-    if hi.live.y { rt_dst[hi.dst.y + offset] = v_hi.y; }
-    if hi.live.z { rt_dst[hi.dst.z + offset] = v_hi.z; }
-    if hi.live.w { rt_dst[hi.dst.w + offset] = v_hi.w; }
+    let step = p.dst_step;
+    let base = ((block.image * p.rows + row) * p.dst_h + p.dst_first_h + block.qh * step) * p.dst_w + p.dst_first_w + block.qw0 * step;
+    rt_dst[base] = lo.x;
+    if n > 1u { rt_dst[base + step] = lo.y; }
+    if n > 2u { rt_dst[base + 2u * step] = lo.z; }
+    if n > 3u { rt_dst[base + 3u * step] = lo.w; }
+    if n > 4u { rt_dst[base + 4u * step] = hi.x; }
+    if n > 5u { rt_dst[base + 5u * step] = hi.y; }
+    if n > 6u { rt_dst[base + 6u * step] = hi.z; }
+    if n > 7u { rt_dst[base + 7u * step] = hi.w; }
+}
+
+fn rt_store(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<function, array<vec4<f32>, 32>>) {
+    rt_store_row(p, block, row0, (*acc)[0], (*acc)[1]);
+    rt_store_row(p, block, row0 + 1u, (*acc)[2], (*acc)[3]);
+    rt_store_row(p, block, row0 + 2u, (*acc)[4], (*acc)[5]);
+    rt_store_row(p, block, row0 + 3u, (*acc)[6], (*acc)[7]);
+    rt_store_row(p, block, row0 + 4u, (*acc)[8], (*acc)[9]);
+    rt_store_row(p, block, row0 + 5u, (*acc)[10], (*acc)[11]);
+    rt_store_row(p, block, row0 + 6u, (*acc)[12], (*acc)[13]);
+    rt_store_row(p, block, row0 + 7u, (*acc)[14], (*acc)[15]);
+    rt_store_row(p, block, row0 + 8u, (*acc)[16], (*acc)[17]);
+    rt_store_row(p, block, row0 + 9u, (*acc)[18], (*acc)[19]);
+    rt_store_row(p, block, row0 + 10u, (*acc)[20], (*acc)[21]);
+    rt_store_row(p, block, row0 + 11u, (*acc)[22], (*acc)[23]);
+    rt_store_row(p, block, row0 + 12u, (*acc)[24], (*acc)[25]);
+    rt_store_row(p, block, row0 + 13u, (*acc)[26], (*acc)[27]);
+    rt_store_row(p, block, row0 + 14u, (*acc)[28], (*acc)[29]);
+    rt_store_row(p, block, row0 + 15u, (*acc)[30], (*acc)[31]);
 }
 
 @compute @workgroup_size(64)
-fn conv2d_implicit_gemm(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
+fn conv2d_implicit_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let p = rt_params;
-    let first = ((wg.x + wg.y * groups.x) * 64u + lid) * 8u;
-    if first >= p.columns {
+    // Invocation -> (pair of blocks, block of 16 rows), pairs fastest: small
+    // maps then still fill the SIMD lanes with several row blocks.
+    let g = gid.x + gid.y * groups.x * 64u;
+    let blocks = p.batch * p.q_h * ((p.q_w + 7u) / 8u);
+    let pairs = (blocks + 1u) / 2u;
+    if g >= pairs * ((p.rows + 15u) / 16u) {
         return;
     }
-    let lo = columns4(p, first);
-    let hi = columns4(p, first + 4u);
+    let pair = g % pairs;
+    let row_block = g / pairs;
+    let block0 = rt_block(p, 2u * pair, blocks);
+    let block1 = rt_block(p, 2u * pair + 1u, blocks);
     let plane = p.src_h * p.src_w;
-    // wt in vec4s: one channel step is rows_padded / 4, the row block is 2 vec4s.
+    // wt in vec4s: a channel step is rows_padded / 4, the row block 4 vec4s.
     let a_step = p.rows_padded / 4u;
-    var acc: array<vec4<f32>, 16>;
+    let a_block = row_block * 4u;
+    // With a tap step of -1 (backward-data) the window starts at the last tap.
+    let window_shift = select(0, 1 - i32(p.taps_w), p.src_tap_step < 0);
+    let col0 = i32(block0.qw0 * p.src_step) + p.src_first_w + window_shift;
+    let col1 = i32(block1.qw0 * p.src_step) + p.src_first_w + window_shift;
+    let s = i32(p.src_step);
+    var acc0: array<vec4<f32>, 32>;
+    var acc1: array<vec4<f32>, 32>;
     for (var th = 0u; th < p.taps_h; th++) {
-        for (var tw = 0u; tw < p.taps_w; tw++) {
-            let t_lo = tap4(p, lo, th, tw);
-            let t_hi = tap4(p, hi, th, tw);
-            var a = weight_tap(p, th, tw) * p.channels * a_step + wg.z * 2u;
-            var s = 0u;
-            for (var c = 0u; c < p.channels; c++) {
-                let b_lo = vec4<f32>(rt_src[t_lo.offset.x + s], rt_src[t_lo.offset.y + s], rt_src[t_lo.offset.z + s], rt_src[t_lo.offset.w + s]) * t_lo.mask;
-                let b_hi = vec4<f32>(rt_src[t_hi.offset.x + s], rt_src[t_hi.offset.y + s], rt_src[t_hi.offset.z + s], rt_src[t_hi.offset.w + s]) * t_hi.mask;
-                outer_product_8x8(&acc, rt_wt[a], rt_wt[a + 1u], b_lo, b_hi);
-                a += a_step;
-                s += plane;
+        let row0 = rt_row(p, block0, th);
+        let row1 = rt_row(p, block1, th);
+        let tap_row = (p.kernel_first_h + th * p.kernel_step) * p.kernel;
+        // Channels in pairs (c, c + 1); with an odd count the last pair reads
+        // channel c twice, against the zero weights of the padding channel.
+        for (var c = 0u; c < p.channels; c += 2u) {
+            let x_offset = c * plane;
+            let y_offset = min(c + 1u, p.channels - 1u) * plane;
+            if s == 1 {
+                var x0 = rt_window(p, row0, x_offset, col0, 1);
+                var y0 = rt_window(p, row0, y_offset, col0, 1);
+                var x1 = rt_window(p, row1, x_offset, col1, 1);
+                var y1 = rt_window(p, row1, y_offset, col1, 1);
+                for (var o = 0u; o < p.taps_w; o++) {
+                    if o > 0u {
+                        x0 = rt_shift(p, x0, row0, x_offset, col0 + 7 + i32(o));
+                        y0 = rt_shift(p, y0, row0, y_offset, col0 + 7 + i32(o));
+                        x1 = rt_shift(p, x1, row1, x_offset, col1 + 7 + i32(o));
+                        y1 = rt_shift(p, y1, row1, y_offset, col1 + 7 + i32(o));
+                    }
+                    let tw = select(o, p.taps_w - 1u - o, p.src_tap_step < 0);
+                    let a = ((tap_row + p.kernel_first_w + tw * p.kernel_step) * p.channels_padded + c) * a_step + a_block;
+                    let rows_x = rt_rows(a);
+                    let rows_y = rt_rows(a + a_step);
+                    outer_product_16x8x2(&acc0, rows_x, x0, rows_y, y0);
+                    outer_product_16x8x2(&acc1, rows_x, x1, rows_y, y1);
+                }
+            } else {
+                for (var tw = 0u; tw < p.taps_w; tw++) {
+                    let a = ((tap_row + p.kernel_first_w + tw * p.kernel_step) * p.channels_padded + c) * a_step + a_block;
+                    let rows_x = rt_rows(a);
+                    let rows_y = rt_rows(a + a_step);
+                    let c0 = col0 + i32(tw);
+                    let c1 = col1 + i32(tw);
+                    outer_product_16x8x2(&acc0, rows_x, rt_window(p, row0, x_offset, c0, s), rows_y, rt_window(p, row0, y_offset, c0, s));
+                    outer_product_16x8x2(&acc1, rows_x, rt_window(p, row1, x_offset, c1, s), rows_y, rt_window(p, row1, y_offset, c1, s));
+                }
             }
         }
     }
-    let row = wg.z * 8u;
-    rt_store_row(p, lo, hi, row, acc[0], acc[1]);
-    rt_store_row(p, lo, hi, row + 1u, acc[2], acc[3]);
-    rt_store_row(p, lo, hi, row + 2u, acc[4], acc[5]);
-    rt_store_row(p, lo, hi, row + 3u, acc[6], acc[7]);
-    rt_store_row(p, lo, hi, row + 4u, acc[8], acc[9]);
-    rt_store_row(p, lo, hi, row + 5u, acc[10], acc[11]);
-    rt_store_row(p, lo, hi, row + 6u, acc[12], acc[13]);
-    rt_store_row(p, lo, hi, row + 7u, acc[14], acc[15]);
+    rt_store(p, block0, row_block * 16u, &acc0);
+    rt_store(p, block1, row_block * 16u, &acc1);
 }
 
 // Workgroup-memory tiles shared by the two tiled kernels: 16 deep x 64 wide,
@@ -293,7 +448,7 @@ fn conv2d_implicit_gemm_tiled(
             let th = t / p.taps_w;
             let tw = t % p.taps_w;
             if stage_row < p.rows_padded {
-                a = wt_wt[((weight_tap(p, th, tw) * p.channels + c) * p.rows_padded + stage_row) / 4u];
+                a = wt_wt[((weight_tap(p, th, tw) * p.channels_padded + c) * p.rows_padded + stage_row) / 4u];
             }
             let tap = tap4(p, stage_cols, th, tw);
             let s = c * plane;
@@ -329,22 +484,54 @@ struct WeightGrad {
     // Output rows (of batch * out_h) per chunk.
     rows_per_chunk: u32,
     chunks: u32,
-    // Register tile: blocks of 8 output channels and of 8 input channels.
+    // Register tile: blocks of 16 output channels and of 16 input channels.
     co_blocks: u32,
     ci_blocks: u32,
     invocations: u32,
     weight_len: u32,
 }
 
-// conv2d_weight_grad (register tile): one invocation per (chunk, tap, 8 output
-// channels, 8 input channels); the padding test is once per pixel for all 64
-// products, since every product of an invocation shares the tap.
+// conv2d_weight_grad (register tile): one invocation per (chunk, tap, 16
+// output channels, 16 input channels); per output pixel it loads 16 dy and 16
+// x values (the padding test once, for all 256 products) and accumulates two
+// pixels per update, with the register micro-kernel of the forward pass.
 @group(0) @binding(30) var<uniform> rw_params: WeightGrad;
 @group(0) @binding(31) var<storage, read> rw_x: array<f32>;
 @group(0) @binding(32) var<storage, read> rw_dy: array<f32>;
 @group(0) @binding(33) var<storage, read_write> rw_partials: array<f32>;
 
-fn rw_store_row(p: WeightGrad, base: u32, co: u32, ci: vec4<u32>, v: vec4<f32>) {
+// dy at `base` for 16 output channels at offsets c0..c3.
+fn rw_rows(base: u32, c0: vec4<u32>, c1: vec4<u32>, c2: vec4<u32>, c3: vec4<u32>) -> Rows16 {
+    return Rows16(
+        vec4<f32>(rw_dy[base + c0.x], rw_dy[base + c0.y], rw_dy[base + c0.z], rw_dy[base + c0.w]),
+        vec4<f32>(rw_dy[base + c1.x], rw_dy[base + c1.y], rw_dy[base + c1.z], rw_dy[base + c1.w]),
+        vec4<f32>(rw_dy[base + c2.x], rw_dy[base + c2.y], rw_dy[base + c2.z], rw_dy[base + c2.w]),
+        vec4<f32>(rw_dy[base + c3.x], rw_dy[base + c3.y], rw_dy[base + c3.z], rw_dy[base + c3.w]),
+    );
+}
+
+// x at `base` for 8 input channels at offsets lo, hi, times mask (0 in the padding).
+fn rw_window(base: u32, lo: vec4<u32>, hi: vec4<u32>, mask: f32) -> Window {
+    return Window(
+        vec4<f32>(rw_x[base + lo.x], rw_x[base + lo.y], rw_x[base + lo.z], rw_x[base + lo.w]) * mask,
+        vec4<f32>(rw_x[base + hi.x], rw_x[base + hi.y], rw_x[base + hi.z], rw_x[base + hi.w]) * mask,
+    );
+}
+
+// The dy and x offsets of one output pixel (of a row) for one tap.
+struct RwPixel {
+    dy: u32,
+    x: u32,
+    mask: f32,
+}
+
+fn rw_pixel(p: WeightGrad, dy_row: u32, x_row: u32, row_ok: bool, ow: u32, kw: u32) -> RwPixel {
+    let iw = i32(ow * p.stride + kw) - i32(p.pad);
+    let ok = row_ok && ow < p.out_w && iw >= 0 && iw < i32(p.in_w);
+    return RwPixel(dy_row + min(ow, p.out_w - 1u), x_row + u32(clamp(iw, 0, i32(p.in_w) - 1)), select(0.0, 1.0, ok));
+}
+
+fn rw_store4(p: WeightGrad, base: u32, co: u32, ci: vec4<u32>, v: vec4<f32>) {
     if co >= p.out_channels {
         return;
     }
@@ -355,6 +542,42 @@ fn rw_store_row(p: WeightGrad, base: u32, co: u32, ci: vec4<u32>, v: vec4<f32>) 
     if live.y { rw_partials[row + ci.y * taps] = v.y; }
     if live.z { rw_partials[row + ci.z * taps] = v.z; }
     if live.w { rw_partials[row + ci.w * taps] = v.w; }
+}
+
+// Stores 16 output channels from co0 x 8 input channels ci_lo, ci_hi.
+fn rw_store(p: WeightGrad, base: u32, co0: u32, ci_lo: vec4<u32>, ci_hi: vec4<u32>, acc: ptr<function, array<vec4<f32>, 32>>) {
+    rw_store4(p, base, co0 + 0u, ci_lo, (*acc)[0]);
+    rw_store4(p, base, co0 + 0u, ci_hi, (*acc)[1]);
+    rw_store4(p, base, co0 + 1u, ci_lo, (*acc)[2]);
+    rw_store4(p, base, co0 + 1u, ci_hi, (*acc)[3]);
+    rw_store4(p, base, co0 + 2u, ci_lo, (*acc)[4]);
+    rw_store4(p, base, co0 + 2u, ci_hi, (*acc)[5]);
+    rw_store4(p, base, co0 + 3u, ci_lo, (*acc)[6]);
+    rw_store4(p, base, co0 + 3u, ci_hi, (*acc)[7]);
+    rw_store4(p, base, co0 + 4u, ci_lo, (*acc)[8]);
+    rw_store4(p, base, co0 + 4u, ci_hi, (*acc)[9]);
+    rw_store4(p, base, co0 + 5u, ci_lo, (*acc)[10]);
+    rw_store4(p, base, co0 + 5u, ci_hi, (*acc)[11]);
+    rw_store4(p, base, co0 + 6u, ci_lo, (*acc)[12]);
+    rw_store4(p, base, co0 + 6u, ci_hi, (*acc)[13]);
+    rw_store4(p, base, co0 + 7u, ci_lo, (*acc)[14]);
+    rw_store4(p, base, co0 + 7u, ci_hi, (*acc)[15]);
+    rw_store4(p, base, co0 + 8u, ci_lo, (*acc)[16]);
+    rw_store4(p, base, co0 + 8u, ci_hi, (*acc)[17]);
+    rw_store4(p, base, co0 + 9u, ci_lo, (*acc)[18]);
+    rw_store4(p, base, co0 + 9u, ci_hi, (*acc)[19]);
+    rw_store4(p, base, co0 + 10u, ci_lo, (*acc)[20]);
+    rw_store4(p, base, co0 + 10u, ci_hi, (*acc)[21]);
+    rw_store4(p, base, co0 + 11u, ci_lo, (*acc)[22]);
+    rw_store4(p, base, co0 + 11u, ci_hi, (*acc)[23]);
+    rw_store4(p, base, co0 + 12u, ci_lo, (*acc)[24]);
+    rw_store4(p, base, co0 + 12u, ci_hi, (*acc)[25]);
+    rw_store4(p, base, co0 + 13u, ci_lo, (*acc)[26]);
+    rw_store4(p, base, co0 + 13u, ci_hi, (*acc)[27]);
+    rw_store4(p, base, co0 + 14u, ci_lo, (*acc)[28]);
+    rw_store4(p, base, co0 + 14u, ci_hi, (*acc)[29]);
+    rw_store4(p, base, co0 + 15u, ci_lo, (*acc)[30]);
+    rw_store4(p, base, co0 + 15u, ci_hi, (*acc)[31]);
 }
 
 @compute @workgroup_size(64)
@@ -376,18 +599,23 @@ fn conv2d_weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     let in_plane = p.in_h * p.in_w;
     let out_plane = p.out_h * p.out_w;
     let iota = vec4<u32>(0u, 1u, 2u, 3u);
-    let co_lo = co_block * 8u + iota;
-    let co_hi = co_lo + 4u;
-    let ci_lo = ci_block * 8u + iota;
-    let ci_hi = ci_lo + 4u;
+    let co0 = co_block * 16u;
+    let ci0 = ci_block * 16u;
     // Channel offsets, clamped to valid channels (their results are not stored).
-    let dy_lo = min(co_lo, vec4<u32>(p.out_channels - 1u)) * out_plane;
-    let dy_hi = min(co_hi, vec4<u32>(p.out_channels - 1u)) * out_plane;
-    let x_lo = min(ci_lo, vec4<u32>(p.in_channels - 1u)) * in_plane;
-    let x_hi = min(ci_hi, vec4<u32>(p.in_channels - 1u)) * in_plane;
+    let last_co = vec4<u32>(p.out_channels - 1u);
+    let last_ci = vec4<u32>(p.in_channels - 1u);
+    let d0 = min(co0 + iota, last_co) * out_plane;
+    let d1 = min(co0 + 4u + iota, last_co) * out_plane;
+    let d2 = min(co0 + 8u + iota, last_co) * out_plane;
+    let d3 = min(co0 + 12u + iota, last_co) * out_plane;
+    let x0 = min(ci0 + iota, last_ci) * in_plane;
+    let x1 = min(ci0 + 4u + iota, last_ci) * in_plane;
+    let x2 = min(ci0 + 8u + iota, last_ci) * in_plane;
+    let x3 = min(ci0 + 12u + iota, last_ci) * in_plane;
     let first_row = chunk * p.rows_per_chunk;
     let end_row = min(first_row + p.rows_per_chunk, p.batch * p.out_h);
-    var acc: array<vec4<f32>, 16>;
+    var acc0: array<vec4<f32>, 32>;
+    var acc1: array<vec4<f32>, 32>;
     for (var r = first_row; r < end_row; r++) {
         let b = r / p.out_h;
         let oh = r % p.out_h;
@@ -395,36 +623,19 @@ fn conv2d_weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
         let row_ok = ih >= 0 && ih < i32(p.in_h);
         let x_row = b * p.in_channels * in_plane + u32(clamp(ih, 0, i32(p.in_h) - 1)) * p.in_w;
         let dy_row = b * p.out_channels * out_plane + oh * p.out_w;
-        for (var ow = 0u; ow < p.out_w; ow++) {
-            let iw = i32(ow * p.stride + kw) - i32(p.pad);
-            let mask = select(0.0, 1.0, row_ok && iw >= 0 && iw < i32(p.in_w));
-            let xo = x_row + u32(clamp(iw, 0, i32(p.in_w) - 1));
-            let dyo = dy_row + ow;
-            let a_lo = vec4<f32>(rw_dy[dyo + dy_lo.x], rw_dy[dyo + dy_lo.y], rw_dy[dyo + dy_lo.z], rw_dy[dyo + dy_lo.w]);
-            let a_hi = vec4<f32>(rw_dy[dyo + dy_hi.x], rw_dy[dyo + dy_hi.y], rw_dy[dyo + dy_hi.z], rw_dy[dyo + dy_hi.w]);
-            let b_lo = vec4<f32>(rw_x[xo + x_lo.x], rw_x[xo + x_lo.y], rw_x[xo + x_lo.z], rw_x[xo + x_lo.w]) * mask;
-            let b_hi = vec4<f32>(rw_x[xo + x_hi.x], rw_x[xo + x_hi.y], rw_x[xo + x_hi.z], rw_x[xo + x_hi.w]) * mask;
-            outer_product_8x8(&acc, a_lo, a_hi, b_lo, b_hi);
+        // Pixel pairs; an odd row's last pair has a masked second pixel.
+        for (var ow = 0u; ow < p.out_w; ow += 2u) {
+            let e = rw_pixel(p, dy_row, x_row, row_ok, ow, kw);
+            let f = rw_pixel(p, dy_row, x_row, row_ok, ow + 1u, kw);
+            let dy_e = rw_rows(e.dy, d0, d1, d2, d3);
+            let dy_f = rw_rows(f.dy, d0, d1, d2, d3);
+            outer_product_16x8x2(&acc0, dy_e, rw_window(e.x, x0, x1, e.mask), dy_f, rw_window(f.x, x0, x1, f.mask));
+            outer_product_16x8x2(&acc1, dy_e, rw_window(e.x, x2, x3, e.mask), dy_f, rw_window(f.x, x2, x3, f.mask));
         }
     }
     let base = chunk * p.weight_len + tap;
-    let co = co_block * 8u;
-    rw_store_row(p, base, co, ci_lo, acc[0]);
-    rw_store_row(p, base, co, ci_hi, acc[1]);
-    rw_store_row(p, base, co + 1u, ci_lo, acc[2]);
-    rw_store_row(p, base, co + 1u, ci_hi, acc[3]);
-    rw_store_row(p, base, co + 2u, ci_lo, acc[4]);
-    rw_store_row(p, base, co + 2u, ci_hi, acc[5]);
-    rw_store_row(p, base, co + 3u, ci_lo, acc[6]);
-    rw_store_row(p, base, co + 3u, ci_hi, acc[7]);
-    rw_store_row(p, base, co + 4u, ci_lo, acc[8]);
-    rw_store_row(p, base, co + 4u, ci_hi, acc[9]);
-    rw_store_row(p, base, co + 5u, ci_lo, acc[10]);
-    rw_store_row(p, base, co + 5u, ci_hi, acc[11]);
-    rw_store_row(p, base, co + 6u, ci_lo, acc[12]);
-    rw_store_row(p, base, co + 6u, ci_hi, acc[13]);
-    rw_store_row(p, base, co + 7u, ci_lo, acc[14]);
-    rw_store_row(p, base, co + 7u, ci_hi, acc[15]);
+    rw_store(p, base, co0, ci0 + iota, ci0 + 4u + iota, &acc0);
+    rw_store(p, base, co0, ci0 + 8u + iota, ci0 + 12u + iota, &acc1);
 }
 
 // conv2d_weight_grad_tiled (workgroup tile): rows = output channels, columns =

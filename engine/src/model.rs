@@ -63,6 +63,14 @@ pub enum ModelError {
 /// Metadata key holding the [`ModelSpec`] as JSON.
 pub const METADATA_KEY: &str = "resnet";
 
+/// Other conventions mapped to torchvision's names on import: DataParallel's
+/// `module.` prefix and `linear.` for the classifier (CIFAR reproductions).
+pub const COMMON_RENAMES: &[(&str, &str)] = &[("module.linear.", "fc."), ("module.", ""), ("linear.", "fc.")];
+
+/// Prefix of tensors that are not part of the model (e.g. a checkpoint's
+/// momenta); loading a model skips them.
+pub const EXTRA_PREFIX: &str = "extra.";
+
 impl ModelSpec {
     /// The network as a graph for `batch` images.
     pub fn graph(&self, batch: usize) -> Result<Graph, ModelError> {
@@ -139,10 +147,24 @@ impl Model {
 
     /// Serialises as safetensors (little-endian f32), spec in the metadata.
     pub fn to_safetensors(&self) -> Result<Vec<u8>, ModelError> {
+        self.to_safetensors_with(&[], &[])
+    }
+
+    /// As [`Model::to_safetensors`], plus flat `extras` stored as
+    /// `extra.<name>` (ignored when loading a model) and more metadata: a
+    /// training checkpoint's momenta and state.
+    pub fn to_safetensors_with(
+        &self,
+        extras: &[(&str, &[f32])],
+        metadata: &[(&str, &str)],
+    ) -> Result<Vec<u8>, ModelError> {
         let graph = self.spec.graph(1)?;
-        let named = self.named_tensors(&graph);
+        let named = self.named_tensors(&graph).into_iter().chain(
+            extras
+                .iter()
+                .map(|&(name, values)| (format!("{EXTRA_PREFIX}{name}"), vec![values.len()], values)),
+        );
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = named
-            .into_iter()
             .map(|(name, shape, values)| (name, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()))
             .collect();
         let views = bytes
@@ -154,19 +176,32 @@ impl Model {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let spec = serde_json::to_string(&self.spec).map_err(|e| ModelError::Metadata(e.to_string()))?;
-        safetensors::serialize(views, Some(HashMap::from([(METADATA_KEY.to_string(), spec)])))
-            .map_err(|e| ModelError::Format(e.to_string()))
+        let mut info = HashMap::from([(METADATA_KEY.to_string(), spec)]);
+        info.extend(metadata.iter().map(|&(k, v)| (k.to_string(), v.to_string())));
+        safetensors::serialize(views, Some(info)).map_err(|e| ModelError::Format(e.to_string()))
+    }
+
+    /// A flat extra tensor stored by [`Model::to_safetensors_with`].
+    pub fn read_extra(bytes: &[u8], name: &str) -> Result<Option<Vec<f32>>, ModelError> {
+        let file = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Format(e.to_string()))?;
+        let Ok(view) = file.tensor(&format!("{EXTRA_PREFIX}{name}")) else {
+            return Ok(None);
+        };
+        to_f32(&view)
+            .map(Some)
+            .ok_or_else(|| ModelError::Format(format!("extra tensor {name} is not floating point")))
+    }
+
+    /// A metadata value of a safetensors file.
+    pub fn read_metadata(bytes: &[u8], key: &str) -> Result<Option<String>, ModelError> {
+        let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| ModelError::Format(e.to_string()))?;
+        Ok(metadata.metadata().as_ref().and_then(|m| m.get(key)).cloned())
     }
 
     /// Loads a file written by [`Model::to_safetensors`] (spec from its metadata).
     pub fn from_safetensors(bytes: &[u8]) -> Result<Self, ModelError> {
-        let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| ModelError::Format(e.to_string()))?;
-        let json = metadata
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(METADATA_KEY))
-            .ok_or(ModelError::NoMetadata)?;
-        let spec: ModelSpec = serde_json::from_str(json).map_err(|e| ModelError::Metadata(e.to_string()))?;
+        let json = Self::read_metadata(bytes, METADATA_KEY)?.ok_or(ModelError::NoMetadata)?;
+        let spec: ModelSpec = serde_json::from_str(&json).map_err(|e| ModelError::Metadata(e.to_string()))?;
         Self::from_tensors(spec, bytes, &[])
     }
 
@@ -178,7 +213,7 @@ impl Model {
         let file = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Format(e.to_string()))?;
         let mut available: BTreeMap<String, TensorView> = BTreeMap::new();
         for (name, view) in file.tensors() {
-            if name.ends_with("num_batches_tracked") {
+            if name.ends_with("num_batches_tracked") || name.starts_with(EXTRA_PREFIX) {
                 continue;
             }
             let renamed = renames
@@ -286,6 +321,16 @@ mod tests {
         let bytes = model.to_safetensors().unwrap();
         let back = Model::from_safetensors(&bytes).unwrap();
         assert_eq!(back, model);
+        // A checkpoint adds momenta and state, and still loads as the model.
+        let velocity = [1.5f32, -2.0];
+        let bytes = model
+            .to_safetensors_with(&[("velocity", &velocity)], &[("state", "{}")])
+            .unwrap();
+        assert_eq!(Model::from_safetensors(&bytes).unwrap(), model);
+        assert_eq!(Model::read_extra(&bytes, "velocity").unwrap().unwrap(), velocity);
+        assert_eq!(Model::read_metadata(&bytes, "state").unwrap().as_deref(), Some("{}"));
+        assert_eq!(Model::read_extra(&bytes, "absent").unwrap(), None);
+        let bytes = model.to_safetensors().unwrap();
         let names = SafeTensors::deserialize(&bytes).unwrap().names().len();
         // 20 weighted layers' weights + BN (2 params + 2 stats) x 19 + fc bias.
         assert_eq!(names, 20 + 19 * 4 + 1);

@@ -88,12 +88,13 @@ fn rust_sources(dir: &Path) -> Vec<PathBuf> {
 /// The files named by `include_str!("...")` in one Rust source, resolved the
 /// way the compiler does: relative to that source's directory.
 fn included_files(source_path: &Path) -> Vec<PathBuf> {
-    const MACRO: &str = "include_str!(\"";
+    const MACRO: &str = "include_str!(";
     let text = fs::read_to_string(source_path).expect("reading a Rust source");
     let dir = source_path.parent().expect("a source file has a directory");
     text.match_indices(MACRO)
         .filter_map(|(at, _)| {
-            let rest = &text[at + MACRO.len()..];
+            // rustfmt may break the line after the parenthesis.
+            let rest = text[at + MACRO.len()..].trim_start().strip_prefix('"')?;
             let literal = &rest[..rest.find('"')?];
             dir.join(literal).canonicalize().ok()
         })

@@ -1,13 +1,28 @@
 //! `resnet-native`: train, evaluate and benchmark ResNets on any GPU.
 
-use anyhow::Context as _;
+mod bench;
+
+use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+use engine::model::{Architecture, COMMON_RENAMES, Model, ModelSpec};
+use engine::network::Plan;
+use engine::network::resnet::{BottleneckStride, Shortcut};
+use engine::preprocess::Normalization;
+use resnet_native::data::{self, Split};
+use resnet_native::evaluate::{evaluate, softmax};
+use resnet_native::train::{self, DatasetKind, TrainArgs, write_atomically};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Parser)]
 #[command(
     name = "resnet-native",
     version,
-    about = "Deep residual networks on any GPU through WebGPU (wgpu)"
+    about = "Deep residual networks (He et al. 2015) on any GPU through WebGPU (wgpu): Vulkan, Metal, DX12",
+    long_about = "Deep residual networks (He et al. 2015) on any GPU through WebGPU (wgpu): Vulkan, Metal, DX12.\n\n\
+        Start with `resnet-native train` (the paper's CIFAR-10 ResNet-20 recipe), then `eval` and `classify` \
+        with the weights it writes. WGPU_BACKEND=vulkan|metal|dx12 and WGPU_ADAPTER_NAME pick the GPU."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -16,16 +31,314 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show the GPU adapter the engine would use.
-    Info,
+    /// Train a network (defaults: the paper's CIFAR-10 ResNet-20 recipe).
+    Train(TrainArgs),
+    /// Evaluate weights on a test set: top-1, top-5, loss and per-class accuracy.
+    Eval(EvalArgs),
+    /// Classify images: top-5 classes with probabilities.
+    Classify(ClassifyArgs),
+    /// Convert other safetensors ResNets (torchvision, `module.`/`linear.` names) to this project's format.
+    Import(ImportArgs),
+    /// Download CIFAR-10 (binary version) and verify its checksums.
+    Download(DownloadArgs),
+    /// Show the GPU adapter, and a model's summary with --weights.
+    Info(InfoArgs),
+    /// Time conv2d forward/backward at ResNet shapes against the f32 GEMM ceiling.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// Weights written by `train` or `import`.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Data set folder (CIFAR-10 binary batches, Fashion-MNIST IDX files, or an image folder).
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, value_enum, default_value_t = DatasetKind::Cifar10)]
+    dataset: DatasetKind,
+    /// Override the stored per-channel mean (R,G,B on the [0,1] scale).
+    #[arg(long, value_delimiter = ',', requires = "std")]
+    mean: Option<Vec<f32>>,
+    /// Override the stored per-channel std.
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    std: Option<Vec<f32>>,
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct ClassifyArgs {
+    #[arg(long)]
+    weights: PathBuf,
+    /// Image files (any size; resized to the network's input).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    input: PathBuf,
+    output: PathBuf,
+    /// cifar (ResNet-6n+2) or imagenet (ResNet-18..152).
+    #[arg(long, value_enum, default_value_t = train::ArchKind::Cifar)]
+    arch: train::ArchKind,
+    #[arg(long, default_value_t = 20)]
+    depth: usize,
+    /// Per-channel mean (R,G,B) [default: ImageNet's].
+    #[arg(long, value_delimiter = ',')]
+    mean: Option<Vec<f32>>,
+    #[arg(long, value_delimiter = ',')]
+    std: Option<Vec<f32>>,
+    /// A text file with one class name per line [default: CIFAR-10's, or 0..999 for ImageNet].
+    #[arg(long)]
+    classes: Option<PathBuf>,
+    /// Input image size [default: 32 for cifar, 224 for imagenet].
+    #[arg(long)]
+    image_size: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct DownloadArgs {
+    /// Folder to put cifar-10-batches-bin in.
+    #[arg(long, default_value = "data")]
+    dest: PathBuf,
+    #[arg(long, default_value = data::CIFAR10_URL)]
+    url: String,
+}
+
+#[derive(clap::Args)]
+struct InfoArgs {
+    #[arg(long)]
+    weights: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Info => {
-            let gpu = engine::Gpu::new_blocking().context("opening the GPU")?;
-            println!("adapter: {}", gpu.adapter);
+        Command::Train(args) => {
+            let ctx = context()?;
+            let interrupted = Arc::new(AtomicBool::new(false));
+            let flag = interrupted.clone();
+            ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+            if let Some(result) = train::run(&ctx, &args, &interrupted)? {
+                println!(
+                    "test error {:.2}% (top-5 {:.2}%) on {} images; weights in {}",
+                    100.0 * (1.0 - result.top1()),
+                    100.0 * (1.0 - result.top5()),
+                    result.count,
+                    args.out.join("model.safetensors").display()
+                );
+            }
             Ok(())
         }
+        Command::Eval(args) => eval(&args),
+        Command::Classify(args) => classify(&args),
+        Command::Import(args) => import(&args),
+        Command::Download(args) => {
+            let dir = data::download_cifar10(&args.dest, &args.url)?;
+            println!("CIFAR-10 is in {}", dir.display());
+            Ok(())
+        }
+        Command::Info(args) => {
+            let gpu = engine::Gpu::new_blocking().context("opening the GPU")?;
+            println!("adapter: {}", gpu.adapter);
+            if let Some(path) = args.weights {
+                let model = load_model(&path)?;
+                let graph = model.spec.graph(1)?;
+                println!("model: {}", model.spec.architecture.name());
+                println!(
+                    "input: {:?}, classes: {}",
+                    model.spec.input,
+                    model.spec.class_names.len()
+                );
+                println!("parameters: {}", graph.param_count());
+                println!("forward: {:.3} GFLOP per image", graph.forward_flops_per_image() / 1e9);
+                println!("normalisation: {:?}", model.spec.normalization);
+            }
+            Ok(())
+        }
+        Command::Bench(args) => bench::run(&args),
     }
+}
+
+fn context() -> anyhow::Result<engine::Context> {
+    Ok(engine::Context::new(
+        engine::Gpu::new_blocking().context("opening the GPU")?,
+    ))
+}
+
+fn load_model(path: &PathBuf) -> anyhow::Result<Model> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Model::from_safetensors(&bytes).with_context(|| format!("loading {}", path.display()))
+}
+
+fn eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let mut model = load_model(&args.weights)?;
+    if let (Some(mean), Some(std)) = (&args.mean, &args.std) {
+        if mean.len() != model.spec.input[0] || std.len() != model.spec.input[0] {
+            bail!("--mean and --std need {} values", model.spec.input[0]);
+        }
+        model.spec.normalization = Normalization::PerChannel {
+            mean: mean.clone(),
+            std: std.clone(),
+        };
+    }
+    let dataset = match args.dataset {
+        DatasetKind::Cifar10 => data::cifar10(&args.data, Split::Test)?,
+        DatasetKind::FashionMnist => data::fashion_mnist(&args.data, Split::Test)?,
+        DatasetKind::Folder => data::image_folder(&args.data, (model.spec.input[1], model.spec.input[2]))?,
+    };
+    if [dataset.channels, dataset.height, dataset.width] != model.spec.input {
+        bail!(
+            "the data's images are {}x{}x{} but the model takes {:?}",
+            dataset.channels,
+            dataset.height,
+            dataset.width,
+            model.spec.input
+        );
+    }
+    let ctx = context()?;
+    let batch = args.batch.clamp(1, dataset.len.max(1));
+    let plan = Plan::inference(
+        ctx.device(),
+        &ctx.kernels,
+        model.spec.graph(batch)?,
+        &model.params,
+        &model.running,
+    )?;
+    let result = evaluate(&ctx, &plan, Arc::new(dataset), &model.spec.normalization)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "count": result.count, "top1": result.top1(), "top5": result.top5(), "loss": result.loss,
+                "per_class_accuracy": model.spec.class_names.iter().zip(result.per_class_accuracy())
+                    .map(|(c, a)| (c.clone(), serde_json::json!(a))).collect::<serde_json::Map<_, _>>(),
+                "confusion": result.confusion, "adapter": ctx.gpu.adapter.to_string(),
+            })
+        );
+    } else {
+        println!(
+            "{} on {} images ({})",
+            model.spec.architecture.name(),
+            result.count,
+            ctx.gpu.adapter
+        );
+        println!(
+            "top-1 {:.2}%  top-5 {:.2}%  loss {:.4}",
+            100.0 * result.top1(),
+            100.0 * result.top5(),
+            result.loss
+        );
+        println!("{:>14}  accuracy", "class");
+        for (name, acc) in model.spec.class_names.iter().zip(result.per_class_accuracy()) {
+            println!("{name:>14}  {:.2}%", 100.0 * acc);
+        }
+    }
+    Ok(())
+}
+
+fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
+    let model = load_model(&args.weights)?;
+    let [channels, h, w] = model.spec.input;
+    if channels != 3 {
+        bail!("classify reads RGB images; this model takes {channels} channels");
+    }
+    let ctx = context()?;
+    let plan = Plan::inference(
+        ctx.device(),
+        &ctx.kernels,
+        model.spec.graph(1)?,
+        &model.params,
+        &model.running,
+    )?;
+    let mut results = Vec::new();
+    for path in &args.images {
+        let image = data::load_image(path, (h, w))?;
+        plan.write_batch(ctx.queue(), &model.spec.normalization.apply(&image, channels), &[])?;
+        plan.step(ctx.device(), ctx.queue());
+        let probs = softmax(&plan.logits().read_blocking(ctx.device(), ctx.queue())?);
+        let mut ranked: Vec<(usize, f64)> = probs.into_iter().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ranked.truncate(5);
+        results.push((path, ranked));
+    }
+    if args.json {
+        let json: Vec<_> = results
+            .iter()
+            .map(|(path, ranked)| {
+                serde_json::json!({
+                    "image": path.display().to_string(),
+                    "top5": ranked.iter().map(|&(c, p)| serde_json::json!({"class": model.spec.class_names[c], "index": c, "probability": p})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        for (path, ranked) in results {
+            println!("{}", path.display());
+            for (c, p) in ranked {
+                println!("  {:>6.2}%  {}", 100.0 * p, model.spec.class_names[c]);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn import(args: &ImportArgs) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let imagenet = args.arch == train::ArchKind::Imagenet;
+    let class_names: Vec<String> = match &args.classes {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
+        None if imagenet => (0..1000).map(|i| format!("class {i}")).collect(),
+        None => data::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
+    };
+    let normalization = match (&args.mean, &args.std) {
+        (Some(mean), Some(std)) if mean.len() == 3 && std.len() == 3 => Normalization::PerChannel {
+            mean: mean.clone(),
+            std: std.clone(),
+        },
+        (None, None) => Normalization::imagenet(),
+        _ => bail!("give both --mean and --std, with 3 values each"),
+    };
+    let architecture = if imagenet {
+        Architecture::Imagenet {
+            depth: args.depth,
+            shortcut: Shortcut::B,
+            bottleneck_stride: BottleneckStride::OnConv3x3,
+        }
+    } else {
+        Architecture::Cifar {
+            depth: args.depth,
+            shortcut: Shortcut::A,
+        }
+    };
+    let size = args.image_size.unwrap_or(if imagenet { 224 } else { 32 });
+    let spec = ModelSpec {
+        architecture,
+        class_names,
+        input: [3, size, size],
+        normalization,
+    };
+    let model = Model::from_tensors(spec, &bytes, COMMON_RENAMES)
+        .with_context(|| format!("importing {}", args.input.display()))?;
+    write_atomically(&args.output, &model.to_safetensors()?)?;
+    println!(
+        "wrote {} ({}, {} classes)",
+        args.output.display(),
+        model.spec.architecture.name(),
+        model.spec.class_names.len()
+    );
+    Ok(())
 }

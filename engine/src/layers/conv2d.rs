@@ -76,16 +76,23 @@ fn check_len(what: &str, tensor: &Tensor, len: usize, shape: &Conv2dShape) {
     );
 }
 
-/// Register tile: rows and columns per invocation, invocations per workgroup.
-const REGISTER_ROWS: usize = 8;
-const REGISTER_COLUMNS: usize = 8;
+/// Register tile of the implicit GEMM: rows per invocation, blocks of
+/// consecutive pixels of a destination row per invocation and their width,
+/// invocations per workgroup.
+const REGISTER_ROWS: usize = 16;
+const REGISTER_BLOCKS: usize = 2;
+const REGISTER_BLOCK: usize = 8;
 const REGISTER_WORKGROUP: usize = 64;
+/// Register tile of backward-weight: output and input channels per invocation.
+const WEIGHT_GRAD_ROWS: usize = 16;
+const WEIGHT_GRAD_COLUMNS: usize = 16;
+const WEIGHT_GRAD_WORKGROUP: usize = 64;
 /// Workgroup tile: outputs per workgroup in each dimension.
 const WORKGROUP_TILE: usize = 64;
 
 /// Backward-weight split: aim for at least this many invocations (register
 /// tile) or workgroups (workgroup tile) in flight.
-const REGISTER_MIN_INVOCATIONS: usize = 4096;
+const REGISTER_MIN_INVOCATIONS: usize = 2048;
 const WORKGROUP_MIN_WORKGROUPS: usize = 512;
 
 pub struct Conv2dKernels {
@@ -129,14 +136,14 @@ struct TransposeParams {
     rows_padded: u32,
     row_stride: u32,
     channel_stride: u32,
-    len: u32,
+    channels_padded: u32,
     _pad: u32,
 }
 
 /// One implicit GEMM (the forward, or one stride phase of backward-data); see
 /// `struct ImplicitGemm` in the shader.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct ImplicitGemmParams {
     batch: u32,
     channels: u32,
@@ -162,6 +169,7 @@ struct ImplicitGemmParams {
     kernel_first_w: u32,
     kernel_step: u32,
     columns: u32,
+    channels_padded: u32,
 }
 
 #[repr(C)]
@@ -192,15 +200,16 @@ struct ReduceParams {
     chunks: u32,
 }
 
-/// `ceil(tiles)` workgroups over x and y (x at most 65535), `z` in z.
+/// `tiles` workgroups spread over x and y (x at most 65535), `z` in z.
 fn grid_2d(tiles: usize, z: usize) -> [u32; 3] {
     let [x, y, _] = grid_1d(tiles, 1);
     [x, y, z as u32]
 }
 
-/// Writes `w` (OIHW) transposed to `[tap][channel][row]` with rows padded to
-/// the register tile; `rows_are_outputs` picks forward (row = co) or
-/// backward-data (row = ci).
+/// A scratch tensor and the dispatch that writes `w` (OIHW) into it transposed
+/// to `[tap][channel][row]`, channels padded to a multiple of 4 and rows to the
+/// register tile with zeros; it runs before every use, since `w` changes every
+/// step. `rows_are_outputs` picks forward (row = co) or backward-data (row = ci).
 fn transposed_weights(
     device: &wgpu::Device,
     kernels: &Conv2dKernels,
@@ -215,7 +224,8 @@ fn transposed_weights(
         (shape.in_channels, shape.out_channels, taps, shape.in_channels * taps)
     };
     let rows_padded = rows.next_multiple_of(REGISTER_ROWS);
-    let wt = Tensor::zeros(device, &[taps, channels, rows_padded])?;
+    let channels_padded = channels.next_multiple_of(4);
+    let wt = Tensor::zeros(device, &[taps, channels_padded, rows_padded])?;
     let params = TransposeParams {
         rows: rows as u32,
         channels: channels as u32,
@@ -223,12 +233,14 @@ fn transposed_weights(
         rows_padded: rows_padded as u32,
         row_stride: row_stride as u32,
         channel_stride: channel_stride as u32,
-        len: wt.len() as u32,
+        channels_padded: channels_padded as u32,
         _pad: 0,
     };
-    let dispatch = kernels
-        .transpose_weights
-        .bind(device, &params, &[w, &wt], grid_1d(wt.len(), ELEMENTWISE_WORKGROUP));
+    let invocations = channels_padded / 4 * rows_padded / 4;
+    let dispatch =
+        kernels
+            .transpose_weights
+            .bind(device, &params, &[w, &wt], grid_1d(invocations, ELEMENTWISE_WORKGROUP));
     Ok((wt, dispatch))
 }
 
@@ -240,14 +252,19 @@ fn implicit_gemm(
     src: &Tensor,
     dst: &Tensor,
 ) -> Dispatch {
-    let columns = params.columns as usize;
     let rows = params.rows as usize;
     let grid = match kernels.variant {
-        Variant::RegisterTile => grid_2d(
-            columns.div_ceil(REGISTER_COLUMNS * REGISTER_WORKGROUP),
-            rows.div_ceil(REGISTER_ROWS),
+        Variant::RegisterTile => {
+            let blocks = (params.batch * params.q_h) as usize * (params.q_w as usize).div_ceil(REGISTER_BLOCK);
+            grid_1d(
+                blocks.div_ceil(REGISTER_BLOCKS) * rows.div_ceil(REGISTER_ROWS),
+                REGISTER_WORKGROUP as u32,
+            )
+        }
+        Variant::WorkgroupTile => grid_2d(
+            (params.columns as usize).div_ceil(WORKGROUP_TILE),
+            rows.div_ceil(WORKGROUP_TILE),
         ),
-        Variant::WorkgroupTile => grid_2d(columns.div_ceil(WORKGROUP_TILE), rows.div_ceil(WORKGROUP_TILE)),
     };
     kernels.implicit_gemm.bind(device, params, &[wt, src, dst], grid)
 }
@@ -273,6 +290,7 @@ pub fn conv2d_forward(
         channels: shape.in_channels as u32,
         rows: shape.out_channels as u32,
         rows_padded: wt.shape[2] as u32,
+        channels_padded: wt.shape[1] as u32,
         src_h: shape.in_h as u32,
         src_w: shape.in_w as u32,
         dst_h: oh as u32,
@@ -357,6 +375,7 @@ pub fn conv2d_backward_data(
                 channels: shape.out_channels as u32,
                 rows: shape.in_channels as u32,
                 rows_padded: wt.shape[2] as u32,
+                channels_padded: wt.shape[1] as u32,
                 src_h: shape.out_h() as u32,
                 src_w: shape.out_w() as u32,
                 dst_h: shape.in_h as u32,
@@ -401,8 +420,8 @@ pub fn conv2d_backward_weight(
     let taps = shape.kernel * shape.kernel;
     let weight_len = shape.weight_len();
     let output_rows = shape.batch * shape.out_h();
-    let co_blocks = shape.out_channels.div_ceil(REGISTER_ROWS);
-    let ci_blocks = shape.in_channels.div_ceil(REGISTER_COLUMNS);
+    let co_blocks = shape.out_channels.div_ceil(WEIGHT_GRAD_ROWS);
+    let ci_blocks = shape.in_channels.div_ceil(WEIGHT_GRAD_COLUMNS);
     // Enough chunks to keep the adapter busy, but no more partials than one
     // binding holds.
     let tiles = match k.variant {
@@ -437,7 +456,7 @@ pub fn conv2d_backward_weight(
         weight_len: weight_len as u32,
     };
     let grid = match k.variant {
-        Variant::RegisterTile => grid_1d(invocations, REGISTER_WORKGROUP as u32),
+        Variant::RegisterTile => grid_1d(invocations, WEIGHT_GRAD_WORKGROUP as u32),
         Variant::WorkgroupTile => [
             (shape.in_channels * taps).div_ceil(WORKGROUP_TILE) as u32,
             shape.out_channels.div_ceil(WORKGROUP_TILE) as u32,
@@ -462,8 +481,8 @@ pub fn conv2d_backward_weight(
 pub mod cpu {
     use super::Conv2dShape;
 
-    /// Calls `f(b, co, oh, ow, ci, kh, kw, x index, w index, y index)` for every
-    /// multiply-add of the forward pass that reads inside the input.
+    /// Calls `f(x index, w index, y index)` for every multiply-add of the
+    /// forward pass that reads inside the input.
     fn for_each_tap(s: &Conv2dShape, mut f: impl FnMut(usize, usize, usize)) {
         let (oh_n, ow_n) = (s.out_h(), s.out_w());
         for b in 0..s.batch {
@@ -593,10 +612,11 @@ mod tests {
             dispatches.extend(conv2d_backward_data(device, kernels, &s, &dyt, &wt, &dxt).unwrap());
             dispatches.extend(conv2d_backward_weight(device, kernels, &s, &xt, &dyt, &dwt).unwrap());
             crate::kernel::submit(device, queue, &dispatches.iter().collect::<Vec<_>>());
-            // Inputs in [-1, 1): sums of up to 7*7*17 = 833 (forward/data) or
-            // 3*8*8 = 192 (weight) products of magnitude < 1, accumulated in f32
-            // (relative rounding ~1e-7 per add): the error stays far below 1e-4,
-            // while a wrong tap or channel shifts a result by ~0.1 or more.
+            // Inputs in [-1, 1): sums of up to 16*7*7 = 784 (forward/data) or
+            // 3*8*8 = 192 (weight) products of magnitude < 1, accumulated in f32:
+            // rounding drifts by ~sqrt(784) * 6e-8 * |sum| ~ 2e-6 |sum|, well
+            // inside atol + rtol |sum|, while a wrong tap, channel or pixel moves
+            // a result by ~0.1 or more.
             let what = format!("{:?} {s:?}", kernels.variant);
             let y = yt.read_blocking(device, queue).unwrap();
             assert_close(&format!("y {what}"), &y, &cpu::conv2d_forward(&s, &x, &w), 1e-4, 1e-4);

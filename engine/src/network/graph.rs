@@ -403,7 +403,8 @@ impl GraphBuilder {
         y
     }
 
-    /// Conv, batch norm and optionally ReLU: the paper's basic unit.
+    /// Conv then batch norm, named `{prefix}conv{index}` and `{prefix}bn{index}`
+    /// as in torchvision; "same" padding.
     pub fn conv_bn(
         &mut self,
         prefix: &str,
@@ -412,11 +413,9 @@ impl GraphBuilder {
         out: usize,
         kernel: usize,
         stride: usize,
-        relu: bool,
     ) -> TensorId {
         let conv = self.conv2d(&format!("{prefix}conv{index}"), x, out, kernel, stride, kernel / 2);
-        let bn = self.batch_norm(&format!("{prefix}bn{index}"), conv);
-        if relu { self.relu(bn) } else { bn }
+        self.batch_norm(&format!("{prefix}bn{index}"), conv)
     }
 
     /// Finishes the graph with `logits` as the output.

@@ -304,6 +304,61 @@ impl Plan {
         })
     }
 
+    /// Copies parameters and running statistics into `other`, a plan of the
+    /// same network (e.g. an eval plan of another batch size), on the GPU.
+    pub fn copy_weights_to(&self, other: &Plan, encoder: &mut wgpu::CommandEncoder) {
+        assert_eq!(self.graph.params, other.graph.params, "plans of different networks");
+        let pairs = std::iter::once((&self.params, &other.params)).chain(
+            self.running
+                .iter()
+                .zip(&other.running)
+                .flat_map(|((m1, v1), (m2, v2))| [(m1, m2), (v1, v2)]),
+        );
+        for (from, to) in pairs {
+            encoder.copy_buffer_to_buffer(
+                &from.buffer,
+                from.offset,
+                &to.buffer,
+                to.offset,
+                (from.len() * 4) as u64,
+            );
+        }
+    }
+
+    /// Parameters and running statistics, read back.
+    pub async fn read_weights(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+    ) -> Result<(Vec<f32>, Vec<(Vec<f32>, Vec<f32>)>), EngineError> {
+        let params = self.params.read(device, queue).await?;
+        let mut running = Vec::with_capacity(self.running.len());
+        for (mean, var) in &self.running {
+            running.push((mean.read(device, queue).await?, var.read(device, queue).await?));
+        }
+        Ok((params, running))
+    }
+
+    /// Overwrites parameters, running statistics and (when training) momenta,
+    /// e.g. to resume from a checkpoint.
+    pub fn write_weights(
+        &self,
+        queue: &wgpu::Queue,
+        params: &[f32],
+        running: &[(Vec<f32>, Vec<f32>)],
+        velocity: Option<&[f32]>,
+    ) -> Result<(), EngineError> {
+        self.params.write(queue, params)?;
+        for ((mean, var), (m, v)) in self.running.iter().zip(running) {
+            mean.write(queue, m)?;
+            var.write(queue, v)?;
+        }
+        if let (Some(t), Some(v)) = (&self.training, velocity) {
+            t.velocity.write(queue, v)?;
+        }
+        Ok(())
+    }
+
     /// The logits of the last step.
     pub fn logits(&self) -> &Tensor {
         &self.activations[self.graph.logits]

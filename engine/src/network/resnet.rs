@@ -16,7 +16,8 @@ pub fn cifar_resnet(batch: usize, n: usize, residual: bool, classes: usize) -> G
 /// `[channels, h, w]` (e.g. 1x28x28 Fashion-MNIST).
 pub fn cifar_resnet_for_input(batch: usize, n: usize, shortcut: Shortcut, classes: usize, input: [usize; 3]) -> Graph {
     let mut g = GraphBuilder::new(batch, input[0], input[1], input[2]);
-    let mut x = g.conv_bn("", 1, g.input(), 16, 3, 1, true);
+    let stem = g.conv_bn("", 1, g.input(), 16, 3, 1);
+    let mut x = g.relu(stem);
     for (stage, planes) in [16, 32, 64].into_iter().enumerate() {
         for block in 0..n {
             let stride = if stage > 0 && block == 0 { 2 } else { 1 };
@@ -44,8 +45,9 @@ fn basic_block(
     stride: usize,
     shortcut: Shortcut,
 ) -> TensorId {
-    let h = g.conv_bn(prefix, 1, x, planes, 3, stride, true);
-    let h = g.conv_bn(prefix, 2, h, planes, 3, 1, false);
+    let h = g.conv_bn(prefix, 1, x, planes, 3, stride);
+    let h = g.relu(h);
+    let h = g.conv_bn(prefix, 2, h, planes, 3, 1);
     add_shortcut(g, prefix, x, h, planes, stride, shortcut)
 }
 
@@ -123,9 +125,11 @@ fn bottleneck_block(
         BottleneckStride::OnConv1x1 => (stride, 1),
         BottleneckStride::OnConv3x3 => (1, stride),
     };
-    let h = g.conv_bn(prefix, 1, x, planes, 1, s1, true);
-    let h = g.conv_bn(prefix, 2, h, planes, 3, s3, true);
-    let h = g.conv_bn(prefix, 3, h, planes * 4, 1, 1, false);
+    let h = g.conv_bn(prefix, 1, x, planes, 1, s1);
+    let h = g.relu(h);
+    let h = g.conv_bn(prefix, 2, h, planes, 3, s3);
+    let h = g.relu(h);
+    let h = g.conv_bn(prefix, 3, h, planes * 4, 1, 1);
     add_shortcut(g, prefix, x, h, planes * 4, stride, shortcut)
 }
 

@@ -1,0 +1,6 @@
+//! The library behind `resnet-native`: data sets, loaders and downloads, shared
+//! by its subcommands and tested on their own.
+
+pub mod data;
+pub mod evaluate;
+pub mod train;
