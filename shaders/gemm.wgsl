@@ -50,10 +50,10 @@ fn gemm_pack(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 // matmul_register: 16x16 outputs per invocation from packed operands
 // at[k][m] (A transposed) and bp[k][n], both zero-padded to multiples of 16
 // columns and 4 rows, so the K loop (unrolled by 4) has no bounds checks and
-// loads only whole vec4s: on CPU adapters each load instruction loops over the
-// SIMD lanes, and 16x16 outputs per 8 vec4 loads per k was the fastest ratio
-// measured on llvmpipe. 64 invocations per workgroup along N; workgroup_id.y
-// is the block of 16 rows.
+// loads only whole vec4s. On llvmpipe loads dominate; of the tiles measured
+// (4x8 to 32x32 outputs per invocation) 16x16, i.e. 8 vec4 loads per 256
+// multiply-adds, was the fastest. 64 invocations per workgroup along N;
+// workgroup_id.y is the block of 16 rows.
 @group(0) @binding(10) var<uniform> register_params: Matmul;
 @group(0) @binding(11) var<storage, read> register_at: array<vec4<f32>>;
 @group(0) @binding(12) var<storage, read> register_bp: array<vec4<f32>>;

@@ -3,4 +3,5 @@
 
 pub mod data;
 pub mod evaluate;
+pub mod npy;
 pub mod train;

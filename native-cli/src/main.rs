@@ -10,6 +10,7 @@ use engine::network::resnet::{BottleneckStride, Shortcut};
 use engine::preprocess::Normalization;
 use resnet_native::data::{self, Split};
 use resnet_native::evaluate::{evaluate, softmax};
+use resnet_native::npy;
 use resnet_native::train::{self, DatasetKind, TrainArgs, write_atomically};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,6 +38,9 @@ enum Command {
     Eval(EvalArgs),
     /// Classify images: top-5 classes with probabilities.
     Classify(ClassifyArgs),
+    /// Run a raw NCHW float32 batch (.npy) through the network in eval mode and
+    /// save the logits (.npy): parity checks against other frameworks.
+    Forward(ForwardArgs),
     /// Convert other safetensors ResNets (torchvision, `module.`/`linear.` names) to this project's format.
     Import(ImportArgs),
     /// Download CIFAR-10 (binary version) and verify its checksums.
@@ -79,6 +83,18 @@ struct ClassifyArgs {
     images: Vec<PathBuf>,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args)]
+struct ForwardArgs {
+    #[arg(long)]
+    weights: PathBuf,
+    /// Input batch [N, C, H, W], float32, already normalised.
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write the logits [N, classes].
+    #[arg(long)]
+    output: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -139,6 +155,7 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(args) => eval(&args),
         Command::Classify(args) => classify(&args),
         Command::Import(args) => import(&args),
+        Command::Forward(args) => forward(&args),
         Command::Download(args) => {
             let dir = data::download_cifar10(&args.dest, &args.url)?;
             println!("CIFAR-10 is in {}", dir.display());
@@ -287,6 +304,29 @@ fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn forward(args: &ForwardArgs) -> anyhow::Result<()> {
+    let model = load_model(&args.weights)?;
+    let bytes = std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let (shape, values) = npy::read_f32(&bytes).with_context(|| format!("reading {}", args.input.display()))?;
+    if shape.len() != 4 || shape[1..] != model.spec.input {
+        bail!("the input is {shape:?}; the model takes [N, {:?}]", model.spec.input);
+    }
+    let ctx = context()?;
+    let plan = Plan::inference(
+        ctx.device(),
+        &ctx.kernels,
+        model.spec.graph(shape[0])?,
+        &model.params,
+        &model.running,
+    )?;
+    plan.write_batch(ctx.queue(), &values, &[])?;
+    plan.step(ctx.device(), ctx.queue());
+    let logits = plan.logits().read_blocking(ctx.device(), ctx.queue())?;
+    write_atomically(&args.output, &npy::write_f32(&plan.logits().shape, &logits))?;
+    println!("wrote {} {:?}", args.output.display(), plan.logits().shape);
     Ok(())
 }
 
