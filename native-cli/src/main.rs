@@ -10,8 +10,8 @@ use engine::network::resnet::{BottleneckStride, Shortcut};
 use engine::preprocess::Normalization;
 use resnet_native::data::{self, Split};
 use resnet_native::evaluate::{evaluate, softmax};
-use resnet_native::npy;
 use resnet_native::train::{self, DatasetKind, TrainArgs, write_atomically};
+use resnet_native::{npy, plot};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +45,8 @@ enum Command {
     Import(ImportArgs),
     /// Download CIFAR-10 (binary version) and verify its checksums.
     Download(DownloadArgs),
+    /// Plot training (dashed) and test (bold) error of runs against iterations, like the paper's Figure 6.
+    Plot(PlotArgs),
     /// Show the GPU adapter, and a model's summary with --weights.
     Info(InfoArgs),
     /// Time conv2d forward/backward at ResNet shapes against the f32 GEMM ceiling.
@@ -129,6 +131,24 @@ struct DownloadArgs {
 }
 
 #[derive(clap::Args)]
+struct PlotArgs {
+    /// Run folders (with metrics.jsonl) or metrics files.
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// PNG to write.
+    #[arg(long, default_value = "error.png")]
+    out: PathBuf,
+    /// Also write an SVG.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    #[arg(long, default_value = "CIFAR-10")]
+    title: String,
+    /// Running mean over this many logged training points.
+    #[arg(long, default_value_t = 20)]
+    smooth: usize,
+}
+
+#[derive(clap::Args)]
 struct InfoArgs {
     #[arg(long)]
     weights: Option<PathBuf>,
@@ -156,6 +176,16 @@ fn main() -> anyhow::Result<()> {
         Command::Classify(args) => classify(&args),
         Command::Import(args) => import(&args),
         Command::Forward(args) => forward(&args),
+        Command::Plot(args) => {
+            let runs = args
+                .runs
+                .iter()
+                .map(|r| plot::read_run(r, args.smooth))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            plot::render(&runs, &args.title, &args.out, args.svg.as_ref())?;
+            println!("wrote {}", args.out.display());
+            Ok(())
+        }
         Command::Download(args) => {
             let dir = data::download_cifar10(&args.dest, &args.url)?;
             println!("CIFAR-10 is in {}", dir.display());
