@@ -391,7 +391,7 @@ pub fn run(ctx: &Context, args: &TrainArgs, interrupted: &AtomicBool) -> anyhow:
             metrics.write(&serde_json::json!({
                 "iter": iteration,
                 "epoch": iteration as f64 / per_epoch as f64,
-                "lr": lr,
+                "lr": (f64::from(lr) * 1e9).round() / 1e9,
                 "train_loss": stats.loss,
                 "train_error": error,
                 "images_per_s": images_per_s,

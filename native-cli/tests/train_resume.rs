@@ -37,8 +37,7 @@ fn write_dataset(root: &Path) {
     }
 }
 
-fn train(data: &Path, out: &Path, iters: u64, resume: bool) -> f64 {
-    let ctx = context().expect("GPU");
+fn args(data: &Path, out: &Path, iters: u64, resume: bool) -> TrainArgs {
     let mut argv = vec![
         "train".to_string(),
         "--dataset=folder".into(),
@@ -58,8 +57,14 @@ fn train(data: &Path, out: &Path, iters: u64, resume: bool) -> f64 {
     if resume {
         argv.push("--resume".into());
     }
-    let args = Cli::parse_from(argv).args;
-    let result = run(ctx, &args, &AtomicBool::new(false)).unwrap().expect("finished");
+    Cli::parse_from(argv).args
+}
+
+fn train(data: &Path, out: &Path, iters: u64, resume: bool) -> f64 {
+    let ctx = context().expect("GPU");
+    let result = run(ctx, &args(data, out, iters, resume), &AtomicBool::new(false))
+        .unwrap()
+        .expect("finished");
     assert_eq!(result.count, 36);
     result.top1()
 }
@@ -102,4 +107,24 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_run() {
         !split.join("checkpoint.tmp").exists(),
         "a temporary file was left behind"
     );
+}
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_stops() {
+    let Some(ctx) = context() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_dataset(&data);
+    let out = tmp.path().join("run");
+    // The flag is already up: the run stops before its first step, saving where it is.
+    let stopped = run(ctx, &args(&data, &out, 10, false), &AtomicBool::new(true)).unwrap();
+    assert!(stopped.is_none(), "an interrupted run reports no final evaluation");
+    assert!(out.join("checkpoint.safetensors").exists());
+    assert!(
+        !out.join("model.safetensors").exists(),
+        "final weights are only written at the end"
+    );
+    let bytes = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
+    let state = Model::read_metadata(&bytes, "train_state").unwrap().unwrap();
+    assert!(state.contains("\"iteration\":0"), "{state}");
 }
