@@ -182,18 +182,50 @@ pub async fn read_buffer(
     if len == 0 {
         return Ok(Vec::new());
     }
-    let bytes = (len * 4) as u64;
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+    let staging = staging_buffer(device, len);
+    read_through(device, queue, &[(buffer, offset, len)], &staging).await
+}
+
+/// A buffer to read `len` words back through, reusable by [`read_tensors`].
+pub fn staging_buffer(device: &wgpu::Device, len: usize) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("read-back"),
-        size: bytes,
+        size: (len.max(1) * 4) as u64,
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
-    });
+    })
+}
+
+/// Reads several tensors back, one after the other, through a staging buffer
+/// kept by the caller, so that periodic read-backs (loss, accuracy) allocate
+/// nothing.
+pub async fn read_tensors(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    tensors: &[&Tensor],
+    staging: &wgpu::Buffer,
+) -> Result<Vec<u32>, EngineError> {
+    let ranges: Vec<_> = tensors.iter().map(|t| (&t.buffer, t.offset, t.len())).collect();
+    read_through(device, queue, &ranges, staging).await
+}
+
+async fn read_through(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    ranges: &[(&wgpu::Buffer, u64, usize)],
+    staging: &wgpu::Buffer,
+) -> Result<Vec<u32>, EngineError> {
+    let bytes: u64 = ranges.iter().map(|r| (r.2 * 4) as u64).sum();
+    assert!(bytes <= staging.size(), "staging buffer too small for the read-back");
     let mut encoder = device.create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
+    let mut at = 0;
+    for &(buffer, offset, len) in ranges {
+        encoder.copy_buffer_to_buffer(buffer, offset, staging, at, (len * 4) as u64);
+        at += (len * 4) as u64;
+    }
     queue.submit([encoder.finish()]);
     let (sender, receiver) = futures_channel::oneshot::channel();
-    staging.map_async(wgpu::MapMode::Read, .., move |result| {
+    staging.map_async(wgpu::MapMode::Read, ..bytes, move |result| {
         // The receiver only disappears if the caller dropped the future.
         let _ = sender.send(result);
     });
@@ -207,7 +239,7 @@ pub async fn read_buffer(
         .map_err(|e| EngineError::ReadBack(e.to_string()))?;
     let values = {
         let view = staging
-            .get_mapped_range(..)
+            .get_mapped_range(..bytes)
             .map_err(|e| EngineError::ReadBack(e.to_string()))?;
         bytemuck::cast_slice::<u8, u32>(&view).to_vec()
     };

@@ -11,6 +11,7 @@ use crate::layers::pool::{global_avg_pool_backward, global_avg_pool_forward, max
 use crate::layers::relu::{relu_backward, relu_forward};
 use crate::layers::residual::{add_forward, shortcut_a_backward, shortcut_a_forward};
 use crate::layers::sgd::{SgdParams, sgd_step};
+use crate::tensor::{read_tensors, staging_buffer};
 use crate::{Dispatch, EngineError, Kernels, Tensor};
 
 /// Loss and top-1 hits of the last step, read back on request.
@@ -23,6 +24,8 @@ pub struct StepStats {
 /// Training-only state: gradients, momenta, labels and the backward dispatches.
 struct Training {
     labels: Tensor,
+    /// Reused by every read of the loss and accuracy.
+    stats_staging: wgpu::Buffer,
     param_grads: Tensor,
     loss: Tensor,
     correct: Tensor,
@@ -234,6 +237,7 @@ impl Plan {
                 );
                 Some(Training {
                     labels,
+                    stats_staging: staging_buffer(device, 2),
                     param_grads,
                     loss,
                     correct,
@@ -298,9 +302,10 @@ impl Plan {
             .training
             .as_ref()
             .ok_or_else(|| EngineError::Device("an inference plan has no loss".into()))?;
+        let words = read_tensors(device, queue, &[&t.loss, &t.correct], &t.stats_staging).await?;
         Ok(StepStats {
-            loss: t.loss.read(device, queue).await?[0],
-            correct: t.correct.read_u32(device, queue).await?[0],
+            loss: f32::from_bits(words[0]),
+            correct: words[1],
         })
     }
 
