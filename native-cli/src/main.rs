@@ -6,6 +6,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use engine::model::{Architecture, COMMON_RENAMES, Model, ModelSpec};
 use engine::network::Plan;
+use engine::network::graph::Op;
 use engine::network::resnet::{BottleneckStride, Shortcut};
 use engine::preprocess::Normalization;
 use resnet_native::data::{self, Split};
@@ -198,6 +199,21 @@ fn main() -> anyhow::Result<()> {
                 let model = load_model(&path)?;
                 let graph = model.spec.graph(1)?;
                 println!("model: {}", model.spec.architecture.name());
+                println!("{:<16} {:<22} {:>10}", "layer", "output", "params");
+                for op in &graph.ops {
+                    let (kind, params) = match op {
+                        Op::Conv2d { w, .. } => ("conv2d", graph.params[*w].len()),
+                        Op::BatchNorm { gamma, .. } => ("batch_norm", 2 * graph.params[*gamma].len()),
+                        Op::Linear { w, b, .. } => ("linear", graph.params[*w].len() + graph.params[*b].len()),
+                        Op::Relu { .. } => ("relu", 0),
+                        Op::Add { .. } => ("add", 0),
+                        Op::ShortcutA { .. } => ("shortcut_a", 0),
+                        Op::MaxPool { .. } => ("max_pool", 0),
+                        Op::GlobalAvgPool { .. } => ("global_avg_pool", 0),
+                    };
+                    let shape = format!("{:?}", &graph.tensors[op.output()][1..]);
+                    println!("{kind:<16} {shape:<22} {params:>10}");
+                }
                 println!(
                     "input: {:?}, classes: {}",
                     model.spec.input,
@@ -205,7 +221,12 @@ fn main() -> anyhow::Result<()> {
                 );
                 println!("parameters: {}", graph.param_count());
                 println!("forward: {:.3} GFLOP per image", graph.forward_flops_per_image() / 1e9);
-                println!("normalisation: {:?}", model.spec.normalization);
+                match &model.spec.normalization {
+                    Normalization::PerChannel { mean, std } => println!("normalisation: mean {mean:?}, std {std:?}"),
+                    Normalization::PerPixelMean { mean } => {
+                        println!("normalisation: per-pixel mean ({} values)", mean.len())
+                    }
+                }
             }
             Ok(())
         }
