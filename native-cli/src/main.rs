@@ -314,8 +314,8 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
 fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
     let model = load_model(&args.weights)?;
     let [channels, h, w] = model.spec.input;
-    if channels != 3 {
-        bail!("classify reads RGB images; this model takes {channels} channels");
+    if channels != 3 && channels != 1 {
+        bail!("classify reads RGB or greyscale images; this model takes {channels} channels");
     }
     let ctx = context()?;
     let plan = Plan::inference(
@@ -327,7 +327,8 @@ fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
     )?;
     let mut results = Vec::new();
     for path in &args.images {
-        let image = data::load_image(path, (h, w))?;
+        let rgb = data::load_image(path, (h, w))?;
+        let image = if channels == 1 { luma(&rgb) } else { rgb };
         plan.write_batch(ctx.queue(), &model.spec.normalization.apply(&image, channels), &[])?;
         plan.step(ctx.device(), ctx.queue());
         let probs = softmax(&plan.logits().read_blocking(ctx.device(), ctx.queue())?);
@@ -379,6 +380,16 @@ fn forward(args: &ForwardArgs) -> anyhow::Result<()> {
     write_atomically(&args.output, &npy::write_f32(&plan.logits().shape, &logits))?;
     println!("wrote {} {:?}", args.output.display(), plan.logits().shape);
     Ok(())
+}
+
+/// ITU-R BT.601 luma of a CHW RGB image, for greyscale models.
+fn luma(rgb: &[u8]) -> Vec<u8> {
+    let plane = rgb.len() / 3;
+    (0..plane)
+        .map(|i| {
+            (0.299 * rgb[i] as f32 + 0.587 * rgb[plane + i] as f32 + 0.114 * rgb[2 * plane + i] as f32).round() as u8
+        })
+        .collect()
 }
 
 fn import(args: &ImportArgs) -> anyhow::Result<()> {
