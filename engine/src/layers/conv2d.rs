@@ -592,11 +592,32 @@ mod tests {
         shapes
     }
 
+    /// ResNet-50's wide 1x1 convolutions on tiny maps (its last stage at 64 px).
+    fn wide_shapes() -> Vec<Conv2dShape> {
+        vec![
+            shape(2, 2048, 2, 512, 1, 1, 0),
+            shape(2, 512, 2, 2048, 1, 1, 0),
+            shape(2, 1024, 4, 2048, 1, 2, 0),
+        ]
+    }
+
+    #[test]
+    fn conv2d_wide_one_by_one_convolutions_match_reference() {
+        let Some(ctx) = context() else { return };
+        for variant in [Variant::RegisterTile, Variant::WorkgroupTile] {
+            check_shapes(&Kernels::new(ctx.device(), variant), &wide_shapes());
+        }
+    }
+
     fn check_variant(kernels: &Kernels) {
+        check_shapes(kernels, &shapes());
+    }
+
+    fn check_shapes(kernels: &Kernels, shapes: &[Conv2dShape]) {
         let Some(ctx) = context() else { return };
         let (device, queue) = (ctx.device(), ctx.queue());
         let mut rng = Rng::new(7);
-        for s in shapes() {
+        for &s in shapes {
             let x = rng.vec(s.input_len(), -1.0, 1.0);
             let w = rng.vec(s.weight_len(), -1.0, 1.0);
             let dy = rng.vec(s.output_len(), -1.0, 1.0);
