@@ -12,11 +12,11 @@ pub struct RunningStats(pub Vec<(Vec<f64>, Vec<f64>)>);
 impl RunningStats {
     /// PyTorch's initial state: mean 0, variance 1.
     pub fn new(graph: &Graph) -> Self {
+        let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect();
         Self(
-            graph
-                .batch_norms
-                .iter()
-                .map(|bn| (vec![0.0; bn.channels], vec![1.0; bn.channels]))
+            super::plan::fresh_running_stats(graph)
+                .into_iter()
+                .map(|(mean, var)| (widen(mean), widen(var)))
                 .collect(),
         )
     }

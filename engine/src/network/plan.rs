@@ -336,11 +336,24 @@ impl Plan {
         device: &wgpu::Device,
         queue: &wgpu::Queue,
     ) -> Result<(Vec<f32>, Vec<(Vec<f32>, Vec<f32>)>), EngineError> {
-        let params = self.params.read(device, queue).await?;
-        let mut running = Vec::with_capacity(self.running.len());
-        for (mean, var) in &self.running {
-            running.push((mean.read(device, queue).await?, var.read(device, queue).await?));
-        }
+        // One round trip for everything: parameters, then each mean and variance.
+        let tensors: Vec<&Tensor> = std::iter::once(&self.params)
+            .chain(self.running.iter().flat_map(|(mean, var)| [mean, var]))
+            .collect();
+        let total = tensors.iter().map(|t| t.len()).sum();
+        let words = read_tensors(device, queue, &tensors, &staging_buffer(device, total)).await?;
+        let mut values: &[f32] = bytemuck::cast_slice(&words);
+        let mut take = |len: usize| {
+            let (head, rest) = values.split_at(len);
+            values = rest;
+            head.to_vec()
+        };
+        let params = take(self.params.len());
+        let running = self
+            .running
+            .iter()
+            .map(|(m, v)| (take(m.len()), take(v.len())))
+            .collect();
         Ok((params, running))
     }
 
