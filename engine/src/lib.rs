@@ -10,6 +10,7 @@
 //! Device setup ([`gpu`]) is kept apart from execution: dispatch builders take the
 //! device, so the same code runs in tests, natively and in the browser.
 
+pub mod classify;
 pub mod error;
 pub mod gpu;
 pub mod kernel;

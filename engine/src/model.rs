@@ -67,6 +67,28 @@ pub const METADATA_KEY: &str = "resnet";
 /// `module.` prefix and `linear.` for the classifier (CIFAR reproductions).
 pub const COMMON_RENAMES: &[(&str, &str)] = &[("module.linear.", "fc."), ("module.", ""), ("linear.", "fc.")];
 
+/// CIFAR-10's class names in label order (its `batches.meta.txt`).
+pub const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
+/// ImageNet-1k's class names in torchvision's label order.
+pub fn imagenet_classes() -> Vec<String> {
+    include_str!("../../weights/imagenet-classes.txt")
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
 /// Prefix of tensors that are not part of the model (e.g. a checkpoint's
 /// momenta); loading a model skips them.
 pub const EXTRA_PREFIX: &str = "extra.";
@@ -100,6 +122,104 @@ impl ModelSpec {
                     ModelError::Unsupported(format!("ImageNet depth {depth} (use 18, 34, 50, 101 or 152)"))
                 })
             }
+        }
+    }
+}
+
+impl ModelSpec {
+    /// The spec of a ResNet stored without our metadata, told from its tensor
+    /// names and shapes: four stages make an ImageNet ResNet (depth from the
+    /// blocks per stage and whether they are bottlenecks, 224x224 input,
+    /// ImageNet labels and normalisation when it has 1000 classes), three
+    /// stages a CIFAR ResNet-(6n+2) (32x32, or 28x28 when grey; CIFAR-10 labels
+    /// when it has 10 classes). Projections on every block of the first stage
+    /// mark option C, on the first block of the second option B; none, option A. The tensors themselves are
+    /// checked when they are loaded into this spec.
+    pub fn recognise(bytes: &[u8]) -> Result<Self, ModelError> {
+        let file = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Format(e.to_string()))?;
+        let shapes: BTreeMap<String, Vec<usize>> = file
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                let renamed = COMMON_RENAMES
+                    .iter()
+                    .find_map(|(from, to)| name.strip_prefix(from).map(|rest| format!("{to}{rest}")))
+                    .unwrap_or(name);
+                (renamed, view.shape().to_vec())
+            })
+            .collect();
+        let unknown = |why: &str| ModelError::Unsupported(format!("not a ResNet this engine knows: {why}"));
+        let stem = shapes.get("conv1.weight").ok_or_else(|| unknown("no conv1.weight"))?;
+        let fc = shapes
+            .get("fc.weight")
+            .ok_or_else(|| unknown("no fc.weight (or linear.weight)"))?;
+        let (channels, classes) = (stem[1], fc[0]);
+        let blocks: Vec<usize> = (1..=4)
+            .map(|stage| {
+                let prefix = format!("layer{stage}.");
+                shapes
+                    .keys()
+                    .filter_map(|n| n.strip_prefix(&prefix)?.split('.').next()?.parse::<usize>().ok())
+                    .map(|b| b + 1)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let projects = |stage: usize, block: usize| {
+            let prefix = format!("layer{stage}.{block}.");
+            shapes
+                .keys()
+                .any(|n| n.starts_with(&prefix) && (n.contains(".downsample.") || n.contains(".shortcut.")))
+        };
+        // Option B projects only where the shape changes, which in a
+        // bottleneck network includes the first block; option C everywhere.
+        let shortcut = if (0..blocks[0]).all(|b| projects(1, b)) && blocks[0] > 0 {
+            Shortcut::C
+        } else if projects(2, 0) {
+            Shortcut::B
+        } else {
+            Shortcut::A
+        };
+        let class_names = |known: Vec<String>| {
+            if known.len() == classes {
+                known
+            } else {
+                (0..classes).map(|i| format!("class {i}")).collect()
+            }
+        };
+        if blocks[3] > 0 {
+            let bottleneck = shapes.contains_key("layer1.0.conv3.weight");
+            let depth = match (&blocks[..], bottleneck) {
+                ([2, 2, 2, 2], false) => 18,
+                ([3, 4, 6, 3], false) => 34,
+                ([3, 4, 6, 3], true) => 50,
+                ([3, 4, 23, 3], true) => 101,
+                ([3, 8, 36, 3], true) => 152,
+                _ => return Err(unknown(&format!("blocks per stage {blocks:?}"))),
+            };
+            Ok(Self {
+                architecture: Architecture::Imagenet {
+                    depth,
+                    shortcut: if shortcut == Shortcut::A { Shortcut::B } else { shortcut },
+                    bottleneck_stride: BottleneckStride::OnConv3x3,
+                },
+                class_names: class_names(imagenet_classes()),
+                input: [channels, 224, 224],
+                normalization: Normalization::imagenet(),
+            })
+        } else if blocks[0] > 0 && blocks[1] == blocks[0] && blocks[2] == blocks[0] {
+            let size = if channels == 1 { 28 } else { 32 };
+            Ok(Self {
+                architecture: Architecture::Cifar {
+                    depth: 6 * blocks[0] + 2,
+                    shortcut,
+                },
+                class_names: class_names(CIFAR10_CLASSES.iter().map(|c| c.to_string()).collect()),
+                input: [channels, size, size],
+                normalization: Normalization::imagenet(),
+            })
+        } else {
+            Err(unknown(&format!("blocks per stage {blocks:?}")))
         }
     }
 }
@@ -196,6 +316,17 @@ impl Model {
     pub fn read_metadata(bytes: &[u8], key: &str) -> Result<Option<String>, ModelError> {
         let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| ModelError::Format(e.to_string()))?;
         Ok(metadata.metadata().as_ref().and_then(|m| m.get(key)).cloned())
+    }
+
+    /// Loads a safetensors ResNet: ours (spec in the metadata), or one without
+    /// metadata in torchvision's layout (or a common variant of it, see
+    /// [`COMMON_RENAMES`]) whose architecture [`ModelSpec::recognise`] finds.
+    pub fn load(bytes: &[u8]) -> Result<Self, ModelError> {
+        if Self::read_metadata(bytes, METADATA_KEY)?.is_some() {
+            Self::from_safetensors(bytes)
+        } else {
+            Self::from_tensors(ModelSpec::recognise(bytes)?, bytes, COMMON_RENAMES)
+        }
     }
 
     /// Loads a file written by [`Model::to_safetensors`] (spec from its metadata).
@@ -387,6 +518,75 @@ mod tests {
         ] {
             assert!(err.contains(needle), "{needle} not in: {err}");
         }
+    }
+
+    /// The model's tensors as safetensors without our metadata, as torchvision
+    /// or a CIFAR reproduction would save them.
+    fn without_metadata(model: &Model, prefix: &str) -> Vec<u8> {
+        let graph = model.spec.graph(1).unwrap();
+        let named: Vec<(String, Vec<usize>, Vec<u8>)> = model
+            .named_tensors(&graph)
+            .into_iter()
+            .map(|(n, s, v)| {
+                (
+                    format!("{prefix}{n}"),
+                    s,
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                )
+            })
+            .collect();
+        let views: Vec<_> = named
+            .iter()
+            .map(|(n, s, d)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), d).unwrap()))
+            .collect();
+        safetensors::serialize(views, None).unwrap()
+    }
+
+    #[test]
+    fn files_without_metadata_are_recognised_from_their_tensors() {
+        let imagenet = |depth, classes: usize| ModelSpec {
+            architecture: Architecture::Imagenet {
+                depth,
+                shortcut: Shortcut::B,
+                bottleneck_stride: BottleneckStride::OnConv3x3,
+            },
+            class_names: if classes == 1000 {
+                imagenet_classes()
+            } else {
+                (0..classes).map(|i| format!("class {i}")).collect()
+            },
+            input: [3, 224, 224],
+            normalization: Normalization::imagenet(),
+        };
+        let cifar = |depth, shortcut| ModelSpec {
+            architecture: Architecture::Cifar { depth, shortcut },
+            class_names: CIFAR10_CLASSES.iter().map(|c| c.to_string()).collect(),
+            input: [3, 32, 32],
+            normalization: Normalization::imagenet(),
+        };
+        let specs = [
+            (imagenet(18, 1000), ""),
+            (imagenet(50, 7), ""),
+            (cifar(20, Shortcut::A), "module."),
+            (cifar(32, Shortcut::B), ""),
+            (cifar(8, Shortcut::C), ""),
+        ];
+        for (spec, prefix) in specs {
+            let model = Model::init(spec.clone(), 5).unwrap();
+            let bytes = without_metadata(&model, prefix);
+            assert_eq!(ModelSpec::recognise(&bytes).unwrap(), spec);
+            assert_eq!(Model::load(&bytes).unwrap(), model);
+        }
+        assert_eq!(imagenet_classes().len(), 1000);
+        // Something else entirely is named as such.
+        let data = [0u8; 16];
+        let other = safetensors::serialize(
+            [("embed.weight", TensorView::new(Dtype::F32, vec![4], &data).unwrap())],
+            None,
+        )
+        .unwrap();
+        let err = Model::load(&other).unwrap_err().to_string();
+        assert!(err.contains("not a ResNet this engine knows: no conv1.weight"), "{err}");
     }
 
     #[test]

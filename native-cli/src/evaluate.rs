@@ -69,7 +69,7 @@ pub fn evaluate(
             result.top5_correct += usize::from(above < 5);
             let predicted = argmax(row);
             result.confusion[label][predicted] += 1;
-            result.loss += log_sum_exp(row) - row[label] as f64;
+            result.loss += engine::classify::log_sum_exp(row) - row[label] as f64;
             result.count += 1;
         }
     }
@@ -81,15 +81,4 @@ pub fn argmax(row: &[f32]) -> usize {
     row.iter()
         .enumerate()
         .fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
-}
-
-fn log_sum_exp(row: &[f32]) -> f64 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln()
-}
-
-/// Softmax probabilities of one row of logits.
-pub fn softmax(row: &[f32]) -> Vec<f64> {
-    let lse = log_sum_exp(row);
-    row.iter().map(|&v| (v as f64 - lse).exp()).collect()
 }

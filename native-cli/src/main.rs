@@ -4,13 +4,14 @@ mod bench;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+use engine::classify;
 use engine::model::{Architecture, COMMON_RENAMES, Model, ModelSpec};
 use engine::network::Plan;
 use engine::network::graph::Op;
 use engine::network::resnet::{BottleneckStride, Shortcut};
 use engine::preprocess::Normalization;
 use resnet_native::data::{self, Split};
-use resnet_native::evaluate::{evaluate, softmax};
+use resnet_native::evaluate::evaluate;
 use resnet_native::train::{self, DatasetKind, TrainArgs, write_atomically};
 use resnet_native::{npy, plot};
 use std::path::PathBuf;
@@ -313,10 +314,6 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
 
 fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
     let model = load_model(&args.weights)?;
-    let [channels, h, w] = model.spec.input;
-    if channels != 3 && channels != 1 {
-        bail!("classify reads RGB or greyscale images; this model takes {channels} channels");
-    }
     let ctx = context()?;
     let plan = Plan::inference(
         ctx.device(),
@@ -327,15 +324,14 @@ fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
     )?;
     let mut results = Vec::new();
     for path in &args.images {
-        let rgb = data::load_image(path, (h, w))?;
-        let image = if channels == 1 { luma(&rgb) } else { rgb };
-        plan.write_batch(ctx.queue(), &model.spec.normalization.apply(&image, channels), &[])?;
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let input = classify::decode(&bytes)
+            .and_then(|rgb| classify::model_input(&rgb, &model.spec))
+            .with_context(|| format!("classifying {}", path.display()))?;
+        plan.write_batch(ctx.queue(), &input, &[])?;
         plan.step(ctx.device(), ctx.queue());
-        let probs = softmax(&plan.logits().read_blocking(ctx.device(), ctx.queue())?);
-        let mut ranked: Vec<(usize, f64)> = probs.into_iter().enumerate().collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-        ranked.truncate(5);
-        results.push((path, ranked));
+        let logits = plan.logits().read_blocking(ctx.device(), ctx.queue())?;
+        results.push((path, classify::top_k(&classify::softmax(&logits), 5)));
     }
     if args.json {
         let json: Vec<_> = results
@@ -380,16 +376,6 @@ fn forward(args: &ForwardArgs) -> anyhow::Result<()> {
     write_atomically(&args.output, &npy::write_f32(&plan.logits().shape, &logits))?;
     println!("wrote {} {:?}", args.output.display(), plan.logits().shape);
     Ok(())
-}
-
-/// ITU-R BT.601 luma of a CHW RGB image, for greyscale models.
-fn luma(rgb: &[u8]) -> Vec<u8> {
-    let plane = rgb.len() / 3;
-    (0..plane)
-        .map(|i| {
-            (0.299 * rgb[i] as f32 + 0.587 * rgb[plane + i] as f32 + 0.114 * rgb[2 * plane + i] as f32).round() as u8
-        })
-        .collect()
 }
 
 fn import(args: &ImportArgs) -> anyhow::Result<()> {

@@ -5,18 +5,7 @@ use super::{DataError, Dataset, Split, check_labels, read_file};
 use std::path::Path;
 
 /// Class names in label order (the data set's `batches.meta.txt`).
-pub const CIFAR10_CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
+pub use engine::model::CIFAR10_CLASSES;
 
 const SIDE: usize = 32;
 const IMAGE_BYTES: usize = 3 * SIDE * SIDE;

@@ -1,17 +1,11 @@
 //! Folders of ordinary image files, one subfolder per class, and the
 //! single-image decode that `classify` shares with them.
 //!
-//! Every image becomes 3-channel RGB: grey images are replicated, and
-//! transparency is composited onto white (how a transparent picture looks on
-//! a page, and what keeps a transparent background from turning into an
-//! arbitrary colour). It is then resized, aspect ratio not preserved, to the
-//! requested size with a triangle (bilinear) filter, which the `image` crate
-//! widens when shrinking so that every source pixel contributes; an image
-//! already at that size is kept bit for bit.
+//! Images become RGB bytes exactly as the browser sees them (see
+//! `engine::classify`: transparency onto white, triangle-filter resize).
 
 use super::{DataError, Dataset, read_file};
-use image::RgbImage;
-use image::imageops::{self, FilterType};
+use engine::classify;
 use std::path::{Path, PathBuf};
 
 /// Loads `dir/<class>/<image>`: classes are the subfolders in sorted name
@@ -44,34 +38,10 @@ pub fn load_image(path: &Path, size: (usize, usize)) -> Result<Vec<u8>, DataErro
     decode(&read_file(path)?, size, || path.display().to_string())
 }
 
-/// Decodes an encoded image (PNG, JPEG, GIF, BMP or WebP, told apart by its
-/// content) into `size = (height, width)` RGB bytes, CHW.
-pub fn decode_image(bytes: &[u8], size: (usize, usize)) -> Result<Vec<u8>, DataError> {
-    decode(bytes, size, || format!("{}-byte image", bytes.len()))
-}
-
-fn decode(bytes: &[u8], (height, width): (usize, usize), name: impl FnOnce() -> String) -> Result<Vec<u8>, DataError> {
-    let decoded = image::load_from_memory(bytes).map_err(|source| DataError::Decode { image: name(), source })?;
-    let rgba = decoded.into_rgba8();
-    let on_white = RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-        let [r, g, b, a] = rgba.get_pixel(x, y).0;
-        let blend = |c: u8| ((c as u32 * a as u32 + 255 * (255 - a as u32) + 127) / 255) as u8;
-        image::Rgb([blend(r), blend(g), blend(b)])
-    });
-    let (w, h) = (width as u32, height as u32);
-    let resized = if on_white.dimensions() == (w, h) {
-        on_white
-    } else {
-        imageops::resize(&on_white, w, h, FilterType::Triangle)
-    };
-    let plane = height * width;
-    let mut chw = vec![0; 3 * plane];
-    for (i, pixel) in resized.pixels().enumerate() {
-        for (c, &value) in pixel.0.iter().enumerate() {
-            chw[c * plane + i] = value;
-        }
-    }
-    Ok(chw)
+fn decode(bytes: &[u8], (height, width): (usize, usize), name: impl Fn() -> String) -> Result<Vec<u8>, DataError> {
+    let error = |source| DataError::Decode { image: name(), source };
+    let rgb = classify::decode(bytes).map_err(error)?;
+    classify::to_chw(&rgb, [3, height, width]).map_err(error)
 }
 
 /// The entries of `dir` that pass `keep`, hidden ones excluded, sorted by
@@ -114,32 +84,6 @@ mod tests {
 
     fn solid(width: u32, height: u32, rgba: [u8; 4]) -> RgbaImage {
         RgbaImage::from_pixel(width, height, Rgba(rgba))
-    }
-
-    #[test]
-    fn decoded_png_is_chw_with_alpha_composited_onto_white() {
-        // 3 wide, 1 high: opaque red, half-transparent red, fully transparent.
-        let image = RgbaImage::from_vec(3, 1, vec![255, 0, 0, 255, 255, 0, 0, 128, 10, 20, 30, 0]).unwrap();
-        let chw = decode_image(&encode(&image, ImageFormat::Png), (1, 3)).unwrap();
-        // Half-transparent red over white: 255 * 127/255 = 127 in G and B.
-        assert_eq!(chw, [255, 255, 255, 0, 127, 255, 0, 127, 255]);
-    }
-
-    #[test]
-    fn resizing_keeps_orientation_and_solid_colours() {
-        // 8 wide, 6 high: left half black, right half white; shrunk to 2x4
-        // (height x width) it stays dark left and bright right.
-        let image = RgbaImage::from_fn(8, 6, |x, _| if x < 4 { Rgba([0, 0, 0, 255]) } else { Rgba([255; 4]) });
-        let chw = decode_image(&encode(&image, ImageFormat::Png), (2, 4)).unwrap();
-        assert_eq!(chw.len(), 3 * 2 * 4);
-        for c in 0..3 {
-            for y in 0..2 {
-                let row = &chw[c * 8 + y * 4..c * 8 + y * 4 + 4];
-                assert!(row[0] < 30 && row[1] < 128 && row[2] > 128 && row[3] > 225, "{row:?}");
-            }
-        }
-        let green = decode_image(&encode(&solid(5, 7, [0, 200, 0, 255]), ImageFormat::Png), (3, 2)).unwrap();
-        assert_eq!(green, [[0; 6], [200; 6], [0; 6]].concat());
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub use cifar::{CIFAR10_CLASSES, cifar10};
 pub use download::{CIFAR10_URL, download_cifar10};
 pub use engine::preprocess::Normalization;
 pub use fashion_mnist::{FASHION_MNIST_CLASSES, FASHION_MNIST_SYSTEM_DIR, fashion_mnist};
-pub use image_folder::{decode_image, image_folder, load_image};
+pub use image_folder::{image_folder, load_image};
 pub use loader::{Augmentation, Batch, BatchLoader, Position, TrainOptions};
 
 use std::io;
@@ -153,7 +153,10 @@ pub enum DataError {
         labels: usize,
     },
     #[error("{image}: cannot decode the image: {source}")]
-    Decode { image: String, source: image::ImageError },
+    Decode {
+        image: String,
+        source: engine::classify::ImageError,
+    },
     #[error("{}: no class subfolder holds an image", path.display())]
     EmptyImageFolder { path: PathBuf },
     #[error("{}: already exists; remove it to download again", path.display())]
