@@ -5,4 +5,5 @@ pub mod data;
 pub mod evaluate;
 pub mod npy;
 pub mod plot;
+pub mod serve;
 pub mod train;

@@ -12,6 +12,7 @@ use engine::network::resnet::{BottleneckStride, Shortcut};
 use engine::preprocess::Normalization;
 use resnet_native::data::{self, Split};
 use resnet_native::evaluate::evaluate;
+use resnet_native::serve::{ServeArgs, Server};
 use resnet_native::train::{self, DatasetKind, TrainArgs, write_atomically};
 use resnet_native::{npy, plot};
 use std::path::PathBuf;
@@ -53,6 +54,8 @@ enum Command {
     Info(InfoArgs),
     /// Time conv2d forward/backward at ResNet shapes against the f32 GEMM ceiling.
     Bench(bench::BenchArgs),
+    /// Serve the drop-an-image page (WebGPU in the browser) on 127.0.0.1.
+    Serve(ServeArgs),
 }
 
 #[derive(clap::Args)]
@@ -105,17 +108,20 @@ struct ForwardArgs {
 struct ImportArgs {
     input: PathBuf,
     output: PathBuf,
-    /// cifar (ResNet-6n+2) or imagenet (ResNet-18..152).
-    #[arg(long, value_enum, default_value_t = train::ArchKind::Cifar)]
-    arch: train::ArchKind,
-    #[arg(long, default_value_t = 20)]
-    depth: usize,
+    /// cifar (ResNet-6n+2) or imagenet (ResNet-18..152). Without --arch and
+    /// --depth the architecture is recognised from the tensors (and a file of
+    /// this project's is re-saved without its training state).
+    #[arg(long, value_enum)]
+    arch: Option<train::ArchKind>,
+    /// Depth [default: 20 for cifar, 18 for imagenet].
+    #[arg(long)]
+    depth: Option<usize>,
     /// Per-channel mean (R,G,B) [default: ImageNet's].
     #[arg(long, value_delimiter = ',')]
     mean: Option<Vec<f32>>,
     #[arg(long, value_delimiter = ',')]
     std: Option<Vec<f32>>,
-    /// A text file with one class name per line [default: CIFAR-10's, or 0..999 for ImageNet].
+    /// A text file with one class name per line [default: CIFAR-10's, or ImageNet-1k's].
     #[arg(long)]
     classes: Option<PathBuf>,
     /// Input image size [default: 32 for cifar, 224 for imagenet].
@@ -175,6 +181,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Eval(args) => eval(&args),
+        Command::Serve(args) => {
+            let server = Server::start(&args)?;
+            println!("serving {} at {} (Ctrl-C stops)", args.weights.display(), server.url());
+            std::thread::park();
+            Ok(())
+        }
         Command::Classify(args) => classify(&args),
         Command::Import(args) => import(&args),
         Command::Forward(args) => forward(&args),
@@ -380,7 +392,15 @@ fn forward(args: &ForwardArgs) -> anyhow::Result<()> {
 
 fn import(args: &ImportArgs) -> anyhow::Result<()> {
     let bytes = std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
-    let imagenet = args.arch == train::ArchKind::Imagenet;
+    let explicit = args.arch.is_some() || args.depth.is_some();
+    let overrides = args.mean.is_some() || args.std.is_some() || args.classes.is_some() || args.image_size.is_some();
+    if !explicit && !overrides {
+        let model = Model::load(&bytes).with_context(|| format!("importing {}", args.input.display()))?;
+        return write_model(&args.output, &model);
+    }
+    let arch = args.arch.unwrap_or(train::ArchKind::Cifar);
+    let imagenet = arch == train::ArchKind::Imagenet;
+    let depth = args.depth.unwrap_or(if imagenet { 18 } else { 20 });
     let class_names: Vec<String> = match &args.classes {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading {}", path.display()))?
@@ -389,7 +409,7 @@ fn import(args: &ImportArgs) -> anyhow::Result<()> {
             .filter(|l| !l.is_empty())
             .map(String::from)
             .collect(),
-        None if imagenet => (0..1000).map(|i| format!("class {i}")).collect(),
+        None if imagenet => engine::model::imagenet_classes(),
         None => data::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
     };
     let normalization = match (&args.mean, &args.std) {
@@ -402,13 +422,13 @@ fn import(args: &ImportArgs) -> anyhow::Result<()> {
     };
     let architecture = if imagenet {
         Architecture::Imagenet {
-            depth: args.depth,
+            depth,
             shortcut: Shortcut::B,
             bottleneck_stride: BottleneckStride::OnConv3x3,
         }
     } else {
         Architecture::Cifar {
-            depth: args.depth,
+            depth,
             shortcut: Shortcut::A,
         }
     };
@@ -421,10 +441,14 @@ fn import(args: &ImportArgs) -> anyhow::Result<()> {
     };
     let model = Model::from_tensors(spec, &bytes, COMMON_RENAMES)
         .with_context(|| format!("importing {}", args.input.display()))?;
-    write_atomically(&args.output, &model.to_safetensors()?)?;
+    write_model(&args.output, &model)
+}
+
+fn write_model(path: &std::path::Path, model: &Model) -> anyhow::Result<()> {
+    write_atomically(path, &model.to_safetensors()?)?;
     println!(
         "wrote {} ({}, {} classes)",
-        args.output.display(),
+        path.display(),
         model.spec.architecture.name(),
         model.spec.class_names.len()
     );

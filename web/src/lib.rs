@@ -1,1 +1,326 @@
-//! The wasm package for in-browser inference. Its API arrives with the web issue.
+//! The engine as a wasm-bindgen package: load a ResNet from safetensors and
+//! classify images on the visitor's GPU through WebGPU, or, where WebGPU is
+//! missing, on the CPU inside the wasm module. The image goes through
+//! `engine::classify`, exactly as in `resnet-native classify`.
+//!
+//! ```js
+//! import init, { Classifier } from "resnet-web";
+//! await init();
+//! const classifier = await Classifier.fromUrl("model.safetensors");
+//! const { top } = await classifier.classify(fileOrImageElement);
+//! ```
+
+mod runner;
+
+use engine::classify;
+use engine::model::Model;
+use futures_util::lock::Mutex;
+use runner::Runner;
+use std::rc::Rc;
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{JsFuture, future_to_promise};
+
+#[wasm_bindgen(typescript_custom_section)]
+const TYPES: &str = r#"
+/** What can be classified: pixels, a decoded image, or an encoded file (PNG, JPEG, GIF, BMP, WebP). */
+export type ImageInput = ImageData | HTMLImageElement | ImageBitmap | Blob | ArrayBuffer | Uint8Array;
+
+export interface Prediction {
+  /** Class name. */
+  label: string;
+  /** Class index in the model's output. */
+  index: number;
+  probability: number;
+}
+
+export interface Classification {
+  /** Most probable first. */
+  top: Prediction[];
+  /** Where the network ran. */
+  backend: "webgpu" | "cpu";
+  /** Milliseconds: reading and resizing the image, running the network, both. */
+  timings: { preprocessMs: number; inferenceMs: number; totalMs: number };
+}
+
+export interface LoadOptions {
+  /** "auto" (default): WebGPU when an adapter is available, else the CPU. */
+  backend?: "auto" | "webgpu" | "cpu";
+  /** GPU kernel family; default "workgroup-tile" (see the package README). */
+  kernels?: "register-tile" | "workgroup-tile";
+}
+"#;
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_name = fetch)]
+    fn global_fetch(url: &str) -> js_sys::Promise;
+    #[wasm_bindgen(js_namespace = performance, js_name = now)]
+    fn now_ms() -> f64;
+}
+
+/// A loaded model, ready to classify: every buffer allocated and every GPU
+/// pipeline created by [`Classifier::load`].
+#[wasm_bindgen]
+pub struct Classifier {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    model: Model,
+    /// One classification at a time: they share the input and read-back buffers.
+    runner: Mutex<Runner>,
+    backend: &'static str,
+    adapter: String,
+    load_ms: f64,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Prediction {
+    label: String,
+    index: usize,
+    probability: f64,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Timings {
+    preprocess_ms: f64,
+    inference_ms: f64,
+    total_ms: f64,
+}
+
+#[derive(serde::Serialize)]
+struct Classification {
+    top: Vec<Prediction>,
+    backend: &'static str,
+    timings: Timings,
+}
+
+fn error(context: &str, e: impl std::fmt::Display) -> JsError {
+    JsError::new(&format!("{context}: {e}"))
+}
+
+#[wasm_bindgen]
+impl Classifier {
+    /// Loads a ResNet from the bytes of a `.safetensors` file: one written by
+    /// `resnet-native`, or a torchvision-layout ResNet (e.g. ResNet-18/50 with
+    /// ImageNet's 1000 classes), recognised from its tensors.
+    pub async fn load(
+        bytes: Vec<u8>,
+        #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: JsValue,
+    ) -> Result<Classifier, JsError> {
+        let start = now_ms();
+        let model = Model::load(&bytes).map_err(|e| error("cannot load these weights", e))?;
+        let (preference, variant) = load_options(&options)?;
+        let (runner, backend, adapter) = Runner::new(&model, preference, variant).await?;
+        Ok(Classifier {
+            inner: Rc::new(Inner {
+                model,
+                runner: Mutex::new(runner),
+                backend,
+                adapter,
+                load_ms: now_ms() - start,
+            }),
+        })
+    }
+
+    /// Fetches a `.safetensors` file and loads it (see [`Classifier::load`]).
+    #[wasm_bindgen(js_name = fromUrl)]
+    pub async fn from_url(
+        url: String,
+        #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: JsValue,
+    ) -> Result<Classifier, JsError> {
+        let response: web_sys::Response = JsFuture::from(global_fetch(&url))
+            .await
+            .map_err(|e| error(&format!("cannot fetch {url}"), js_message(&e)))?
+            .unchecked_into();
+        if !response.ok() {
+            return Err(JsError::new(&format!(
+                "cannot fetch {url}: HTTP {} {}",
+                response.status(),
+                response.status_text()
+            )));
+        }
+        let buffer = JsFuture::from(response.array_buffer().map_err(|e| error(&url, js_message(&e)))?)
+            .await
+            .map_err(|e| error(&format!("cannot read {url}"), js_message(&e)))?;
+        Self::load(js_sys::Uint8Array::new(&buffer).to_vec(), options).await
+    }
+
+    /// Classifies one image, resolving to its `k` most probable classes
+    /// (default 5). Calls made while one is running wait their turn.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Classification>")]
+    pub fn classify(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "ImageInput")] image: JsValue,
+        k: Option<u32>,
+    ) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let result = inner.classify(image, k.unwrap_or(5) as usize).await?;
+            serde_wasm_bindgen::to_value(&result).map_err(JsValue::from)
+        })
+    }
+
+    /// "webgpu" or "cpu".
+    #[wasm_bindgen(getter)]
+    pub fn backend(&self) -> String {
+        self.inner.backend.into()
+    }
+
+    /// The WebGPU adapter in use, or why the CPU is used.
+    #[wasm_bindgen(getter)]
+    pub fn adapter(&self) -> String {
+        self.inner.adapter.clone()
+    }
+
+    /// "ResNet-20", "ResNet-50", ...
+    #[wasm_bindgen(getter)]
+    pub fn architecture(&self) -> String {
+        self.inner.model.spec.architecture.name()
+    }
+
+    /// Class names in output order.
+    #[wasm_bindgen(getter)]
+    pub fn classes(&self) -> Vec<String> {
+        self.inner.model.spec.class_names.clone()
+    }
+
+    /// `[channels, height, width]` the images are resized to.
+    #[wasm_bindgen(getter, js_name = inputShape)]
+    pub fn input_shape(&self) -> Vec<u32> {
+        self.inner.model.spec.input.iter().map(|&d| d as u32).collect()
+    }
+
+    /// Milliseconds [`Classifier::load`] took (parsing, device, pipelines, buffers).
+    #[wasm_bindgen(getter, js_name = loadMs)]
+    pub fn load_ms(&self) -> f64 {
+        self.inner.load_ms
+    }
+}
+
+impl Inner {
+    async fn classify(&self, image: JsValue, k: usize) -> Result<Classification, JsError> {
+        let start = now_ms();
+        let rgb = read_image(image).await?;
+        let input = classify::model_input(&rgb, &self.model.spec).map_err(|e| error("cannot use this image", e))?;
+        let runner = self.runner.lock().await;
+        let ready = now_ms();
+        let logits = runner.logits(&input).await?;
+        let end = now_ms();
+        let names = &self.model.spec.class_names;
+        let top = classify::top_k(&classify::softmax(&logits), k)
+            .into_iter()
+            .map(|(index, probability)| Prediction {
+                label: names[index].clone(),
+                index,
+                probability,
+            })
+            .collect();
+        Ok(Classification {
+            top,
+            backend: self.backend,
+            timings: Timings {
+                preprocess_ms: ready - start,
+                inference_ms: end - ready,
+                total_ms: end - start,
+            },
+        })
+    }
+}
+
+fn load_options(options: &JsValue) -> Result<(runner::Preference, Option<engine::Variant>), JsError> {
+    let field = |name: &str| {
+        if options.is_object() {
+            js_sys::Reflect::get(options, &name.into()).unwrap_or(JsValue::UNDEFINED)
+        } else {
+            JsValue::UNDEFINED
+        }
+    };
+    let (backend, kernels) = (field("backend"), field("kernels"));
+    let preference = match backend.as_string().as_deref() {
+        None if backend.is_undefined() => runner::Preference::Auto,
+        Some("auto") => runner::Preference::Auto,
+        Some("webgpu") => runner::Preference::WebGpu,
+        Some("cpu") => runner::Preference::Cpu,
+        _ => return Err(JsError::new(r#"options.backend must be "auto", "webgpu" or "cpu""#)),
+    };
+    let variant = match kernels.as_string().as_deref() {
+        None if kernels.is_undefined() => None,
+        Some("register-tile") => Some(engine::Variant::RegisterTile),
+        Some("workgroup-tile") => Some(engine::Variant::WorkgroupTile),
+        _ => {
+            return Err(JsError::new(
+                r#"options.kernels must be "register-tile" or "workgroup-tile""#,
+            ));
+        }
+    };
+    Ok((preference, variant))
+}
+
+/// The pixels of any [`ImageInput`] as RGB, transparency onto white.
+async fn read_image(image: JsValue) -> Result<image::RgbImage, JsError> {
+    let unreadable = |e| error("cannot read this image", e);
+    if let Some(data) = image.dyn_ref::<web_sys::ImageData>() {
+        return classify::from_rgba(data.data().0, data.width(), data.height()).map_err(unreadable);
+    }
+    if let Some(element) = image.dyn_ref::<web_sys::HtmlImageElement>() {
+        JsFuture::from(element.decode())
+            .await
+            .map_err(|e| error("the image element did not load", js_message(&e)))?;
+        return pixels_of(element.as_ref(), element.natural_width(), element.natural_height());
+    }
+    if let Some(bitmap) = image.dyn_ref::<web_sys::ImageBitmap>() {
+        return pixels_of(bitmap.as_ref(), bitmap.width(), bitmap.height());
+    }
+    let bytes = if let Some(array) = image.dyn_ref::<js_sys::Uint8Array>() {
+        array.to_vec()
+    } else if image.is_instance_of::<js_sys::ArrayBuffer>() {
+        js_sys::Uint8Array::new(&image).to_vec()
+    } else if let Some(blob) = image.dyn_ref::<web_sys::Blob>() {
+        let buffer = JsFuture::from(blob.array_buffer())
+            .await
+            .map_err(|e| error("cannot read the file", js_message(&e)))?;
+        js_sys::Uint8Array::new(&buffer).to_vec()
+    } else {
+        return Err(JsError::new(
+            "classify() takes ImageData, HTMLImageElement, ImageBitmap, Blob/File, ArrayBuffer or Uint8Array",
+        ));
+    };
+    classify::decode(&bytes).map_err(unreadable)
+}
+
+/// Draws a decoded image on a canvas of its own size to read its pixels.
+fn pixels_of(source: &JsValue, width: u32, height: u32) -> Result<image::RgbImage, JsError> {
+    let fail = |e: JsValue| error("cannot read the image's pixels", js_message(&e));
+    if width == 0 || height == 0 {
+        return Err(JsError::new("the image has no pixels (0x0); has it loaded?"));
+    }
+    let canvas = web_sys::OffscreenCanvas::new(width, height).map_err(fail)?;
+    let context: web_sys::OffscreenCanvasRenderingContext2d = canvas
+        .get_context("2d")
+        .map_err(fail)?
+        .ok_or_else(|| JsError::new("no 2D canvas context"))?
+        .unchecked_into();
+    let drawn = if let Some(element) = source.dyn_ref::<web_sys::HtmlImageElement>() {
+        context.draw_image_with_html_image_element(element, 0.0, 0.0)
+    } else {
+        context.draw_image_with_image_bitmap(source.unchecked_ref(), 0.0, 0.0)
+    };
+    drawn.map_err(fail)?;
+    let data = context
+        .get_image_data(0.0, 0.0, width.into(), height.into())
+        .map_err(fail)?;
+    classify::from_rgba(data.data().0, width, height).map_err(|e| error("cannot read this image", e))
+}
+
+/// The message of a JS exception (or its string form).
+fn js_message(value: &JsValue) -> String {
+    value
+        .dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| value.as_string())
+        .unwrap_or_else(|| format!("{value:?}"))
+}

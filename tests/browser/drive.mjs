@@ -1,0 +1,149 @@
+// Drives the real page in headless Chromium and prints what it showed as JSON.
+// Called by native-cli/tests/browser.rs (which compares it with the native
+// `resnet-native classify`) and by scripts/bench-web.sh.
+//
+//   node drive.mjs '{"url": "...", "webgpu": true, "images": [...], "bad": [...],
+//                    "drop": "x.png", "variants": "x.png", "screenshot": "out.png",
+//                    "bench": 50}'
+import { chromium } from "playwright-core";
+import { readFileSync } from "node:fs";
+import { basename } from "node:path";
+
+const config = JSON.parse(process.argv[2]);
+const flags = [
+  "--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
+  "--disable-component-update", "--disable-sync",
+];
+if (config.webgpu) flags.push("--enable-unsafe-webgpu");
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  headless: true,
+  args: flags,
+});
+const out = { results: [], errors: [], console: [], requests: [] };
+try {
+  const page = await browser.newPage({ viewport: { width: 900, height: 640 } });
+  page.on("console", (m) => out.console.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => out.console.push(`pageerror: ${e.message}`));
+  page.on("request", (r) => out.requests.push(r.url()));
+  page.setDefaultTimeout(config.timeoutMs ?? 120000);
+
+  await page.goto(config.url);
+  await page.evaluate(() => window.resnetApp.ready);
+  Object.assign(out, await page.evaluate(() => {
+    const c = window.resnetApp.classifier;
+    return c
+      ? { backend: c.backend, adapter: c.adapter, architecture: c.architecture, loadMs: c.loadMs }
+      : { loadError: document.getElementById("error").textContent };
+  }));
+  if (out.loadError) throw new Error(out.loadError);
+
+  // Picks a file with the file input; resolves once the page shows its result
+  // or an error naming it.
+  const pick = async (path) => {
+    const name = basename(path);
+    await page.evaluate(() => {
+      document.getElementById("error").hidden = true;
+      document.getElementById("name").textContent = "";
+    });
+    const started = Date.now();
+    await page.setInputFiles("#file", path);
+    await page.waitForFunction((name) => {
+      const error = document.getElementById("error");
+      const done = document.getElementById("result").dataset.state === "done"
+        && document.getElementById("name").textContent === name;
+      return done || (!error.hidden && error.textContent.startsWith(name));
+    }, name);
+    return { name, wallMs: Date.now() - started, ...(await shown()) };
+  };
+  const shown = () => page.evaluate(() => {
+    const error = document.getElementById("error");
+    if (!error.hidden) return { error: error.textContent };
+    return {
+      backend: document.getElementById("result").dataset.backend,
+      top: [...document.querySelectorAll("#top li")].map((li) => ({
+        label: li.dataset.label, index: Number(li.dataset.index), probability: Number(li.dataset.probability),
+      })),
+      timings: window.resnetApp.last.timings,
+    };
+  });
+
+  for (const path of config.images ?? []) out.results.push({ path, ...(await pick(path)) });
+  for (const path of config.bad ?? []) out.errors.push({ path, ...(await pick(path)) });
+  if (config.images?.length && config.bad?.length) {
+    out.afterErrors = { path: config.images[0], ...(await pick(config.images[0])) };
+  }
+
+  if (config.drop) {
+    // A real drop event carrying the file, as a person dragging it would send.
+    const bytes = [...readFileSync(config.drop)];
+    const name = basename(config.drop);
+    await page.evaluate(({ bytes, name }) => {
+      document.getElementById("name").textContent = "";
+      const transfer = new DataTransfer();
+      transfer.items.add(new File([new Uint8Array(bytes)], name, { type: "image/png" }));
+      document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true }));
+    }, { bytes, name });
+    await page.waitForFunction((name) => document.getElementById("name").textContent === name
+      && document.getElementById("result").dataset.state === "done", name);
+    out.dropped = { path: config.drop, ...(await shown()) };
+  }
+
+  if (config.screenshot) {
+    if (config.images?.length) await pick(config.images[0]);
+    await page.screenshot({ path: config.screenshot, fullPage: true });
+  }
+
+  if (config.variants) {
+    // The same picture as every input type the API takes.
+    const bytes = [...readFileSync(config.variants)];
+    out.variants = await page.evaluate(async (bytes) => {
+      const c = window.resnetApp.classifier;
+      const u8 = new Uint8Array(bytes);
+      const blob = new Blob([u8], { type: "image/png" });
+      const img = new Image();
+      img.src = URL.createObjectURL(blob);
+      const bitmap = await createImageBitmap(blob);
+      const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+      const context = canvas.getContext("2d");
+      context.drawImage(bitmap, 0, 0);
+      const imageData = context.getImageData(0, 0, bitmap.width, bitmap.height);
+      const inputs = { Uint8Array: u8, ArrayBuffer: u8.slice().buffer, Blob: blob, HTMLImageElement: img, ImageBitmap: bitmap, ImageData: imageData };
+      const result = {};
+      for (const [kind, input] of Object.entries(inputs)) result[kind] = (await c.classify(input, 5)).top;
+      try { await c.classify(42); } catch (e) { result.wrongType = e.message; }
+      return result;
+    }, bytes);
+  }
+
+  if (config.bench) {
+    // Median in-page latency of one classification after warm-up.
+    const bytes = [...readFileSync(config.images[0])];
+    out.bench = await page.evaluate(async ({ bytes, n }) => {
+      const c = window.resnetApp.classifier;
+      const input = new Uint8Array(bytes);
+      for (let i = 0; i < 3; i++) await c.classify(input);
+      const total = [], network = [];
+      for (let i = 0; i < n; i++) {
+        const t0 = performance.now();
+        const r = await c.classify(input);
+        total.push(performance.now() - t0);
+        network.push(r.timings.inferenceMs);
+      }
+      const median = (xs) => xs.sort((a, b) => a - b)[xs.length >> 1];
+      return { n, medianMs: median(total), medianNetworkMs: median(network) };
+    }, { bytes, n: config.bench });
+    // Cold start: a fresh page, from navigation to the first result.
+    const cold = await browser.newPage();
+    await cold.goto(config.url);
+    await cold.setInputFiles("#file", config.images[0]);
+    await cold.waitForFunction(() => window.resnetApp?.firstResultMs != null);
+    out.bench.coldStartMs = await cold.evaluate(() => window.resnetApp.firstResultMs);
+  }
+} catch (e) {
+  out.failure = String(e.stack ?? e);
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(out, null, 1));
