@@ -1,0 +1,216 @@
+//! The real page in real Chromium: real CIFAR-10 test images, dropped on the
+//! page served by `resnet-native serve`, get the same top-5 classes and
+//! probabilities (within 1e-3) as `resnet-native classify` gives natively for
+//! the same files — on WebGPU (SwiftShader) and, with WebGPU unavailable, on the
+//! CPU path inside the wasm. Bad files get a clear message and the page keeps
+//! working; the page fetches nothing but its own files.
+//!
+//! Needs the wasm package (`scripts/build-web.sh`), Chromium, Node with
+//! `tests/browser/node_modules` (`npm ci` there) and `../shared`'s CIFAR-10;
+//! without them it skips, saying why, unless `RESNET_REQUIRE_BROWSER=1` (CI),
+//! which makes a missing piece a failure. Leaves a screenshot of the page at
+//! `target/browser-test/page.png`.
+
+use image::{DynamicImage, ImageFormat, RgbImage, RgbaImage};
+use resnet_native::serve::{ServeArgs, Server};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn chromium() -> PathBuf {
+    std::env::var_os("CHROMIUM").map_or_else(|| "/usr/bin/chromium".into(), PathBuf::from)
+}
+
+/// Why the test cannot run here, if it cannot.
+fn missing_prerequisite() -> Option<String> {
+    let repo = repo();
+    let cifar = repo.join("../shared/data/cifar-10-batches-bin/test_batch.bin");
+    let checks = [
+        (repo.join("web/pkg/resnet_web.js"), "the wasm package (run scripts/build-web.sh)"),
+        (
+            repo.join("tests/browser/node_modules/playwright-core"),
+            "playwright-core (run npm ci in tests/browser)",
+        ),
+        (chromium(), "Chromium (apt-get install chromium, or set CHROMIUM)"),
+        (cifar, "CIFAR-10's test batch in ../shared"),
+        (repo.join("weights/cifar10-resnet20.safetensors"), "the shipped model"),
+    ];
+    for (path, what) in checks {
+        if !path.exists() {
+            return Some(format!("{what}: {} not found", path.display()));
+        }
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        return Some("node is not installed".into());
+    }
+    None
+}
+
+/// Returns false (after saying why) when the test must skip.
+fn prerequisites_present() -> bool {
+    let Some(why) = missing_prerequisite() else {
+        return true;
+    };
+    assert!(
+        std::env::var("RESNET_REQUIRE_BROWSER").as_deref() != Ok("1"),
+        "RESNET_REQUIRE_BROWSER=1 but {why}"
+    );
+    eprintln!("skipping the browser test: {why}");
+    false
+}
+
+/// Writes the test images: CIFAR-10 test images as PNG, plus one with
+/// transparency, one much larger and one tiny (all resized like any other).
+fn write_images(dir: &Path) -> Vec<PathBuf> {
+    let batch = std::fs::read(repo().join("../shared/data/cifar-10-batches-bin/test_batch.bin")).unwrap();
+    let cifar = |i: usize| {
+        let record = &batch[i * 3073 + 1..(i + 1) * 3073];
+        RgbImage::from_fn(32, 32, |x, y| {
+            let at = (y * 32 + x) as usize;
+            image::Rgb([record[at], record[1024 + at], record[2048 + at]])
+        })
+    };
+    let mut paths = Vec::new();
+    let mut save = |name: &str, image: DynamicImage| {
+        let path = dir.join(name);
+        image.save_with_format(&path, ImageFormat::Png).unwrap();
+        paths.push(path);
+    };
+    for i in 0..6 {
+        save(&format!("cifar-test-{i}.png"), DynamicImage::ImageRgb8(cifar(i)));
+    }
+    let ship = cifar(1);
+    let transparent = RgbaImage::from_fn(32, 32, |x, y| {
+        let [r, g, b] = ship.get_pixel(x, y).0;
+        image::Rgba([r, g, b, (x * 8) as u8])
+    });
+    save("transparent.png", DynamicImage::ImageRgba8(transparent));
+    let large = image::imageops::resize(&cifar(2), 257, 181, image::imageops::FilterType::Nearest);
+    save("large-257x181.png", DynamicImage::ImageRgb8(large));
+    save("tiny-1x1.png", DynamicImage::ImageRgb8(RgbImage::from_pixel(1, 1, image::Rgb([30, 90, 200]))));
+    paths
+}
+
+/// What `resnet-native classify --json` says about `images`.
+fn native_top5(weights: &Path, images: &[PathBuf]) -> Vec<Value> {
+    let output = Command::new(env!("CARGO_BIN_EXE_resnet-native"))
+        .arg("classify")
+        .arg("--json")
+        .arg("--weights")
+        .arg(weights)
+        .args(images)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    json.as_array().unwrap().iter().map(|r| r["top5"].clone()).collect()
+}
+
+fn drive(config: Value) -> Value {
+    let output = Command::new("node")
+        .arg(repo().join("tests/browser/drive.mjs"))
+        .arg(config.to_string())
+        .env("CHROMIUM", chromium())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(result.get("failure").is_none(), "the page failed: {result:#}");
+    result
+}
+
+/// The browser's top-5 equals the native one: same classes in the same
+/// order, probabilities within 1e-3.
+fn assert_same_top5(what: &str, browser: &Value, native: &Value) {
+    let browser = browser.as_array().unwrap_or_else(|| panic!("{what}: no result: {browser}"));
+    let native = native.as_array().unwrap();
+    assert_eq!(browser.len(), 5, "{what}");
+    for (b, n) in browser.iter().zip(native) {
+        assert_eq!(b["index"], n["index"], "{what}: browser {browser:?}, native {native:?}");
+        assert_eq!(b["label"], n["class"], "{what}");
+        let (pb, pn) = (b["probability"].as_f64().unwrap(), n["probability"].as_f64().unwrap());
+        assert!((pb - pn).abs() <= 1e-3, "{what}: {} browser {pb} native {pn}", n["class"]);
+    }
+}
+
+#[test]
+fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path() {
+    if !prerequisites_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let images = write_images(dir.path());
+    let not_image = dir.path().join("notes.txt");
+    std::fs::write(&not_image, "a text file, not an image").unwrap();
+    let corrupt = dir.path().join("corrupt.png");
+    let png = std::fs::read(&images[0]).unwrap();
+    std::fs::write(&corrupt, &png[..png.len() / 2]).unwrap();
+    let not_resnet = dir.path().join("bert.safetensors");
+    let tensor = [0u8; 16];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &tensor).unwrap();
+    std::fs::write(&not_resnet, safetensors::serialize([("embed.weight", view)], None).unwrap()).unwrap();
+
+    let weights = repo().join("weights/cifar10-resnet20.safetensors");
+    let native = native_top5(&weights, &images);
+    let server = Server::start(&ServeArgs {
+        weights: weights.clone(),
+        web: repo().join("web"),
+        host: "127.0.0.1".into(),
+        port: 0,
+    })
+    .unwrap();
+    let artifacts = repo().join("target/browser-test");
+    std::fs::create_dir_all(&artifacts).unwrap();
+
+    for (webgpu, backend) in [(true, "webgpu"), (false, "cpu")] {
+        let result = drive(serde_json::json!({
+            "url": server.url(),
+            "webgpu": webgpu,
+            "images": images,
+            "bad": [not_image, corrupt, not_resnet],
+            "drop": images[1],
+            "variants": images[2],
+            "screenshot": if webgpu { Some(artifacts.join("page.png")) } else { None },
+        }));
+        assert_eq!(result["backend"], backend, "{result:#}");
+        for (shown, native) in result["results"].as_array().unwrap().iter().zip(&native) {
+            let what = format!("{backend}: {}", shown["name"]);
+            assert_eq!(shown["backend"], backend, "{what}");
+            assert_same_top5(&what, &shown["top"], native);
+        }
+        assert_eq!(result["results"].as_array().unwrap().len(), images.len());
+
+        let errors = result["errors"].as_array().unwrap();
+        let expected = [
+            ("notes.txt", "not an image format"),
+            ("corrupt.png", "corrupt or truncated"),
+            ("bert.safetensors", "not a ResNet this engine knows"),
+        ];
+        for (error, (name, needle)) in errors.iter().zip(expected) {
+            let message = error["error"].as_str().unwrap_or_else(|| panic!("{name} was accepted: {error}"));
+            assert!(message.starts_with(name) && message.contains(needle), "{message}");
+        }
+        assert_eq!(errors.len(), expected.len());
+        // After the bad files (a rejected model included) the page still classifies.
+        assert_same_top5(&format!("{backend}: after errors"), &result["afterErrors"]["top"], &native[0]);
+        assert_same_top5(&format!("{backend}: dropped"), &result["dropped"]["top"], &native[1]);
+        // Every input type of the API sees the same pixels.
+        let variants = result["variants"].as_object().unwrap();
+        for kind in ["ArrayBuffer", "Blob", "HTMLImageElement", "ImageBitmap", "ImageData"] {
+            assert_same_top5(&format!("{backend}: {kind}"), &variants[kind], &native[2]);
+        }
+        let wrong = variants["wrongType"].as_str().unwrap_or_default();
+        assert!(wrong.contains("classify() takes ImageData"), "{wrong}");
+
+        let url = server.url();
+        for request in result["requests"].as_array().unwrap() {
+            let request = request.as_str().unwrap();
+            assert!(request.starts_with(&url) || request.starts_with("blob:"), "unexpected request {request}");
+        }
+    }
+    assert!(artifacts.join("page.png").is_file());
+}
