@@ -27,6 +27,12 @@
 //   past the end are zero padding or clamped and not stored);
 // - workgroup tile (GPUs): 64x64 outputs per 16x16 workgroup, staged through
 //   workgroup memory 16 deep, 4x4 outputs per invocation.
+//
+// Inference runs the forward GEMM with an epilogue (`*_fused` entry points):
+// y = relu?(conv + bias[co] + residual?), batch norm being folded into the
+// weights and bias at load. They share the helpers and bindings of the plain
+// entry points and add bias and residual after them, so the training kernels
+// bind and read nothing more.
 
 struct ImplicitGemm {
     batch: u32,
@@ -55,7 +61,12 @@ struct ImplicitGemm {
     columns: u32,
     // Channel stride of wt: channels rounded up to a multiple of 4 (zero weights).
     channels_padded: u32,
+    // EPILOGUE_* flags, read by the fused entry points only (they always add the bias).
+    epilogue: u32,
 }
+
+const EPILOGUE_RESIDUAL: u32 = 1u;
+const EPILOGUE_RELU: u32 = 2u;
 
 // Four consecutive columns of an implicit GEMM: where they read and write.
 struct Columns4 {
@@ -166,6 +177,10 @@ fn conv2d_transpose_weights(@builtin(global_invocation_id) gid: vec3<u32>, @buil
 @group(0) @binding(11) var<storage, read> rt_wt: array<vec4<f32>>;
 @group(0) @binding(12) var<storage, read> rt_src: array<f32>;
 @group(0) @binding(13) var<storage, read_write> rt_dst: array<f32>;
+// conv2d_implicit_gemm_fused only: bias [rows] and residual (shaped like dst;
+// any small buffer when the epilogue has no residual).
+@group(0) @binding(14) var<storage, read> rt_bias: array<f32>;
+@group(0) @binding(15) var<storage, read> rt_residual: array<f32>;
 
 // 16 consecutive rows of wt (one tap and channel).
 struct Rows16 {
@@ -276,13 +291,18 @@ fn rt_shift(p: ImplicitGemm, w: Window, row: RtRow, plane_offset: u32, col: i32)
     return Window(vec4<f32>(w.lo.yzw, w.hi.x), vec4<f32>(w.hi.yzw, rt_pixel(p, row, plane_offset, col)));
 }
 
+// Index in dst of a block's first pixel in `row`.
+fn rt_dst_index(p: ImplicitGemm, block: RtBlock, row: u32) -> u32 {
+    return ((block.image * p.rows + row) * p.dst_h + p.dst_first_h + block.qh * p.dst_step) * p.dst_w + p.dst_first_w + block.qw0 * p.dst_step;
+}
+
 fn rt_store_row(p: ImplicitGemm, block: RtBlock, row: u32, lo: vec4<f32>, hi: vec4<f32>) {
     let n = block.live;
     if row >= p.rows || n == 0u {
         return;
     }
     let step = p.dst_step;
-    let base = ((block.image * p.rows + row) * p.dst_h + p.dst_first_h + block.qh * step) * p.dst_w + p.dst_first_w + block.qw0 * step;
+    let base = rt_dst_index(p, block, row);
     rt_dst[base] = lo.x;
     if n > 1u { rt_dst[base + step] = lo.y; }
     if n > 2u { rt_dst[base + 2u * step] = lo.z; }
@@ -312,17 +332,30 @@ fn rt_store(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<function, array
     rt_store_row(p, block, row0 + 15u, (*acc)[30], (*acc)[31]);
 }
 
-@compute @workgroup_size(64)
-fn conv2d_implicit_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let p = rt_params;
-    // Invocation -> (pair of blocks, block of 16 rows), pairs fastest: small
-    // maps then still fill the SIMD lanes with several row blocks.
-    let g = gid.x + gid.y * groups.x * 64u;
-    let blocks = p.batch * p.q_h * ((p.q_w + 7u) / 8u);
+// Blocks of 8 destination pixels of the register-tile GEMM, over all rows.
+fn rt_blocks(p: ImplicitGemm) -> u32 {
+    return p.batch * p.q_h * ((p.q_w + 7u) / 8u);
+}
+
+// Invocations of the register-tile GEMM: (pair of blocks, block of 16 rows),
+// pairs fastest, so that small maps still fill the SIMD lanes with several row
+// blocks.
+fn rt_invocations(p: ImplicitGemm) -> u32 {
+    return (rt_blocks(p) + 1u) / 2u * ((p.rows + 15u) / 16u);
+}
+
+// What invocation g computes: the 16 rows from row0 of two blocks.
+struct RtTile {
+    block0: RtBlock,
+    block1: RtBlock,
+    row0: u32,
+}
+
+// Accumulates the tile of invocation g (< rt_invocations) into acc0 (block0)
+// and acc1 (block1).
+fn rt_gemm(p: ImplicitGemm, g: u32, acc0: ptr<function, array<vec4<f32>, 32>>, acc1: ptr<function, array<vec4<f32>, 32>>) -> RtTile {
+    let blocks = rt_blocks(p);
     let pairs = (blocks + 1u) / 2u;
-    if g >= pairs * ((p.rows + 15u) / 16u) {
-        return;
-    }
     let pair = g % pairs;
     let row_block = g / pairs;
     let block0 = rt_block(p, 2u * pair, blocks);
@@ -336,8 +369,6 @@ fn conv2d_implicit_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
     let col0 = i32(block0.qw0 * p.src_step) + p.src_first_w + window_shift;
     let col1 = i32(block1.qw0 * p.src_step) + p.src_first_w + window_shift;
     let s = i32(p.src_step);
-    var acc0: array<vec4<f32>, 32>;
-    var acc1: array<vec4<f32>, 32>;
     for (var th = 0u; th < p.taps_h; th++) {
         let row0 = rt_row(p, block0, th);
         let row1 = rt_row(p, block1, th);
@@ -363,8 +394,8 @@ fn conv2d_implicit_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
                     let a = ((tap_row + p.kernel_first_w + tw * p.kernel_step) * p.channels_padded + c) * a_step + a_block;
                     let rows_x = rt_rows(a);
                     let rows_y = rt_rows(a + a_step);
-                    outer_product_16x8x2(&acc0, rows_x, x0, rows_y, y0);
-                    outer_product_16x8x2(&acc1, rows_x, x1, rows_y, y1);
+                    outer_product_16x8x2(acc0, rows_x, x0, rows_y, y0);
+                    outer_product_16x8x2(acc1, rows_x, x1, rows_y, y1);
                 }
             } else {
                 for (var tw = 0u; tw < p.taps_w; tw++) {
@@ -373,14 +404,88 @@ fn conv2d_implicit_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
                     let rows_y = rt_rows(a + a_step);
                     let c0 = col0 + i32(tw);
                     let c1 = col1 + i32(tw);
-                    outer_product_16x8x2(&acc0, rows_x, rt_window(p, row0, x_offset, c0, s), rows_y, rt_window(p, row0, y_offset, c0, s));
-                    outer_product_16x8x2(&acc1, rows_x, rt_window(p, row1, x_offset, c1, s), rows_y, rt_window(p, row1, y_offset, c1, s));
+                    outer_product_16x8x2(acc0, rows_x, rt_window(p, row0, x_offset, c0, s), rows_y, rt_window(p, row0, y_offset, c0, s));
+                    outer_product_16x8x2(acc1, rows_x, rt_window(p, row1, x_offset, c1, s), rows_y, rt_window(p, row1, y_offset, c1, s));
                 }
             }
         }
     }
-    rt_store(p, block0, row_block * 16u, &acc0);
-    rt_store(p, block1, row_block * 16u, &acc1);
+    return RtTile(block0, block1, row_block * 16u);
+}
+
+@compute @workgroup_size(64)
+fn conv2d_implicit_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let p = rt_params;
+    let g = gid.x + gid.y * groups.x * 64u;
+    if g >= rt_invocations(p) {
+        return;
+    }
+    var acc0: array<vec4<f32>, 32>;
+    var acc1: array<vec4<f32>, 32>;
+    let tile = rt_gemm(p, g, &acc0, &acc1);
+    rt_store(p, tile.block0, tile.row0, &acc0);
+    rt_store(p, tile.block1, tile.row0, &acc1);
+}
+
+// The epilogue of row row0 + i of a block, in place: acc[2i] and acc[2i + 1]
+// hold its 8 pixels. `i` is a constant at every call, so acc stays in
+// registers. Rows and pixels past the end read clamped addresses (valid, and
+// not stored).
+fn rt_epilogue_row(p: ImplicitGemm, block: RtBlock, row0: u32, i: u32, acc: ptr<function, array<vec4<f32>, 32>>) {
+    let row = min(row0 + i, p.rows - 1u);
+    let bias = rt_bias[row];
+    var lo = (*acc)[2u * i] + bias;
+    var hi = (*acc)[2u * i + 1u] + bias;
+    if (p.epilogue & EPILOGUE_RESIDUAL) != 0u {
+        let base = rt_dst_index(p, block, row);
+        let last = vec4<u32>(p.q_w - 1u - block.qw0);
+        let a = base + min(vec4<u32>(0u, 1u, 2u, 3u), last) * p.dst_step;
+        let b = base + min(vec4<u32>(4u, 5u, 6u, 7u), last) * p.dst_step;
+        lo += vec4<f32>(rt_residual[a.x], rt_residual[a.y], rt_residual[a.z], rt_residual[a.w]);
+        hi += vec4<f32>(rt_residual[b.x], rt_residual[b.y], rt_residual[b.z], rt_residual[b.w]);
+    }
+    if (p.epilogue & EPILOGUE_RELU) != 0u {
+        lo = max(lo, vec4<f32>(0.0));
+        hi = max(hi, vec4<f32>(0.0));
+    }
+    (*acc)[2u * i] = lo;
+    (*acc)[2u * i + 1u] = hi;
+}
+
+fn rt_epilogue(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<function, array<vec4<f32>, 32>>) {
+    rt_epilogue_row(p, block, row0, 0u, acc);
+    rt_epilogue_row(p, block, row0, 1u, acc);
+    rt_epilogue_row(p, block, row0, 2u, acc);
+    rt_epilogue_row(p, block, row0, 3u, acc);
+    rt_epilogue_row(p, block, row0, 4u, acc);
+    rt_epilogue_row(p, block, row0, 5u, acc);
+    rt_epilogue_row(p, block, row0, 6u, acc);
+    rt_epilogue_row(p, block, row0, 7u, acc);
+    rt_epilogue_row(p, block, row0, 8u, acc);
+    rt_epilogue_row(p, block, row0, 9u, acc);
+    rt_epilogue_row(p, block, row0, 10u, acc);
+    rt_epilogue_row(p, block, row0, 11u, acc);
+    rt_epilogue_row(p, block, row0, 12u, acc);
+    rt_epilogue_row(p, block, row0, 13u, acc);
+    rt_epilogue_row(p, block, row0, 14u, acc);
+    rt_epilogue_row(p, block, row0, 15u, acc);
+}
+
+// conv2d_implicit_gemm_fused: the forward GEMM, then the epilogue.
+@compute @workgroup_size(64)
+fn conv2d_implicit_gemm_fused(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let p = rt_params;
+    let g = gid.x + gid.y * groups.x * 64u;
+    if g >= rt_invocations(p) {
+        return;
+    }
+    var acc0: array<vec4<f32>, 32>;
+    var acc1: array<vec4<f32>, 32>;
+    let tile = rt_gemm(p, g, &acc0, &acc1);
+    rt_epilogue(p, tile.block0, tile.row0, &acc0);
+    rt_epilogue(p, tile.block1, tile.row0, &acc1);
+    rt_store(p, tile.block0, tile.row0, &acc0);
+    rt_store(p, tile.block1, tile.row0, &acc1);
 }
 
 // Workgroup-memory tiles shared by the two tiled kernels: 16 deep x 64 wide,
@@ -406,6 +511,9 @@ fn accumulate_tiles(acc: ptr<function, array<vec4<f32>, 4>>, tx: u32, ty: u32) {
 @group(0) @binding(21) var<storage, read> wt_wt: array<vec4<f32>>;
 @group(0) @binding(22) var<storage, read> wt_src: array<f32>;
 @group(0) @binding(23) var<storage, read_write> wt_dst: array<f32>;
+// conv2d_implicit_gemm_tiled_fused only, as rt_bias and rt_residual.
+@group(0) @binding(24) var<storage, read> wt_bias: array<f32>;
+@group(0) @binding(25) var<storage, read> wt_residual: array<f32>;
 
 fn wt_store_row(p: ImplicitGemm, cols: Columns4, row: u32, v: vec4<f32>) {
     if row >= p.rows {
@@ -418,26 +526,14 @@ fn wt_store_row(p: ImplicitGemm, cols: Columns4, row: u32, v: vec4<f32>) {
     if cols.live.w { wt_dst[cols.dst.w + offset] = v.w; }
 }
 
-@compute @workgroup_size(16, 16)
-fn conv2d_implicit_gemm_tiled(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_id) local: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let p = wt_params;
-    let col0 = (wg.x + wg.y * groups.x) * 64u;
-    // Uniform per workgroup, so the barriers below stay in uniform control flow.
-    if col0 >= p.columns {
-        return;
-    }
-    let row0 = wg.z * 64u;
+// Accumulates this invocation's 4x4 outputs of the workgroup's 64x64 tile at
+// (row0, col0). Has barriers: call it in uniform control flow.
+fn wt_gemm(p: ImplicitGemm, col0: u32, row0: u32, local: vec3<u32>, lid: u32, acc: ptr<function, array<vec4<f32>, 4>>) {
     let depth = p.taps_h * p.taps_w * p.channels;
     let plane = p.src_h * p.src_w;
     let stage_k = lid / 16u;
     let stage_row = row0 + (lid % 16u) * 4u;
     let stage_cols = columns4(p, col0 + (lid % 16u) * 4u);
-    var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < depth; k0 += 16u) {
         let k = k0 + stage_k;
         var a = vec4<f32>(0.0);
@@ -457,15 +553,70 @@ fn conv2d_implicit_gemm_tiled(
         tile_a[lid] = a;
         tile_b[lid] = b;
         workgroupBarrier();
-        accumulate_tiles(&acc, local.x, local.y);
+        accumulate_tiles(acc, local.x, local.y);
         workgroupBarrier();
     }
+}
+
+// y = relu?(v + bias + residual?) for 4 columns of a row; rows past the end
+// read clamped addresses (valid, and not stored), as do dead columns.
+fn wt_epilogue(p: ImplicitGemm, cols: Columns4, row: u32, v: vec4<f32>) -> vec4<f32> {
+    let r = min(row, p.rows - 1u);
+    var out = v + wt_bias[r];
+    if (p.epilogue & EPILOGUE_RESIDUAL) != 0u {
+        let at = cols.dst + r * p.dst_h * p.dst_w;
+        out += vec4<f32>(wt_residual[at.x], wt_residual[at.y], wt_residual[at.z], wt_residual[at.w]);
+    }
+    if (p.epilogue & EPILOGUE_RELU) != 0u {
+        out = max(out, vec4<f32>(0.0));
+    }
+    return out;
+}
+
+@compute @workgroup_size(16, 16)
+fn conv2d_implicit_gemm_tiled(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_id) local: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let p = wt_params;
+    let col0 = (wg.x + wg.y * groups.x) * 64u;
+    // Uniform per workgroup, so the barriers in wt_gemm stay in uniform control flow.
+    if col0 >= p.columns {
+        return;
+    }
+    var acc: array<vec4<f32>, 4>;
+    wt_gemm(p, col0, wg.z * 64u, local, lid, &acc);
     let cols = columns4(p, col0 + local.x * 4u);
-    let row = row0 + local.y * 4u;
+    let row = wg.z * 64u + local.y * 4u;
     wt_store_row(p, cols, row, acc[0]);
     wt_store_row(p, cols, row + 1u, acc[1]);
     wt_store_row(p, cols, row + 2u, acc[2]);
     wt_store_row(p, cols, row + 3u, acc[3]);
+}
+
+// conv2d_implicit_gemm_tiled_fused: the forward GEMM, then the epilogue.
+@compute @workgroup_size(16, 16)
+fn conv2d_implicit_gemm_tiled_fused(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_id) local: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let p = wt_params;
+    let col0 = (wg.x + wg.y * groups.x) * 64u;
+    if col0 >= p.columns {
+        return;
+    }
+    var acc: array<vec4<f32>, 4>;
+    wt_gemm(p, col0, wg.z * 64u, local, lid, &acc);
+    let cols = columns4(p, col0 + local.x * 4u);
+    let row = wg.z * 64u + local.y * 4u;
+    wt_store_row(p, cols, row, wt_epilogue(p, cols, row, acc[0]));
+    wt_store_row(p, cols, row + 1u, wt_epilogue(p, cols, row + 1u, acc[1]));
+    wt_store_row(p, cols, row + 2u, wt_epilogue(p, cols, row + 2u, acc[2]));
+    wt_store_row(p, cols, row + 3u, wt_epilogue(p, cols, row + 3u, acc[3]));
 }
 
 // Backward-weight: partial[chunk][co][ci][kh][kw] = sum over the chunk's output

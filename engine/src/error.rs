@@ -18,4 +18,6 @@ pub enum EngineError {
     ReadBack(String),
     #[error("GPU device error: {0}")]
     Device(String),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
 }

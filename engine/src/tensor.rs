@@ -183,7 +183,8 @@ pub async fn read_buffer(
         return Ok(Vec::new());
     }
     let staging = staging_buffer(device, len);
-    read_through(device, queue, &[(buffer, offset, len)], &staging).await
+    let encoder = device.create_command_encoder(&Default::default());
+    read_through(device, queue, encoder, &[(buffer, offset, len)], &staging).await
 }
 
 /// A buffer to read `len` words back through, reusable by [`read_tensors`].
@@ -205,19 +206,32 @@ pub async fn read_tensors(
     tensors: &[&Tensor],
     staging: &wgpu::Buffer,
 ) -> Result<Vec<u32>, EngineError> {
+    let encoder = device.create_command_encoder(&Default::default());
+    read_tensors_after(device, queue, encoder, tensors, staging).await
+}
+
+/// As [`read_tensors`], after the commands already recorded in `encoder`:
+/// work and read-back in one submission.
+pub async fn read_tensors_after(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    encoder: wgpu::CommandEncoder,
+    tensors: &[&Tensor],
+    staging: &wgpu::Buffer,
+) -> Result<Vec<u32>, EngineError> {
     let ranges: Vec<_> = tensors.iter().map(|t| (&t.buffer, t.offset, t.len())).collect();
-    read_through(device, queue, &ranges, staging).await
+    read_through(device, queue, encoder, &ranges, staging).await
 }
 
 async fn read_through(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
+    mut encoder: wgpu::CommandEncoder,
     ranges: &[(&wgpu::Buffer, u64, usize)],
     staging: &wgpu::Buffer,
 ) -> Result<Vec<u32>, EngineError> {
     let bytes: u64 = ranges.iter().map(|r| (r.2 * 4) as u64).sum();
     assert!(bytes <= staging.size(), "staging buffer too small for the read-back");
-    let mut encoder = device.create_command_encoder(&Default::default());
     let mut at = 0;
     for &(buffer, offset, len) in ranges {
         encoder.copy_buffer_to_buffer(buffer, offset, staging, at, (len * 4) as u64);
@@ -233,6 +247,9 @@ async fn read_through(
     device
         .poll(wgpu::PollType::wait_indefinitely())
         .map_err(|e| EngineError::ReadBack(e.to_string()))?;
+    // The browser maps the buffer on its own; only native code polls.
+    #[cfg(target_arch = "wasm32")]
+    let _ = device;
     receiver
         .await
         .map_err(|_| EngineError::ReadBack("the device was lost before the buffer was mapped".into()))?

@@ -6,9 +6,9 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use engine::classify;
 use engine::model::{Architecture, COMMON_RENAMES, Model, ModelSpec};
-use engine::network::Plan;
 use engine::network::graph::Op;
 use engine::network::resnet::{BottleneckStride, Shortcut};
+use engine::network::{InferencePlan, Plan};
 use engine::preprocess::Normalization;
 use resnet_native::data::{self, Split};
 use resnet_native::evaluate::evaluate;
@@ -255,7 +255,7 @@ fn context() -> anyhow::Result<engine::Context> {
 
 fn load_model(path: &PathBuf) -> anyhow::Result<Model> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Model::from_safetensors(&bytes).with_context(|| format!("loading {}", path.display()))
+    Model::load(&bytes).with_context(|| format!("loading {}", path.display()))
 }
 
 fn eval(args: &EvalArgs) -> anyhow::Result<()> {
@@ -327,22 +327,15 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
 fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
     let model = load_model(&args.weights)?;
     let ctx = context()?;
-    let plan = Plan::inference(
-        ctx.device(),
-        &ctx.kernels,
-        model.spec.graph(1)?,
-        &model.params,
-        &model.running,
-    )?;
+    // The browser's path: batch norm folded, epilogues fused.
+    let plan = InferencePlan::new(ctx.device(), &ctx.kernels, &model, 1)?;
     let mut results = Vec::new();
     for path in &args.images {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let input = classify::decode(&bytes)
             .and_then(|rgb| classify::model_input(&rgb, &model.spec))
             .with_context(|| format!("classifying {}", path.display()))?;
-        plan.write_batch(ctx.queue(), &input, &[])?;
-        plan.step(ctx.device(), ctx.queue());
-        let logits = plan.logits().read_blocking(ctx.device(), ctx.queue())?;
+        let logits = pollster::block_on(plan.logits(ctx.device(), ctx.queue(), &input))?;
         results.push((path, classify::top_k(&classify::softmax(&logits), 5)));
     }
     if args.json {

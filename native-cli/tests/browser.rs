@@ -30,7 +30,10 @@ fn missing_prerequisite() -> Option<String> {
     let repo = repo();
     let cifar = repo.join("../shared/data/cifar-10-batches-bin/test_batch.bin");
     let checks = [
-        (repo.join("web/pkg/resnet_web.js"), "the wasm package (run scripts/build-web.sh)"),
+        (
+            repo.join("web/pkg/resnet_web.js"),
+            "the wasm package (run scripts/build-web.sh)",
+        ),
         (
             repo.join("tests/browser/node_modules/playwright-core"),
             "playwright-core (run npm ci in tests/browser)",
@@ -64,7 +67,8 @@ fn prerequisites_present() -> bool {
 }
 
 /// Writes the test images: CIFAR-10 test images as PNG, plus one with
-/// transparency, one much larger and one tiny (all resized like any other).
+/// transparency, larger ones (up to 8000x8000) and a tiny one, all resized
+/// the same way natively and in the page.
 fn write_images(dir: &Path) -> Vec<PathBuf> {
     let batch = std::fs::read(repo().join("../shared/data/cifar-10-batches-bin/test_batch.bin")).unwrap();
     let cifar = |i: usize| {
@@ -91,7 +95,13 @@ fn write_images(dir: &Path) -> Vec<PathBuf> {
     save("transparent.png", DynamicImage::ImageRgba8(transparent));
     let large = image::imageops::resize(&cifar(2), 257, 181, image::imageops::FilterType::Nearest);
     save("large-257x181.png", DynamicImage::ImageRgb8(large));
-    save("tiny-1x1.png", DynamicImage::ImageRgb8(RgbImage::from_pixel(1, 1, image::Rgb([30, 90, 200]))));
+    save(
+        "tiny-1x1.png",
+        DynamicImage::ImageRgb8(RgbImage::from_pixel(1, 1, image::Rgb([30, 90, 200]))),
+    );
+    // A photo-sized monster: 8000x8000, a gradient so the resize has work to do.
+    let huge = RgbImage::from_fn(8000, 8000, |x, y| image::Rgb([(x / 32) as u8, (y / 32) as u8, 128]));
+    save("huge-8000x8000.png", DynamicImage::ImageRgb8(huge));
     paths
 }
 
@@ -126,14 +136,20 @@ fn drive(config: Value) -> Value {
 /// The browser's top-5 equals the native one: same classes in the same
 /// order, probabilities within 1e-3.
 fn assert_same_top5(what: &str, browser: &Value, native: &Value) {
-    let browser = browser.as_array().unwrap_or_else(|| panic!("{what}: no result: {browser}"));
+    let browser = browser
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: no result: {browser}"));
     let native = native.as_array().unwrap();
     assert_eq!(browser.len(), 5, "{what}");
     for (b, n) in browser.iter().zip(native) {
         assert_eq!(b["index"], n["index"], "{what}: browser {browser:?}, native {native:?}");
         assert_eq!(b["label"], n["class"], "{what}");
         let (pb, pn) = (b["probability"].as_f64().unwrap(), n["probability"].as_f64().unwrap());
-        assert!((pb - pn).abs() <= 1e-3, "{what}: {} browser {pb} native {pn}", n["class"]);
+        assert!(
+            (pb - pn).abs() <= 1e-3,
+            "{what}: {} browser {pb} native {pn}",
+            n["class"]
+        );
     }
 }
 
@@ -152,7 +168,11 @@ fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path() {
     let not_resnet = dir.path().join("bert.safetensors");
     let tensor = [0u8; 16];
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &tensor).unwrap();
-    std::fs::write(&not_resnet, safetensors::serialize([("embed.weight", view)], None).unwrap()).unwrap();
+    std::fs::write(
+        &not_resnet,
+        safetensors::serialize([("embed.weight", view)], None).unwrap(),
+    )
+    .unwrap();
 
     let weights = repo().join("weights/cifar10-resnet20.safetensors");
     let native = native_top5(&weights, &images);
@@ -191,12 +211,18 @@ fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path() {
             ("bert.safetensors", "not a ResNet this engine knows"),
         ];
         for (error, (name, needle)) in errors.iter().zip(expected) {
-            let message = error["error"].as_str().unwrap_or_else(|| panic!("{name} was accepted: {error}"));
+            let message = error["error"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name} was accepted: {error}"));
             assert!(message.starts_with(name) && message.contains(needle), "{message}");
         }
         assert_eq!(errors.len(), expected.len());
         // After the bad files (a rejected model included) the page still classifies.
-        assert_same_top5(&format!("{backend}: after errors"), &result["afterErrors"]["top"], &native[0]);
+        assert_same_top5(
+            &format!("{backend}: after errors"),
+            &result["afterErrors"]["top"],
+            &native[0],
+        );
         assert_same_top5(&format!("{backend}: dropped"), &result["dropped"]["top"], &native[1]);
         // Every input type of the API sees the same pixels.
         let variants = result["variants"].as_object().unwrap();
@@ -209,7 +235,10 @@ fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path() {
         let url = server.url();
         for request in result["requests"].as_array().unwrap() {
             let request = request.as_str().unwrap();
-            assert!(request.starts_with(&url) || request.starts_with("blob:"), "unexpected request {request}");
+            assert!(
+                request.starts_with(&url) || request.starts_with("blob:"),
+                "unexpected request {request}"
+            );
         }
     }
     assert!(artifacts.join("page.png").is_file());

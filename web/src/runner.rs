@@ -3,9 +3,7 @@
 
 use crate::error;
 use engine::model::Model;
-use engine::network::Plan;
-use engine::network::cpu::{RunningStats, infer};
-use engine::network::graph::Graph;
+use engine::network::inference::{FoldedNetwork, InferencePlan, cpu};
 use engine::{Context, Gpu, Kernels, Variant};
 use wasm_bindgen::{JsCast, JsError, JsValue};
 use wasm_bindgen_futures::JsFuture;
@@ -17,15 +15,12 @@ pub enum Preference {
     Cpu,
 }
 
+/// Both run the network with batch norm folded into the convolutions.
 pub enum Runner {
     /// Every pipeline and buffer created at load.
-    Gpu { context: Context, plan: Plan },
-    /// The f64 reference executor: slower, but needs nothing from the browser.
-    Cpu {
-        graph: Graph,
-        params: Vec<f64>,
-        running: RunningStats,
-    },
+    Gpu { context: Box<Context>, plan: InferencePlan },
+    /// Plain loops in the wasm module: needs nothing from the browser.
+    Cpu { network: FoldedNetwork },
 }
 
 impl Runner {
@@ -36,7 +31,7 @@ impl Runner {
         preference: Preference,
         variant: Option<Variant>,
     ) -> Result<(Self, &'static str, String), JsError> {
-        let graph = model.spec.graph(1).map_err(|e| error("unsupported model", e))?;
+        let network = FoldedNetwork::new(model, 1).map_err(|e| error("unsupported model", e))?;
         if preference != Preference::Cpu {
             match Gpu::new().await {
                 Ok(gpu) => {
@@ -47,50 +42,29 @@ impl Runner {
                     let variant = variant.unwrap_or(Variant::WorkgroupTile);
                     let adapter = format!("{} ({variant:?} kernels)", describe_adapter().await);
                     let kernels = Kernels::new(&gpu.device, variant);
-                    let context = Context { gpu, kernels };
-                    let plan =
-                        Plan::inference(context.device(), &context.kernels, graph, &model.params, &model.running)
-                            .map_err(|e| error("cannot prepare the network on the GPU", e))?;
+                    let context = Box::new(Context { gpu, kernels });
+                    let plan = InferencePlan::from_folded(context.device(), &context.kernels, &network)
+                        .map_err(|e| error("cannot prepare the network on the GPU", e))?;
                     return Ok((Runner::Gpu { context, plan }, "webgpu", adapter));
                 }
                 Err(e) if preference == Preference::WebGpu => return Err(error("WebGPU is unavailable", e)),
                 Err(e) => {
                     let why = format!("no WebGPU adapter ({e})");
-                    return Ok((Self::cpu(model, graph), "cpu", why));
+                    return Ok((Runner::Cpu { network }, "cpu", why));
                 }
             }
         }
-        Ok((Self::cpu(model, graph), "cpu", "CPU requested".into()))
-    }
-
-    fn cpu(model: &Model, graph: Graph) -> Self {
-        let widen = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
-        Runner::Cpu {
-            params: widen(&model.params),
-            running: RunningStats(model.running.iter().map(|(m, v)| (widen(m), widen(v))).collect()),
-            graph,
-        }
+        Ok((Runner::Cpu { network }, "cpu", "CPU requested".into()))
     }
 
     /// Logits of one normalised CHW image.
     pub async fn logits(&self, input: &[f32]) -> Result<Vec<f32>, JsError> {
         match self {
-            Runner::Gpu { context, plan } => {
-                let (device, queue) = (context.device(), context.queue());
-                plan.write_batch(queue, input, &[]).map_err(|e| error("bad input", e))?;
-                plan.step(device, queue);
-                plan.logits()
-                    .read(device, queue)
-                    .await
-                    .map_err(|e| error("the GPU failed", e))
-            }
-            Runner::Cpu { graph, params, running } => {
-                let input: Vec<f64> = input.iter().map(|&x| f64::from(x)).collect();
-                Ok(infer(graph, params, running, &input)
-                    .into_iter()
-                    .map(|x| x as f32)
-                    .collect())
-            }
+            Runner::Gpu { context, plan } => plan
+                .logits(context.device(), context.queue(), input)
+                .await
+                .map_err(|e| error("the GPU failed", e)),
+            Runner::Cpu { network } => Ok(cpu::infer(network, input)),
         }
     }
 }

@@ -10,6 +10,10 @@
 //!
 //! Each comes in the two tilings of [`Variant`], chosen when the kernels are
 //! created.
+//!
+//! Inference uses a fused forward, [`conv2d_forward_fused`]: batch norm folded
+//! into the weights and a bias, then residual and ReLU in the GEMM's epilogue,
+//! over weights transposed once at load ([`upload_forward_weights`]).
 
 use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, grid_1d, shader_module};
 use crate::{Dispatch, EngineError, Kernels, Tensor, Variant};
@@ -99,6 +103,7 @@ pub struct Conv2dKernels {
     variant: Variant,
     transpose_weights: Kernel,
     implicit_gemm: Kernel,
+    implicit_gemm_fused: Kernel,
     weight_grad: Kernel,
     reduce_partials: Kernel,
 }
@@ -107,13 +112,15 @@ impl Conv2dKernels {
     /// Creates the pipelines of `variant` only.
     pub fn new(device: &wgpu::Device, variant: Variant) -> Self {
         let module = shader_module(device, "conv2d", include_str!("../../../shaders/conv2d.wgsl"));
-        let (implicit_gemm, weight_grad) = match variant {
+        let (implicit_gemm, implicit_gemm_fused, weight_grad) = match variant {
             Variant::RegisterTile => (
                 Kernel::new(device, &module, "conv2d_implicit_gemm", 10),
+                Kernel::new(device, &module, "conv2d_implicit_gemm_fused", 10),
                 Kernel::new(device, &module, "conv2d_weight_grad", 30),
             ),
             Variant::WorkgroupTile => (
                 Kernel::new(device, &module, "conv2d_implicit_gemm_tiled", 20),
+                Kernel::new(device, &module, "conv2d_implicit_gemm_tiled_fused", 20),
                 Kernel::new(device, &module, "conv2d_weight_grad_tiled", 40),
             ),
         };
@@ -121,6 +128,7 @@ impl Conv2dKernels {
             variant,
             transpose_weights: Kernel::new(device, &module, "conv2d_transpose_weights", 0),
             implicit_gemm,
+            implicit_gemm_fused,
             weight_grad,
             reduce_partials: Kernel::new(device, &module, "conv2d_reduce_partials", 50),
         }
@@ -170,7 +178,13 @@ struct ImplicitGemmParams {
     kernel_step: u32,
     columns: u32,
     channels_padded: u32,
+    /// `EPILOGUE_*` flags of the fused forward; 0 elsewhere.
+    epilogue: u32,
 }
+
+/// Epilogue flags (`EPILOGUE_*` in the shader).
+const EPILOGUE_RESIDUAL: u32 = 1;
+const EPILOGUE_RELU: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -206,10 +220,16 @@ fn grid_2d(tiles: usize, z: usize) -> [u32; 3] {
     [x, y, z as u32]
 }
 
+/// Shape `[taps, channels_padded, rows_padded]` of the transposed weights:
+/// channels padded to a multiple of 4 and rows to the register tile.
+fn transposed_shape(taps: usize, rows: usize, channels: usize) -> [usize; 3] {
+    [taps, channels.next_multiple_of(4), rows.next_multiple_of(REGISTER_ROWS)]
+}
+
 /// A scratch tensor and the dispatch that writes `w` (OIHW) into it transposed
-/// to `[tap][channel][row]`, channels padded to a multiple of 4 and rows to the
-/// register tile with zeros; it runs before every use, since `w` changes every
-/// step. `rows_are_outputs` picks forward (row = co) or backward-data (row = ci).
+/// to `[tap][channel][row]`, padded with zeros (see [`transposed_shape`]); it
+/// runs before every use, since `w` changes every step. `rows_are_outputs`
+/// picks forward (row = co) or backward-data (row = ci).
 fn transposed_weights(
     device: &wgpu::Device,
     kernels: &Conv2dKernels,
@@ -223,8 +243,7 @@ fn transposed_weights(
     } else {
         (shape.in_channels, shape.out_channels, taps, shape.in_channels * taps)
     };
-    let rows_padded = rows.next_multiple_of(REGISTER_ROWS);
-    let channels_padded = channels.next_multiple_of(4);
+    let [_, channels_padded, rows_padded] = transposed_shape(taps, rows, channels);
     let wt = Tensor::zeros(device, &[taps, channels_padded, rows_padded])?;
     let params = TransposeParams {
         rows: rows as u32,
@@ -244,53 +263,42 @@ fn transposed_weights(
     Ok((wt, dispatch))
 }
 
-fn implicit_gemm(
-    device: &wgpu::Device,
-    kernels: &Conv2dKernels,
-    params: &ImplicitGemmParams,
-    wt: &Tensor,
-    src: &Tensor,
-    dst: &Tensor,
-) -> Dispatch {
-    let rows = params.rows as usize;
-    let grid = match kernels.variant {
-        Variant::RegisterTile => {
-            let blocks = (params.batch * params.q_h) as usize * (params.q_w as usize).div_ceil(REGISTER_BLOCK);
-            grid_1d(
-                blocks.div_ceil(REGISTER_BLOCKS) * rows.div_ceil(REGISTER_ROWS),
-                REGISTER_WORKGROUP as u32,
-            )
+/// The forward weights `w` (OIHW) transposed on the CPU to the forward
+/// layout of the implicit GEMM (`[tap][ci][co]`, padded with zeros) and
+/// uploaded: for inference, whose weights never change, once at load instead
+/// of a transpose dispatch before every forward.
+pub fn upload_forward_weights(device: &wgpu::Device, shape: &Conv2dShape, w: &[f32]) -> Result<Tensor, EngineError> {
+    shape.validate();
+    let (cin, cout, taps) = (shape.in_channels, shape.out_channels, shape.kernel * shape.kernel);
+    if w.len() != shape.weight_len() {
+        return Err(EngineError::ShapeMismatch {
+            shape: vec![cout, cin, shape.kernel, shape.kernel],
+            len: shape.weight_len(),
+            got: w.len(),
+        });
+    }
+    let dims = transposed_shape(taps, cout, cin);
+    let [_, channels_padded, rows_padded] = dims;
+    let mut wt = vec![0.0; dims.iter().product()];
+    for co in 0..cout {
+        for ci in 0..cin {
+            for tap in 0..taps {
+                wt[(tap * channels_padded + ci) * rows_padded + co] = w[(co * cin + ci) * taps + tap];
+            }
         }
-        Variant::WorkgroupTile => grid_2d(
-            (params.columns as usize).div_ceil(WORKGROUP_TILE),
-            rows.div_ceil(WORKGROUP_TILE),
-        ),
-    };
-    kernels.implicit_gemm.bind(device, params, &[wt, src, dst], grid)
+    }
+    Tensor::from_slice(device, &dims, &wt)
 }
 
-/// `y = conv2d(x, w)`.
-pub fn conv2d_forward(
-    device: &wgpu::Device,
-    kernels: &Kernels,
-    shape: &Conv2dShape,
-    x: &Tensor,
-    w: &Tensor,
-    y: &Tensor,
-) -> Result<Vec<Dispatch>, EngineError> {
-    shape.validate();
-    check_len("x", x, shape.input_len(), shape);
-    check_len("w", w, shape.weight_len(), shape);
-    check_len("y", y, shape.output_len(), shape);
-    let k = &kernels.conv2d;
-    let (wt, transpose) = transposed_weights(device, k, shape, w, true)?;
+/// The forward GEMM of `shape` over transposed weights of shape `wt_shape`.
+fn forward_params(shape: &Conv2dShape, wt_shape: &[usize], epilogue: u32) -> ImplicitGemmParams {
     let (oh, ow) = (shape.out_h(), shape.out_w());
-    let params = ImplicitGemmParams {
+    ImplicitGemmParams {
         batch: shape.batch as u32,
         channels: shape.in_channels as u32,
         rows: shape.out_channels as u32,
-        rows_padded: wt.shape[2] as u32,
-        channels_padded: wt.shape[1] as u32,
+        rows_padded: wt_shape[2] as u32,
+        channels_padded: wt_shape[1] as u32,
         src_h: shape.in_h as u32,
         src_w: shape.in_w as u32,
         dst_h: oh as u32,
@@ -311,8 +319,99 @@ pub fn conv2d_forward(
         kernel_first_w: 0,
         kernel_step: 1,
         columns: (shape.batch * oh * ow) as u32,
-    };
+        epilogue,
+    }
+}
+
+/// Workgroups of one implicit GEMM (plain or fused).
+fn implicit_gemm_grid(kernels: &Conv2dKernels, params: &ImplicitGemmParams) -> [u32; 3] {
+    let rows = params.rows as usize;
+    match kernels.variant {
+        Variant::RegisterTile => {
+            let blocks = (params.batch * params.q_h) as usize * (params.q_w as usize).div_ceil(REGISTER_BLOCK);
+            grid_1d(
+                blocks.div_ceil(REGISTER_BLOCKS) * rows.div_ceil(REGISTER_ROWS),
+                REGISTER_WORKGROUP as u32,
+            )
+        }
+        Variant::WorkgroupTile => grid_2d(
+            (params.columns as usize).div_ceil(WORKGROUP_TILE),
+            rows.div_ceil(WORKGROUP_TILE),
+        ),
+    }
+}
+
+fn implicit_gemm(
+    device: &wgpu::Device,
+    kernels: &Conv2dKernels,
+    params: &ImplicitGemmParams,
+    wt: &Tensor,
+    src: &Tensor,
+    dst: &Tensor,
+) -> Dispatch {
+    let grid = implicit_gemm_grid(kernels, params);
+    kernels.implicit_gemm.bind(device, params, &[wt, src, dst], grid)
+}
+
+/// `y = conv2d(x, w)`.
+pub fn conv2d_forward(
+    device: &wgpu::Device,
+    kernels: &Kernels,
+    shape: &Conv2dShape,
+    x: &Tensor,
+    w: &Tensor,
+    y: &Tensor,
+) -> Result<Vec<Dispatch>, EngineError> {
+    shape.validate();
+    check_len("x", x, shape.input_len(), shape);
+    check_len("w", w, shape.weight_len(), shape);
+    check_len("y", y, shape.output_len(), shape);
+    let k = &kernels.conv2d;
+    let (wt, transpose) = transposed_weights(device, k, shape, w, true)?;
+    let params = forward_params(shape, &wt.shape, 0);
     Ok(vec![transpose, implicit_gemm(device, k, &params, &wt, x, y)])
+}
+
+/// `y = relu?(conv2d(x, w) + bias[co] + residual?)`, the inference forward:
+/// `wt` holds the weights transposed by [`upload_forward_weights`], `bias` has
+/// `out_channels` values and `residual`, when given, the output's shape.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward_fused(
+    device: &wgpu::Device,
+    kernels: &Kernels,
+    shape: &Conv2dShape,
+    x: &Tensor,
+    wt: &Tensor,
+    bias: &Tensor,
+    residual: Option<&Tensor>,
+    relu: bool,
+    y: &Tensor,
+) -> Dispatch {
+    shape.validate();
+    check_len("x", x, shape.input_len(), shape);
+    check_len("bias", bias, shape.out_channels, shape);
+    check_len("y", y, shape.output_len(), shape);
+    let expected = transposed_shape(shape.kernel * shape.kernel, shape.out_channels, shape.in_channels);
+    assert_eq!(
+        wt.shape, expected,
+        "conv2d: transposed weights of shape {:?}, expected {expected:?} for {shape:?}",
+        wt.shape
+    );
+    if let Some(r) = residual {
+        check_len("residual", r, shape.output_len(), shape);
+    }
+    let epilogue = if residual.is_some() { EPILOGUE_RESIDUAL } else { 0 } | if relu { EPILOGUE_RELU } else { 0 };
+    let k = &kernels.conv2d;
+    let params = forward_params(shape, &wt.shape, epilogue);
+    // Without a residual the binding still needs a buffer: the (small,
+    // read-only) bias stands in, and the shader does not read it.
+    let residual = residual.unwrap_or(bias);
+    k.implicit_gemm_fused.bind(
+        device,
+        &params,
+        &[wt, x, y, bias, residual],
+        implicit_gemm_grid(k, &params),
+    )
 }
 
 /// One dimension of a backward-data stride phase: the input positions
@@ -396,6 +495,7 @@ pub fn conv2d_backward_data(
                 kernel_first_w: phase_w as u32,
                 kernel_step: s as u32,
                 columns: columns as u32,
+                epilogue: 0,
             };
             dispatches.push(implicit_gemm(device, k, &params, &wt, dy, dx));
         }
@@ -516,6 +616,30 @@ pub mod cpu {
         assert_eq!(w.len(), shape.weight_len(), "conv2d w");
         let mut y = vec![0.0; shape.output_len()];
         for_each_tap(shape, |xi, wi, yi| y[yi] += w[wi] * x[xi]);
+        y
+    }
+
+    /// The inference forward: `relu?(conv2d(x, w) + bias[co] + residual?)`.
+    pub fn conv2d_forward_fused(
+        shape: &Conv2dShape,
+        x: &[f64],
+        w: &[f64],
+        bias: &[f64],
+        residual: Option<&[f64]>,
+        relu: bool,
+    ) -> Vec<f64> {
+        assert_eq!(bias.len(), shape.out_channels, "conv2d bias");
+        let plane = shape.out_h() * shape.out_w();
+        let mut y = conv2d_forward(shape, x, w);
+        if let Some(r) = residual {
+            assert_eq!(r.len(), y.len(), "conv2d residual");
+        }
+        for (i, v) in y.iter_mut().enumerate() {
+            *v += bias[(i / plane) % shape.out_channels] + residual.map_or(0.0, |r| r[i]);
+            if relu {
+                *v = v.max(0.0);
+            }
+        }
         y
     }
 
@@ -670,6 +794,56 @@ mod tests {
     fn conv2d_workgroup_tile_matches_reference_in_all_directions() {
         let Some(ctx) = context() else { return };
         check_variant(&Kernels::new(ctx.device(), Variant::WorkgroupTile));
+    }
+
+    /// The fused inference forward on the awkward shapes, each with and without
+    /// residual and ReLU, over weights transposed at load.
+    fn check_fused(kernels: &Kernels) {
+        let Some(ctx) = context() else { return };
+        let (device, queue) = (ctx.device(), ctx.queue());
+        let mut rng = Rng::new(13);
+        for s in shapes() {
+            let x = rng.vec(s.input_len(), -1.0, 1.0);
+            let w = rng.vec(s.weight_len(), -1.0, 1.0);
+            let bias = rng.vec(s.out_channels, -1.0, 1.0);
+            let residual = rng.vec(s.output_len(), -1.0, 1.0);
+            let w32: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+            let xt = Tensor::from_f64(device, &[s.input_len()], &x).unwrap();
+            let wt = upload_forward_weights(device, &s, &w32).unwrap();
+            let bt = Tensor::from_f64(device, &[s.out_channels], &bias).unwrap();
+            let rt = Tensor::from_f64(device, &[s.output_len()], &residual).unwrap();
+            for (with_residual, relu) in [(false, false), (false, true), (true, false), (true, true)] {
+                let len = s.output_len();
+                let yt = Tensor::from_slice(device, &[len], &vec![f32::NAN; len]).unwrap();
+                let r = with_residual.then_some(&rt);
+                let dispatch = conv2d_forward_fused(device, kernels, &s, &xt, &wt, &bt, r, relu, &yt);
+                crate::kernel::submit(device, queue, &[&dispatch]);
+                let want = cpu::conv2d_forward_fused(&s, &x, &w, &bias, with_residual.then_some(&residual), relu);
+                // As the plain forward: two more terms in [-1, 1) change nothing.
+                assert_close(
+                    &format!(
+                        "fused y {:?} residual {with_residual} relu {relu} {s:?}",
+                        kernels.variant
+                    ),
+                    &yt.read_blocking(device, queue).unwrap(),
+                    &want,
+                    1e-4,
+                    1e-4,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn conv2d_fused_forward_register_tile_adds_bias_residual_and_relu_as_the_reference() {
+        let Some(ctx) = context() else { return };
+        check_fused(&Kernels::new(ctx.device(), Variant::RegisterTile));
+    }
+
+    #[test]
+    fn conv2d_fused_forward_workgroup_tile_adds_bias_residual_and_relu_as_the_reference() {
+        let Some(ctx) = context() else { return };
+        check_fused(&Kernels::new(ctx.device(), Variant::WorkgroupTile));
     }
 
     #[test]

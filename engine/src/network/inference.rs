@@ -1,0 +1,522 @@
+//! The fast inference path: every batch norm folded into the convolution
+//! before it at load, and the ReLU or residual add (plus ReLU) after it fused
+//! into that convolution's epilogue, so a ResNet's forward is one dispatch per
+//! convolution plus the few ops left (option-A shortcuts, pools, classifier).
+//!
+//! [`FoldedNetwork`] is the folded description; [`cpu::infer`] runs it on the
+//! CPU (the browser's fallback without WebGPU) and [`InferencePlan`] on the GPU.
+
+use super::graph::{BN_EPS, Graph, Op, TensorId};
+use crate::layers::conv2d::{Conv2dShape, conv2d_forward_fused, upload_forward_weights};
+use crate::layers::linear::{LinearShape, linear_forward};
+use crate::layers::pool::{GlobalAvgPoolShape, MaxPoolShape, global_avg_pool_forward, max_pool_forward};
+use crate::layers::residual::{ShortcutAShape, shortcut_a_forward};
+use crate::model::{Model, ModelError};
+use crate::tensor::{read_tensors_after, staging_buffer};
+use crate::{Dispatch, EngineError, Kernels, Tensor};
+
+/// A convolution with its batch norm folded in and what follows it fused:
+/// `y = relu?(conv2d(x, weight) + bias + residual?)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FoldedConv {
+    pub shape: Conv2dShape,
+    /// OIHW, output channel `co` scaled by `gamma / sqrt(var + eps)`.
+    pub weight: Vec<f32>,
+    /// `beta - mean * gamma / sqrt(var + eps)` per output channel (0 where no
+    /// batch norm follows).
+    pub bias: Vec<f32>,
+    pub x: TensorId,
+    /// The other operand of a fused residual add (the shortcut).
+    pub residual: Option<TensorId>,
+    pub relu: bool,
+    pub y: TensorId,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum FoldedOp {
+    Conv(FoldedConv),
+    ShortcutA {
+        shape: ShortcutAShape,
+        x: TensorId,
+        y: TensorId,
+    },
+    MaxPool {
+        shape: MaxPoolShape,
+        x: TensorId,
+        y: TensorId,
+    },
+    GlobalAvgPool {
+        shape: GlobalAvgPoolShape,
+        x: TensorId,
+        y: TensorId,
+    },
+    Linear {
+        shape: LinearShape,
+        x: TensorId,
+        /// `[out, in]`.
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        y: TensorId,
+    },
+}
+
+impl FoldedOp {
+    /// The activations this op reads.
+    pub fn inputs(&self) -> Vec<TensorId> {
+        match self {
+            FoldedOp::Conv(c) => std::iter::once(c.x).chain(c.residual).collect(),
+            FoldedOp::ShortcutA { x, .. }
+            | FoldedOp::MaxPool { x, .. }
+            | FoldedOp::GlobalAvgPool { x, .. }
+            | FoldedOp::Linear { x, .. } => vec![*x],
+        }
+    }
+
+    /// The activation this op writes.
+    pub fn output(&self) -> TensorId {
+        match self {
+            FoldedOp::Conv(c) => c.y,
+            FoldedOp::ShortcutA { y, .. }
+            | FoldedOp::MaxPool { y, .. }
+            | FoldedOp::GlobalAvgPool { y, .. }
+            | FoldedOp::Linear { y, .. } => *y,
+        }
+    }
+}
+
+/// A model prepared for inference on a batch of a fixed size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FoldedNetwork {
+    /// Shapes of the activations, indexed by the graph's `TensorId`s; those
+    /// fused away are never written.
+    pub tensors: Vec<Vec<usize>>,
+    pub input: TensorId,
+    pub logits: TensorId,
+    pub classes: usize,
+    /// In execution order.
+    pub ops: Vec<FoldedOp>,
+}
+
+impl FoldedNetwork {
+    /// Folds `model` (in eval mode: running statistics) for `batch` images.
+    pub fn new(model: &Model, batch: usize) -> Result<Self, ModelError> {
+        if batch == 0 {
+            return Err(ModelError::Unsupported("an inference batch of 0 images".into()));
+        }
+        let graph = model.spec.graph(batch)?;
+        let (offsets, len) = graph.param_offsets();
+        let stats_fit = model.running.len() == graph.batch_norms.len()
+            && graph
+                .batch_norms
+                .iter()
+                .zip(&model.running)
+                .all(|(bn, (mean, var))| mean.len() == bn.channels && var.len() == bn.channels);
+        if model.params.len() != len || !stats_fit {
+            return Err(ModelError::Mismatch {
+                arch: model.spec.architecture.name(),
+                problems: format!(
+                    "  {} parameter values (expected {len}) or running statistics of the wrong size",
+                    model.params.len()
+                ),
+            });
+        }
+        let param = |id: usize| &model.params[offsets[id]..offsets[id] + graph.params[id].len()];
+        let ops = fold(&graph, &param, &model.running)?;
+        Ok(Self {
+            ops,
+            input: graph.input,
+            logits: graph.logits,
+            classes: graph.classes,
+            tensors: graph.tensors,
+        })
+    }
+
+    /// Values of one input batch (NCHW).
+    pub fn input_len(&self) -> usize {
+        self.tensors[self.input].iter().product()
+    }
+
+    /// For each activation, the index of the last op that reads it.
+    fn last_reads(&self) -> Vec<Option<usize>> {
+        let mut last = vec![None; self.tensors.len()];
+        for (i, op) in self.ops.iter().enumerate() {
+            for t in op.inputs() {
+                last[t] = Some(i);
+            }
+        }
+        last
+    }
+}
+
+/// The graph's ops with each batch norm folded into the convolution before it
+/// and a following ReLU, or residual add and ReLU, fused into it too. The
+/// intermediate activations must have no other reader.
+fn fold<'a>(
+    graph: &Graph,
+    param: &dyn Fn(usize) -> &'a [f32],
+    running: &[(Vec<f32>, Vec<f32>)],
+) -> Result<Vec<FoldedOp>, ModelError> {
+    let mut readers = vec![Vec::new(); graph.tensors.len()];
+    for (i, op) in graph.ops.iter().enumerate() {
+        for t in op.inputs() {
+            readers[t].push(i);
+        }
+    }
+    let mut absorbed = vec![false; graph.ops.len()];
+    // The op that alone reads `t`, unless already fused (the two operands of
+    // an add may both come from convolutions: the first one takes it).
+    let sole_reader = |t: TensorId, absorbed: &[bool]| match readers[t][..] {
+        [j] if !absorbed[j] => Some((j, graph.ops[j])),
+        _ => None,
+    };
+    // A folded op takes the place of the last graph op it absorbs: by then all
+    // its inputs, the residual included, have been computed.
+    let mut placed: Vec<Option<FoldedOp>> = vec![None; graph.ops.len()];
+    for (i, op) in graph.ops.iter().enumerate() {
+        if absorbed[i] {
+            continue;
+        }
+        let (last, folded) = match *op {
+            Op::Conv2d { shape, x, w, y } => {
+                let mut conv = FoldedConv {
+                    shape,
+                    weight: param(w).to_vec(),
+                    bias: vec![0.0; shape.out_channels],
+                    x,
+                    residual: None,
+                    relu: false,
+                    y,
+                };
+                let mut last = i;
+                if let Some((
+                    j,
+                    Op::BatchNorm {
+                        gamma, beta, stats, y, ..
+                    },
+                )) = sole_reader(conv.y, &absorbed)
+                {
+                    fold_batch_norm(&mut conv, param(gamma), param(beta), &running[stats]);
+                    (conv.y, last, absorbed[j]) = (y, j, true);
+                }
+                if let Some((j, Op::Add { a, b, y })) = sole_reader(conv.y, &absorbed)
+                    && a != b
+                {
+                    conv.residual = Some(if a == conv.y { b } else { a });
+                    (conv.y, last, absorbed[j]) = (y, j, true);
+                }
+                if let Some((j, Op::Relu { y, .. })) = sole_reader(conv.y, &absorbed) {
+                    conv.relu = true;
+                    (conv.y, last, absorbed[j]) = (y, j, true);
+                }
+                (last, FoldedOp::Conv(conv))
+            }
+            Op::ShortcutA { shape, x, y } => (i, FoldedOp::ShortcutA { shape, x, y }),
+            Op::MaxPool { shape, x, y } => (i, FoldedOp::MaxPool { shape, x, y }),
+            Op::GlobalAvgPool { shape, x, y } => (i, FoldedOp::GlobalAvgPool { shape, x, y }),
+            Op::Linear { shape, x, w, b, y } => (
+                i,
+                FoldedOp::Linear {
+                    shape,
+                    x,
+                    weight: param(w).to_vec(),
+                    bias: param(b).to_vec(),
+                    y,
+                },
+            ),
+            Op::BatchNorm { .. } | Op::Relu { .. } | Op::Add { .. } => {
+                return Err(ModelError::Unsupported(format!(
+                    "graph op {i} (a batch norm, ReLU or residual add) does not follow a convolution, so inference cannot fuse it"
+                )));
+            }
+        };
+        placed[last] = Some(folded);
+    }
+    Ok(placed.into_iter().flatten().collect())
+}
+
+/// Eval-mode batch norm, `gamma * (y - mean) / sqrt(var + eps) + beta`, folded
+/// into the bias-free convolution that computes `y` (in f64, rounded once).
+fn fold_batch_norm(conv: &mut FoldedConv, gamma: &[f32], beta: &[f32], (mean, var): &(Vec<f32>, Vec<f32>)) {
+    let per_channel = conv.weight.len() / conv.shape.out_channels;
+    for (co, weights) in conv.weight.chunks_exact_mut(per_channel).enumerate() {
+        let scale = f64::from(gamma[co]) / (f64::from(var[co]) + f64::from(BN_EPS)).sqrt();
+        for w in weights {
+            *w = (f64::from(*w) * scale) as f32;
+        }
+        conv.bias[co] = (f64::from(beta[co]) - f64::from(mean[co]) * scale) as f32;
+    }
+}
+
+/// The folded network on the CPU in f32, single-threaded and without GPU
+/// types: the browser's fallback where WebGPU is missing.
+pub mod cpu {
+    use super::{FoldedConv, FoldedNetwork, FoldedOp};
+    use crate::layers::{linear, pool, residual};
+
+    /// The logits (`[batch, classes]`) of `net` for `input`, a batch of NCHW
+    /// images of `net.input_len()` values.
+    pub fn infer(net: &FoldedNetwork, input: &[f32]) -> Vec<f32> {
+        assert_eq!(input.len(), net.input_len(), "inference input length");
+        let last_reads = net.last_reads();
+        let mut acts: Vec<Vec<f32>> = vec![Vec::new(); net.tensors.len()];
+        acts[net.input] = input.to_vec();
+        for (i, op) in net.ops.iter().enumerate() {
+            let y = match op {
+                FoldedOp::Conv(c) => conv(c, &acts[c.x], c.residual.map(|r| acts[r].as_slice())),
+                // The remaining layers are cheap next to the convolutions: their
+                // f64 references serve.
+                FoldedOp::ShortcutA { shape, x, .. } => {
+                    via_f64(&acts[*x], |x| residual::cpu::shortcut_a_forward(*shape, x))
+                }
+                FoldedOp::MaxPool { shape, x, .. } => via_f64(&acts[*x], |x| pool::cpu::max_pool_forward(*shape, x)),
+                FoldedOp::GlobalAvgPool { shape, x, .. } => {
+                    via_f64(&acts[*x], |x| pool::cpu::global_avg_pool_forward(*shape, x))
+                }
+                FoldedOp::Linear {
+                    shape, x, weight, bias, ..
+                } => via_f64(&acts[*x], |x| {
+                    linear::cpu::linear_forward(*shape, x, &widen(weight), &widen(bias))
+                }),
+            };
+            acts[op.output()] = y;
+            for t in op.inputs() {
+                if last_reads[t] == Some(i) {
+                    acts[t] = Vec::new();
+                }
+            }
+        }
+        std::mem::take(&mut acts[net.logits])
+    }
+
+    fn widen(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&v| f64::from(v)).collect()
+    }
+
+    fn via_f64(x: &[f32], layer: impl FnOnce(&[f64]) -> Vec<f64>) -> Vec<f32> {
+        layer(&widen(x)).into_iter().map(|v| v as f32).collect()
+    }
+
+    /// Outputs `o` in `[lo, hi)` (of `out`) whose tap `k` reads inside an input
+    /// of length `input`: `0 <= o * stride + k - pad < input`.
+    fn inside(k: usize, input: usize, out: usize, stride: usize, pad: usize) -> (usize, usize) {
+        let lo = pad.saturating_sub(k).div_ceil(stride).min(out);
+        let hi = if input + pad > k {
+            (input + pad - k - 1) / stride + 1
+        } else {
+            0
+        };
+        (lo, hi.clamp(lo, out))
+    }
+
+    /// The folded convolution. Per output plane: the bias, then for every
+    /// input channel and tap the weighted input row added to the output row
+    /// over the outputs that tap reaches inside the image (no padding tests in
+    /// the inner loop, which is contiguous for stride 1 and vectorises), then
+    /// residual and ReLU.
+    fn conv(c: &FoldedConv, x: &[f32], residual: Option<&[f32]>) -> Vec<f32> {
+        let s = &c.shape;
+        let (out_h, out_w) = (s.out_h(), s.out_w());
+        let (plane, in_plane, taps) = (out_h * out_w, s.in_h * s.in_w, s.kernel * s.kernel);
+        let rows: Vec<_> = (0..s.kernel)
+            .map(|k| inside(k, s.in_h, out_h, s.stride, s.pad))
+            .collect();
+        let cols: Vec<_> = (0..s.kernel)
+            .map(|k| inside(k, s.in_w, out_w, s.stride, s.pad))
+            .collect();
+        let mut y = vec![0.0f32; s.output_len()];
+        for (b, y_image) in y.chunks_exact_mut(s.out_channels * plane).enumerate() {
+            let x_image = &x[b * s.in_channels * in_plane..][..s.in_channels * in_plane];
+            for (co, out) in y_image.chunks_exact_mut(plane).enumerate() {
+                out.fill(c.bias[co]);
+                let weights = &c.weight[co * s.in_channels * taps..][..s.in_channels * taps];
+                for (x_plane, w) in x_image.chunks_exact(in_plane).zip(weights.chunks_exact(taps)) {
+                    for (kh, &(oh_lo, oh_hi)) in rows.iter().enumerate() {
+                        for (kw, &(ow_lo, ow_hi)) in cols.iter().enumerate() {
+                            let wv = w[kh * s.kernel + kw];
+                            for oh in oh_lo..oh_hi {
+                                let x_row = &x_plane[(oh * s.stride + kh - s.pad) * s.in_w..][..s.in_w];
+                                let x_row = &x_row[ow_lo * s.stride + kw - s.pad..];
+                                let out_row = &mut out[oh * out_w + ow_lo..oh * out_w + ow_hi];
+                                if s.stride == 1 {
+                                    for (o, v) in out_row.iter_mut().zip(x_row) {
+                                        *o += wv * v;
+                                    }
+                                } else {
+                                    for (o, v) in out_row.iter_mut().zip(x_row.iter().step_by(s.stride)) {
+                                        *o += wv * v;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                if let Some(r) = residual {
+                    let r = &r[(b * s.out_channels + co) * plane..][..plane];
+                    for (o, v) in out.iter_mut().zip(r) {
+                        *o += v;
+                    }
+                }
+                if c.relu {
+                    for o in out.iter_mut() {
+                        *o = o.max(0.0);
+                    }
+                }
+            }
+        }
+        y
+    }
+}
+
+/// A [`FoldedNetwork`] made executable on the GPU: folded weights uploaded
+/// (and transposed) once and every buffer and dispatch created at load, so an
+/// inference writes its images, submits one command buffer and reads the
+/// logits back.
+pub struct InferencePlan {
+    input: Tensor,
+    logits: Tensor,
+    classes: usize,
+    dispatches: Vec<Dispatch>,
+    /// Reused by every read of the logits.
+    staging: wgpu::Buffer,
+}
+
+impl InferencePlan {
+    /// Folds `model` for `batch` images and builds the plan.
+    pub fn new(device: &wgpu::Device, kernels: &Kernels, model: &Model, batch: usize) -> Result<Self, EngineError> {
+        Self::from_folded(device, kernels, &FoldedNetwork::new(model, batch)?)
+    }
+
+    pub fn from_folded(device: &wgpu::Device, kernels: &Kernels, net: &FoldedNetwork) -> Result<Self, EngineError> {
+        let acts = allocate_activations(device, net)?;
+        let act = |t: TensorId| acts[t].as_ref().expect("every activation read is written first");
+        let mut dispatches = Vec::with_capacity(net.ops.len());
+        for op in &net.ops {
+            let y = act(op.output());
+            dispatches.push(match op {
+                FoldedOp::Conv(c) => {
+                    // The plan keeps no handle on its weights: the dispatches'
+                    // bind groups hold them.
+                    let wt = upload_forward_weights(device, &c.shape, &c.weight)?;
+                    let bias = Tensor::from_slice(device, &[c.bias.len()], &c.bias)?;
+                    let residual = c.residual.map(act);
+                    conv2d_forward_fused(device, kernels, &c.shape, act(c.x), &wt, &bias, residual, c.relu, y)
+                }
+                FoldedOp::ShortcutA { shape, x, .. } => shortcut_a_forward(device, kernels, *shape, act(*x), y),
+                FoldedOp::MaxPool { shape, x, .. } => max_pool_forward(device, kernels, *shape, act(*x), y),
+                FoldedOp::GlobalAvgPool { shape, x, .. } => {
+                    global_avg_pool_forward(device, kernels, *shape, act(*x), y)
+                }
+                FoldedOp::Linear {
+                    shape, x, weight, bias, ..
+                } => {
+                    let w = Tensor::from_slice(device, &[shape.out_features, shape.in_features], weight)?;
+                    let b = Tensor::from_slice(device, &[shape.out_features], bias)?;
+                    linear_forward(device, kernels, *shape, act(*x), &w, &b, y)
+                }
+            });
+        }
+        let logits = act(net.logits).clone();
+        Ok(Self {
+            input: act(net.input).clone(),
+            staging: staging_buffer(device, logits.len()),
+            logits,
+            classes: net.classes,
+            dispatches,
+        })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.input.shape[0]
+    }
+
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Uploads a batch of images (NCHW, exactly `batch` of them).
+    pub fn write_input(&self, queue: &wgpu::Queue, images: &[f32]) -> Result<(), EngineError> {
+        self.input.write(queue, images)
+    }
+
+    /// Records one inference into `pass`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for d in &self.dispatches {
+            d.record(pass);
+        }
+    }
+
+    /// Submits one inference as a single command buffer; nothing is read back.
+    pub fn run(&self, device: &wgpu::Device, queue: &wgpu::Queue) {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        self.record(&mut encoder.begin_compute_pass(&Default::default()));
+        queue.submit([encoder.finish()]);
+    }
+
+    /// The logits (`[batch, classes]`, row-major) of `images`: one command
+    /// buffer for the inference and the copy to the staging buffer, awaited
+    /// without blocking in the browser. One call at a time: calls share the
+    /// staging buffer.
+    pub async fn logits(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        images: &[f32],
+    ) -> Result<Vec<f32>, EngineError> {
+        self.write_input(queue, images)?;
+        let mut encoder = device.create_command_encoder(&Default::default());
+        self.record(&mut encoder.begin_compute_pass(&Default::default()));
+        let words = read_tensors_after(device, queue, encoder, &[&self.logits], &self.staging).await?;
+        Ok(bytemuck::cast_slice(&words).to_vec())
+    }
+}
+
+/// A tensor for the input and for every activation the ops write. Activations
+/// share buffers when their lifetimes do not overlap, so the plan holds a few
+/// activations' worth of memory, not the whole network's; the input keeps its
+/// own (it is written between runs) and the logits theirs (never read, so
+/// never released).
+fn allocate_activations(device: &wgpu::Device, net: &FoldedNetwork) -> Result<Vec<Option<Tensor>>, EngineError> {
+    let len = |t: TensorId| net.tensors[t].iter().product::<usize>();
+    let last_reads = net.last_reads();
+    let mut sizes = vec![len(net.input)];
+    let mut buffer_of = vec![None; net.tensors.len()];
+    buffer_of[net.input] = Some(0);
+    let mut free: Vec<usize> = Vec::new();
+    for (i, op) in net.ops.iter().enumerate() {
+        let need = len(op.output());
+        // The smallest free buffer that fits, else the largest one, grown.
+        let fitting = free
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| sizes[b] >= need)
+            .min_by_key(|&(_, &b)| sizes[b]);
+        let pick = fitting.or_else(|| free.iter().enumerate().max_by_key(|&(_, &b)| sizes[b]));
+        let buffer = match pick.map(|(at, _)| at) {
+            Some(at) => free.swap_remove(at),
+            None => {
+                sizes.push(0);
+                sizes.len() - 1
+            }
+        };
+        sizes[buffer] = sizes[buffer].max(need);
+        buffer_of[op.output()] = Some(buffer);
+        // Released only after the output is placed: no op writes a buffer it
+        // reads (WebGPU forbids it within a dispatch).
+        let mut inputs = op.inputs();
+        inputs.dedup();
+        for t in inputs {
+            if t != net.input && last_reads[t] == Some(i) {
+                free.push(buffer_of[t].expect("an input is written before it is read"));
+            }
+        }
+    }
+    let buffers = sizes
+        .iter()
+        .map(|&n| Tensor::zeros(device, &[n]))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(buffer_of
+        .iter()
+        .zip(&net.tensors)
+        .map(|(b, shape)| b.map(|b| buffers[b].view(0, shape)))
+        .collect())
+}
