@@ -3,7 +3,9 @@
 //! probabilities (within 1e-3) as `resnet-native classify` gives natively for
 //! the same files — on WebGPU (SwiftShader) and, with WebGPU unavailable, on the
 //! CPU path inside the wasm. Bad files get a clear message and the page keeps
-//! working; the page fetches nothing but its own files.
+//! working; a torchvision-layout ResNet-18 dropped on the page replaces the
+//! model and classifies at 224x224 like `classify` does with that file; the
+//! page fetches nothing but its own files.
 //!
 //! Needs the wasm package (`scripts/build-web.sh`), Chromium, Node with
 //! `tests/browser/node_modules` (`npm ci` there) and `../shared`'s CIFAR-10;
@@ -105,6 +107,36 @@ fn write_images(dir: &Path) -> Vec<PathBuf> {
     paths
 }
 
+/// A torchvision-layout ImageNet ResNet-18 (random weights, non-trivial running
+/// statistics) saved as torchvision's tensors would be: no metadata at all.
+fn torchvision_resnet18(path: &Path) {
+    use engine::model::{Architecture, Model, ModelSpec, imagenet_classes};
+    use engine::network::resnet::{BottleneckStride, Shortcut};
+    let spec = ModelSpec {
+        architecture: Architecture::Imagenet {
+            depth: 18,
+            shortcut: Shortcut::B,
+            bottleneck_stride: BottleneckStride::OnConv3x3,
+        },
+        class_names: imagenet_classes(),
+        input: [3, 224, 224],
+        normalization: engine::preprocess::Normalization::imagenet(),
+    };
+    let mut model = Model::init(spec, 18).unwrap();
+    for (i, (mean, var)) in model.running.iter_mut().enumerate() {
+        mean.iter_mut()
+            .enumerate()
+            .for_each(|(c, m)| *m = 0.1 * ((c + i) % 7) as f32 - 0.3);
+        var.iter_mut()
+            .enumerate()
+            .for_each(|(c, v)| *v = 0.5 + 0.1 * ((c * 3 + i) % 11) as f32);
+    }
+    let ours = model.to_safetensors().unwrap();
+    let file = safetensors::SafeTensors::deserialize(&ours).unwrap();
+    let bytes = safetensors::serialize(file.tensors(), None).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
 /// What `resnet-native classify --json` says about `images`.
 fn native_top5(weights: &Path, images: &[PathBuf]) -> Vec<Value> {
     let output = Command::new(env!("CARGO_BIN_EXE_resnet-native"))
@@ -174,6 +206,11 @@ fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path() {
     )
     .unwrap();
 
+    let resnet18 = dir.path().join("resnet18-torchvision.safetensors");
+    torchvision_resnet18(&resnet18);
+    let resnet18_images = [images[0].clone(), images[8].clone()];
+    let resnet18_native = native_top5(&resnet18, &resnet18_images);
+
     let weights = repo().join("weights/cifar10-resnet20.safetensors");
     let native = native_top5(&weights, &images);
     let server = Server::start(&ServeArgs {
@@ -195,6 +232,11 @@ fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path() {
             "drop": images[1],
             "variants": images[2],
             "screenshot": if webgpu { Some(artifacts.join("page.png")) } else { None },
+            // A 224x224 ImageNet network is slow on SwiftShader's WebGPU; the
+            // page's model swap is the same on both paths.
+            "model": if webgpu { None } else {
+                Some(serde_json::json!({"path": resnet18, "architecture": "ResNet-18", "images": resnet18_images}))
+            },
         }));
         assert_eq!(result["backend"], backend, "{result:#}");
         for (shown, native) in result["results"].as_array().unwrap().iter().zip(&native) {
@@ -231,6 +273,14 @@ fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path() {
         }
         let wrong = variants["wrongType"].as_str().unwrap_or_default();
         assert!(wrong.contains("classify() takes ImageData"), "{wrong}");
+
+        if !webgpu {
+            assert_eq!(result["model"]["classes"], 1000, "{result:#}");
+            assert_eq!(result["model"]["inputShape"], serde_json::json!([3, 224, 224]));
+            for (shown, native) in result["modelResults"].as_array().unwrap().iter().zip(&resnet18_native) {
+                assert_same_top5(&format!("ResNet-18: {}", shown["name"]), &shown["top"], native);
+            }
+        }
 
         let url = server.url();
         for request in result["requests"].as_array().unwrap() {

@@ -4,6 +4,7 @@
 //
 //   node drive.mjs '{"url": "...", "webgpu": true, "images": [...], "bad": [...],
 //                    "drop": "x.png", "variants": "x.png", "screenshot": "out.png",
+//                    "model": {"path": "m.safetensors", "architecture": "ResNet-18", "images": [...]},
 //                    "bench": 50}'
 import { chromium } from "playwright-core";
 import { readFileSync } from "node:fs";
@@ -115,6 +116,18 @@ try {
       try { await c.classify(42); } catch (e) { result.wrongType = e.message; }
       return result;
     }, bytes);
+  }
+
+  if (config.model) {
+    // Another network dropped on the page: it replaces the model, then classifies.
+    await page.setInputFiles("#file", config.model.path);
+    await page.waitForFunction((arch) => window.resnetApp.classifier?.architecture === arch, config.model.architecture);
+    out.model = await page.evaluate(() => {
+      const c = window.resnetApp.classifier;
+      return { architecture: c.architecture, classes: c.classes.length, inputShape: [...c.inputShape], backend: c.backend };
+    });
+    out.modelResults = [];
+    for (const path of config.model.images) out.modelResults.push({ path, ...(await pick(path)) });
   }
 
   if (config.bench) {

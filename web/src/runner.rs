@@ -48,10 +48,9 @@ impl Runner {
                     return Ok((Runner::Gpu { context, plan }, "webgpu", adapter));
                 }
                 Err(e) if preference == Preference::WebGpu => return Err(error("WebGPU is unavailable", e)),
-                Err(e) => {
-                    let why = format!("no WebGPU adapter ({e})");
-                    return Ok((Runner::Cpu { network }, "cpu", why));
-                }
+                // The engine's error suggests installing lavapipe: true natively,
+                // noise in a browser.
+                Err(_) => return Ok((Runner::Cpu { network }, "cpu", "WebGPU unavailable".into())),
             }
         }
         Ok((Runner::Cpu { network }, "cpu", "CPU requested".into()))
