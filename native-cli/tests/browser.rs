@@ -166,22 +166,25 @@ fn drive(config: Value) -> Value {
 }
 
 /// The browser's top-5 equals the native one: same classes in the same
-/// order, probabilities within 1e-3.
+/// order (two classes whose probabilities differ by under 1e-6 may swap: f32
+/// sums on two adapters round differently), probabilities within 1e-3.
 fn assert_same_top5(what: &str, browser: &Value, native: &Value) {
     let browser = browser
         .as_array()
         .unwrap_or_else(|| panic!("{what}: no result: {browser}"));
     let native = native.as_array().unwrap();
     assert_eq!(browser.len(), 5, "{what}");
-    for (b, n) in browser.iter().zip(native) {
-        assert_eq!(b["index"], n["index"], "{what}: browser {browser:?}, native {native:?}");
-        assert_eq!(b["label"], n["class"], "{what}");
-        let (pb, pn) = (b["probability"].as_f64().unwrap(), n["probability"].as_f64().unwrap());
-        assert!(
-            (pb - pn).abs() <= 1e-3,
-            "{what}: {} browser {pb} native {pn}",
-            n["class"]
-        );
+    let probability = |v: &Value| v["probability"].as_f64().unwrap();
+    for (rank, (b, n)) in browser.iter().zip(native).enumerate() {
+        let (pb, pn) = (probability(b), probability(n));
+        assert!((pb - pn).abs() <= 1e-3, "{what}: rank {rank}: browser {pb} native {pn}");
+        if b["index"] != n["index"] {
+            let twin = native.iter().find(|m| m["index"] == b["index"]);
+            let tie = twin.is_some_and(|m| (probability(m) - pn).abs() < 1e-6) || (pb - pn).abs() < 1e-6;
+            assert!(tie, "{what}: browser {browser:?}, native {native:?}");
+        } else {
+            assert_eq!(b["label"], n["class"], "{what}");
+        }
     }
 }
 
