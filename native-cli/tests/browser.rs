@@ -248,6 +248,10 @@ fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path() {
             assert_same_top5(&what, &shown["top"], native);
         }
         assert_eq!(result["results"].as_array().unwrap().len(), images.len());
+        // The 8000x8000 image takes seconds to decode, in the page's worker:
+        // the page itself never stalls for long (generous for loaded machines).
+        let gap = result["maxMainThreadGapMs"].as_f64().unwrap();
+        assert!(gap < 1000.0, "{backend}: the page's main thread stalled for {gap} ms");
 
         let errors = result["errors"].as_array().unwrap();
         let expected = [
@@ -274,6 +278,7 @@ fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path() {
         for kind in ["ArrayBuffer", "Blob", "HTMLImageElement", "ImageBitmap", "ImageData"] {
             assert_same_top5(&format!("{backend}: {kind}"), &variants[kind], &native[2]);
         }
+        assert_eq!(variants["backend"], backend);
         let wrong = variants["wrongType"].as_str().unwrap_or_default();
         assert!(wrong.contains("classify() takes ImageData"), "{wrong}");
 

@@ -1,12 +1,34 @@
 // The drop-an-image page: loads the served model (or a dropped .safetensors)
-// into the wasm package and shows the top-5 classes of each image.
+// into the wasm package, which runs in a worker (worker.js) so the page stays
+// responsive, and shows the top-5 classes of each image.
 // Query parameters: ?backend=auto|webgpu|cpu, ?kernels=register-tile|workgroup-tile,
 // ?model=<url of a .safetensors>.
-import init, { Classifier } from "./pkg/resnet_web.js";
-
 const params = new URLSearchParams(location.search);
 const options = { backend: params.get("backend") ?? "auto", kernels: params.get("kernels") ?? undefined };
 const $ = (id) => document.getElementById(id);
+
+const worker = new Worker(new URL("worker.js", import.meta.url), { type: "module" });
+const pending = new Map();
+let nextId = 0;
+worker.onmessage = ({ data }) => {
+  const { resolve, reject } = pending.get(data.id);
+  pending.delete(data.id);
+  if (data.ok) resolve(data);
+  else reject(new Error(data.message));
+};
+worker.onerror = (e) => showError(`The classifier's worker failed: ${e.message}`);
+const call = (message, transfer = []) =>
+  new Promise((resolve, reject) => {
+    const id = nextId++;
+    pending.set(id, { resolve, reject });
+    worker.postMessage({ id, ...message }, transfer);
+  });
+
+// The model as the page knows it: what the worker described, and classify().
+const classifierOf = (info) => ({
+  ...info,
+  classify: async (image, k = 5) => (await call({ kind: "classify", image, k })).result,
+});
 
 // For tests and benchmarks: the classifier, the last result, the time from
 // navigation to the first result, and a promise settled once the model loaded.
@@ -29,10 +51,10 @@ function describe(classifier) {
 async function loadModel(source, name) {
   $("model").textContent = `Loading ${name}…`;
   try {
-    const classifier = typeof source === "string"
-      ? await Classifier.fromUrl(source, options)
-      : await Classifier.load(new Uint8Array(source), options);
-    app.classifier?.free();
+    const { info } = typeof source === "string"
+      ? await call({ kind: "load", url: new URL(source, location.href).href, options })
+      : await call({ kind: "load", bytes: source, options }, [source]);
+    const classifier = classifierOf(info);
     app.classifier = classifier;
     $("error").hidden = true;
     describe(classifier);
@@ -98,12 +120,4 @@ document.addEventListener("paste", (e) => {
   if (item) handle(item.getAsFile());
 });
 
-app.ready = (async () => {
-  try {
-    await init();
-  } catch (e) {
-    showError(`This browser cannot run the WebAssembly module: ${e.message ?? e}`);
-    throw e;
-  }
-  await loadModel(params.get("model") ?? "model.safetensors", "the model");
-})();
+app.ready = loadModel(params.get("model") ?? "model.safetensors", "the model");
