@@ -1,13 +1,19 @@
-//! `resnet-native bench`: convolution throughput against the adapter's f32 GEMM
-//! ceiling.
+//! `resnet-native bench`: convolution and whole-model throughput against the
+//! adapter's f32 GEMM ceiling, all measured in one process so the ratios compare
+//! like with like.
 //!
-//! Each measurement records its dispatches into one command buffer, submits it
-//! and waits for the device (wall clock), after one warm-up run; the figure is
-//! the median over the repetitions.
+//! Each measurement submits one command buffer (a kernel's dispatches, a whole
+//! training step or an inference) and waits for the device (wall clock), after
+//! one warm-up run; the figure is the median over the repetitions.
 
 use anyhow::Context as _;
 use engine::layers::conv2d::{self, Conv2dShape};
 use engine::layers::gemm;
+use engine::layers::sgd::SgdParams;
+use engine::model::{Architecture, CIFAR10_CLASSES, Model, ModelSpec, imagenet_classes};
+use engine::network::resnet::{BottleneckStride, Shortcut};
+use engine::network::{InferencePlan, Plan};
+use engine::preprocess::Normalization;
 use engine::rng::Rng;
 use engine::{Context, Dispatch, Kernels, Tensor, Variant};
 use serde::Serialize;
@@ -21,14 +27,34 @@ pub struct BenchArgs {
     /// Repetitions per case (fewer for cases whose warm-up run is slow).
     #[arg(long, default_value_t = 5)]
     reps: usize,
-    /// Only the convolution cases whose name contains this (e.g. "resnet20").
+    /// Only the convolution and whole-model cases whose name contains this
+    /// (e.g. "resnet20", "train", "folded"); the GEMM ceiling always runs.
     #[arg(long)]
     filter: Option<String>,
 }
 
-/// Cases whose `--reps` runs would take longer than this get fewer repetitions
-/// (but at least 3), to keep the default run short on CPU adapters.
-const TIME_PER_CASE: Duration = Duration::from_secs(6);
+/// How whole-model GFLOP/s are counted (printed with the figures).
+const FLOP_CONVENTION: &str = "model FLOPs per image = 2 per multiply-add of the forward convolutions and \
+     classifier; a training step (forward + backward + SGD) counts 3x the forward";
+
+/// Cases whose `--reps` runs would take longer than `time` get fewer
+/// repetitions (but at least `min_reps`), to keep the default run short on CPU
+/// adapters.
+struct Budget {
+    time: Duration,
+    min_reps: usize,
+}
+
+const KERNEL_BUDGET: Budget = Budget {
+    time: Duration::from_secs(6),
+    min_reps: 3,
+};
+/// A ResNet-56 training step takes tens of seconds on a CPU adapter: one
+/// repetition after the warm-up has to do there.
+const MODEL_BUDGET: Budget = Budget {
+    time: Duration::from_secs(15),
+    min_reps: 1,
+};
 const GEMM_SIZE: usize = 1024;
 
 #[derive(Serialize)]
@@ -63,11 +89,29 @@ struct ConvResult {
 }
 
 #[derive(Serialize)]
+struct ModelResult {
+    name: String,
+    /// "ResNet-20", ...
+    model: String,
+    mode: &'static str,
+    batch: usize,
+    /// Per training step or per inference of the whole batch.
+    ms: f64,
+    images_per_s: f64,
+    gflop_per_image: f64,
+    gflops: f64,
+    ceiling_ratio: f64,
+    reps: usize,
+}
+
+#[derive(Serialize)]
 struct Report {
     adapter: Adapter,
     gemm: Vec<GemmResult>,
     gemm_ceiling_gflops: f64,
     conv: Vec<ConvResult>,
+    model_flop_convention: &'static str,
+    models: Vec<ModelResult>,
 }
 
 struct Timing {
@@ -75,18 +119,17 @@ struct Timing {
     reps: usize,
 }
 
-/// Median wall-clock time of submitting `dispatches` and waiting for them.
-fn time(ctx: &Context, dispatches: &[Dispatch], reps: usize) -> anyhow::Result<Timing> {
-    let refs: Vec<&Dispatch> = dispatches.iter().collect();
+/// Median wall-clock time of `submit` (one command buffer) and waiting for it.
+fn time(ctx: &Context, submit: impl Fn(), reps: usize, budget: &Budget) -> anyhow::Result<Timing> {
     let run = || -> anyhow::Result<Duration> {
         let start = Instant::now();
-        ctx.run(&refs);
+        submit();
         ctx.gpu.wait()?;
         Ok(start.elapsed())
     };
     let warm_up = run()?;
-    let affordable = (TIME_PER_CASE.as_secs_f64() / warm_up.as_secs_f64().max(1e-9)) as usize;
-    let reps = reps.min(affordable.max(3));
+    let affordable = (budget.time.as_secs_f64() / warm_up.as_secs_f64().max(1e-9)) as usize;
+    let reps = reps.min(affordable.max(budget.min_reps));
     let mut times = (0..reps).map(|_| run()).collect::<anyhow::Result<Vec<_>>>()?;
     times.sort();
     Ok(Timing {
@@ -95,8 +138,18 @@ fn time(ctx: &Context, dispatches: &[Dispatch], reps: usize) -> anyhow::Result<T
     })
 }
 
+/// Median time of one command buffer of `dispatches`.
+fn time_dispatches(ctx: &Context, dispatches: &[Dispatch], reps: usize) -> anyhow::Result<Timing> {
+    let refs: Vec<&Dispatch> = dispatches.iter().collect();
+    time(ctx, || ctx.run(&refs), reps, &KERNEL_BUDGET)
+}
+
 fn random_tensor(ctx: &Context, rng: &mut Rng, len: usize) -> anyhow::Result<Tensor> {
     Ok(Tensor::from_f64(ctx.device(), &[len], &rng.vec(len, -1.0, 1.0))?)
+}
+
+fn selected(filter: Option<&str>, name: &str) -> bool {
+    filter.is_none_or(|f| name.contains(f))
 }
 
 fn bench_gemm(ctx: &Context, kernels: &Kernels, reps: usize) -> anyhow::Result<GemmResult> {
@@ -106,7 +159,7 @@ fn bench_gemm(ctx: &Context, kernels: &Kernels, reps: usize) -> anyhow::Result<G
     let b = random_tensor(ctx, &mut rng, n * n)?;
     let c = Tensor::zeros(ctx.device(), &[n * n])?;
     let dispatches = gemm::matmul(ctx.device(), kernels, n, n, n, &a, &b, &c)?;
-    let timing = time(ctx, &dispatches, reps)?;
+    let timing = time_dispatches(ctx, &dispatches, reps)?;
     let ms = timing.median.as_secs_f64() * 1e3;
     Ok(GemmResult {
         variant: format!("{:?}", kernels.variant),
@@ -177,7 +230,7 @@ fn bench_conv(ctx: &Context, case: &ConvCase, reps: usize, ceiling: f64) -> anyh
     directions
         .into_iter()
         .map(|(direction, dispatches)| {
-            let timing = time(ctx, &dispatches, reps)?;
+            let timing = time_dispatches(ctx, &dispatches, reps)?;
             let ms = timing.median.as_secs_f64() * 1e3;
             let gflops = s.flops() / ms / 1e6;
             Ok(ConvResult {
@@ -193,6 +246,155 @@ fn bench_conv(ctx: &Context, case: &ConvCase, reps: usize, ceiling: f64) -> anyh
             })
         })
         .collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// Forward, loss, backward and SGD with momentum ([`Plan::training`]).
+    Train,
+    /// Eval-mode forward, layer by layer ([`Plan::inference`]).
+    Infer,
+    /// Batch norm folded, ReLU and residual fused ([`InferencePlan`]).
+    InferFolded,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Train => "train",
+            Mode::Infer => "infer",
+            Mode::InferFolded => "infer-folded",
+        }
+    }
+}
+
+struct ModelCase {
+    name: String,
+    spec: ModelSpec,
+    mode: Mode,
+    batch: usize,
+}
+
+impl ModelCase {
+    fn new(short: &str, spec: &ModelSpec, mode: Mode, batch: usize) -> Self {
+        Self {
+            name: format!("{short} {} b{batch}", mode.label()),
+            spec: spec.clone(),
+            mode,
+            batch,
+        }
+    }
+
+    /// See [`FLOP_CONVENTION`].
+    fn flops_per_image(&self) -> anyhow::Result<f64> {
+        let forward = self.spec.graph(1)?.forward_flops_per_image();
+        Ok(if self.mode == Mode::Train {
+            3.0 * forward
+        } else {
+            forward
+        })
+    }
+}
+
+/// The paper's CIFAR-10 network: option-A shortcuts, 3x32x32 images.
+fn cifar_spec(depth: usize) -> ModelSpec {
+    ModelSpec {
+        architecture: Architecture::Cifar {
+            depth,
+            shortcut: Shortcut::A,
+        },
+        class_names: CIFAR10_CLASSES.iter().map(|c| c.to_string()).collect(),
+        input: [3, 32, 32],
+        normalization: Normalization::imagenet(),
+    }
+}
+
+/// torchvision's layout, 3x224x224 images.
+fn imagenet_spec(depth: usize) -> ModelSpec {
+    ModelSpec {
+        architecture: Architecture::Imagenet {
+            depth,
+            shortcut: Shortcut::B,
+            bottleneck_stride: BottleneckStride::OnConv3x3,
+        },
+        class_names: imagenet_classes(),
+        input: [3, 224, 224],
+        normalization: Normalization::imagenet(),
+    }
+}
+
+/// CIFAR ResNet-20 and -56: training at the paper's batch of 128, inference at
+/// batch 1 (latency) and 128 (throughput), unfolded and folded; ImageNet
+/// ResNet-18 inference at batch 1.
+fn model_cases() -> Vec<ModelCase> {
+    let mut cases = Vec::new();
+    for depth in [20, 56] {
+        let (short, spec) = (format!("resnet{depth}"), cifar_spec(depth));
+        cases.push(ModelCase::new(&short, &spec, Mode::Train, 128));
+        for mode in [Mode::Infer, Mode::InferFolded] {
+            for batch in [1, 128] {
+                cases.push(ModelCase::new(&short, &spec, mode, batch));
+            }
+        }
+    }
+    let resnet18 = imagenet_spec(18);
+    for mode in [Mode::Infer, Mode::InferFolded] {
+        cases.push(ModelCase::new("resnet18", &resnet18, mode, 1));
+    }
+    cases
+}
+
+/// The paper's SGD recipe, so the update does the work a real step does.
+const SGD: SgdParams = SgdParams {
+    lr: 0.1,
+    momentum: 0.9,
+    weight_decay: 1e-4,
+    len: 0,
+};
+
+/// Times a whole step or inference of freshly initialised weights on random
+/// images, written once before timing (nothing is read back).
+fn bench_model(ctx: &Context, case: &ModelCase, reps: usize, ceiling: f64) -> anyhow::Result<ModelResult> {
+    let (device, queue, kernels) = (ctx.device(), ctx.queue(), &ctx.kernels);
+    let model = Model::init(case.spec.clone(), 1)?;
+    let graph = case.spec.graph(case.batch)?;
+    let mut rng = Rng::new(3);
+    let input_len = graph.tensors[graph.input].iter().product();
+    let images: Vec<f32> = rng.vec(input_len, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
+    let timing = match case.mode {
+        Mode::Train => {
+            let labels: Vec<u32> = (0..case.batch).map(|_| rng.below(graph.classes) as u32).collect();
+            let plan = Plan::training(device, kernels, graph, &model.params, SGD)?;
+            plan.write_batch(queue, &images, &labels)?;
+            time(ctx, || plan.step(device, queue), reps, &MODEL_BUDGET)?
+        }
+        Mode::Infer => {
+            let plan = Plan::inference(device, kernels, graph, &model.params, &model.running)?;
+            plan.write_batch(queue, &images, &[])?;
+            time(ctx, || plan.step(device, queue), reps, &MODEL_BUDGET)?
+        }
+        Mode::InferFolded => {
+            let plan = InferencePlan::new(device, kernels, &model, case.batch)?;
+            plan.write_input(queue, &images)?;
+            time(ctx, || plan.run(device, queue), reps, &MODEL_BUDGET)?
+        }
+    };
+    let seconds = timing.median.as_secs_f64();
+    let images_per_s = case.batch as f64 / seconds;
+    let flops = case.flops_per_image()?;
+    let gflops = flops * images_per_s / 1e9;
+    Ok(ModelResult {
+        name: case.name.clone(),
+        model: case.spec.architecture.name(),
+        mode: case.mode.label(),
+        batch: case.batch,
+        ms: seconds * 1e3,
+        images_per_s,
+        gflop_per_image: flops / 1e9,
+        gflops,
+        ceiling_ratio: gflops / ceiling,
+        reps: timing.reps,
+    })
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -226,11 +428,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let ceiling = gemm.iter().map(|g| g.gflops).fold(0.0, f64::max);
     say(format!("gemm ceiling: {ceiling:.2} GFLOP/s"));
+    let filter = args.filter.as_deref();
     let mut conv = Vec::new();
-    let selected = cases()
-        .into_iter()
-        .filter(|case| args.filter.as_ref().is_none_or(|f| case.name.contains(f.as_str())));
-    for case in selected {
+    for case in cases().into_iter().filter(|case| selected(filter, &case.name)) {
         for r in bench_conv(&ctx, &case, args.reps, ceiling)? {
             say(format!(
                 "{:<26} {:<16} {:9.2} ms {:7.2} GFLOP/s  {:5.2} of ceiling ({} reps)",
@@ -238,6 +438,22 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             ));
             conv.push(r);
         }
+    }
+    let mut models = Vec::new();
+    let model_cases: Vec<_> = model_cases()
+        .into_iter()
+        .filter(|case| selected(filter, &case.name))
+        .collect();
+    if !model_cases.is_empty() {
+        say(format!("whole models ({FLOP_CONVENTION}):"));
+    }
+    for case in &model_cases {
+        let r = bench_model(&ctx, case, args.reps, ceiling)?;
+        say(format!(
+            "{:<26} {:9.2} ms {:9.1} img/s {:7.2} GFLOP/s  {:5.2} of ceiling ({} reps)",
+            r.name, r.ms, r.images_per_s, r.gflops, r.ceiling_ratio, r.reps
+        ));
+        models.push(r);
     }
     if args.json {
         let report = Report {
@@ -251,8 +467,80 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             gemm,
             gemm_ceiling_gflops: ceiling,
             conv,
+            model_flop_convention: FLOP_CONVENTION,
+            models,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(name: &str) -> ModelCase {
+        model_cases()
+            .into_iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no model case {name}"))
+    }
+
+    /// Multiply-adds of a CIFAR ResNet-(6n+2) forward, counted by hand: the
+    /// 3->16 stem (27 x 16 x 32^2), 6n 3x3 convolutions of 2,359,296 each
+    /// (channels double as maps halve), less half of that for each of the two
+    /// stride-2 convolutions, and the 64->10 classifier.
+    fn cifar_macs(n: usize) -> f64 {
+        (27 * 16 * 1024 + 6 * n * 2_359_296 - 2_359_296 + 640) as f64
+    }
+
+    #[test]
+    fn model_flops_are_twice_the_forward_macs_and_a_training_step_three_forwards() {
+        assert_eq!(cifar_macs(3), 40_551_040.0);
+        assert_eq!(cifar_macs(9), 125_485_696.0);
+        for (depth, n) in [(20, 3), (56, 9)] {
+            let forward = 2.0 * cifar_macs(n);
+            for batch in [1, 128] {
+                for mode in ["infer", "infer-folded"] {
+                    let c = case(&format!("resnet{depth} {mode} b{batch}"));
+                    assert_eq!(c.flops_per_image().unwrap(), forward, "{}", c.name);
+                }
+            }
+            let train = case(&format!("resnet{depth} train b128"));
+            assert_eq!(train.flops_per_image().unwrap(), 3.0 * forward);
+        }
+        // torchvision's ResNet-18: 1.814 G multiply-adds at 224x224.
+        let resnet18 = case("resnet18 infer b1").flops_per_image().unwrap();
+        assert!((resnet18 / 2.0 / 1.814e9 - 1.0).abs() < 1e-3, "{resnet18}");
+    }
+
+    #[test]
+    fn filter_selects_conv_and_model_cases_by_name() {
+        let models = |filter| -> Vec<String> {
+            model_cases()
+                .into_iter()
+                .filter(|c| selected(filter, &c.name))
+                .map(|c| c.name)
+                .collect()
+        };
+        assert_eq!(models(None).len(), model_cases().len());
+        assert_eq!(
+            models(Some("resnet20")),
+            [
+                "resnet20 train b128",
+                "resnet20 infer b1",
+                "resnet20 infer b128",
+                "resnet20 infer-folded b1",
+                "resnet20 infer-folded b128",
+            ]
+        );
+        assert_eq!(models(Some("train")), ["resnet20 train b128", "resnet56 train b128"]);
+        assert_eq!(models(Some("resnet56 infer-folded b1")).len(), 2);
+        assert!(models(Some("1024ch")).is_empty());
+        let convs = cases()
+            .into_iter()
+            .filter(|c| selected(Some("resnet20"), &c.name))
+            .count();
+        assert_eq!(convs, 3);
+    }
 }

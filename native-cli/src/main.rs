@@ -52,7 +52,14 @@ enum Command {
     Plot(PlotArgs),
     /// Show the GPU adapter, and a model's summary with --weights.
     Info(InfoArgs),
-    /// Time conv2d forward/backward at ResNet shapes against the f32 GEMM ceiling.
+    /// Time conv2d at ResNet shapes and whole ResNets (training, inference) against the f32 GEMM ceiling.
+    ///
+    /// Measured in one process: the f32 GEMM ceiling (the best GEMM variant), conv2d forward and backward
+    /// at ResNet shapes, and whole models (CIFAR ResNet-20/56 training steps at batch 128, inference at
+    /// batch 1 and 128 unfolded and with batch norm folded, ImageNet ResNet-18 inference at batch 1).
+    /// Whole-model GFLOP/s are effective: model FLOPs per image x images/s, where an image's FLOPs are
+    /// 2 per multiply-add of the forward convolutions and classifier, and a training step (forward,
+    /// backward, SGD) counts 3x the forward. Each figure is a median over --reps runs after a warm-up.
     Bench(bench::BenchArgs),
     /// Serve the drop-an-image page (WebGPU in the browser) on 127.0.0.1.
     Serve(ServeArgs),
