@@ -167,7 +167,9 @@ try {
     }, { bytes, n: config.bench });
     // Cold start: a fresh page, from navigation to the first result.
     const cold = await browser.newPage();
+    cold.setDefaultTimeout(config.timeoutMs ?? 120000);
     await cold.goto(config.url);
+    await cold.evaluate(() => window.resnetApp.ready);
     await cold.setInputFiles("#file", config.images[0]);
     await cold.waitForFunction(() => window.resnetApp?.firstResultMs != null);
     out.bench.coldStartMs = await cold.evaluate(() => window.resnetApp.firstResultMs);
