@@ -88,8 +88,8 @@ pub struct TrainConfig {
     /// Iterations at lr/10 before the schedule starts (the paper uses 400 for ResNet-110).
     #[arg(long, default_value_t = 0)]
     pub warmup: u64,
-    /// Total iterations.
-    #[arg(long, default_value_t = 64_000)]
+    /// Total iterations (`--iters`).
+    #[arg(skip = RunLengths::ITERS)]
     pub iters: u64,
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f32,
@@ -104,30 +104,71 @@ pub struct TrainConfig {
     /// Seed of initialisation, data order and augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Evaluate on the test set every N iterations (0: only at the end).
-    #[arg(long, default_value_t = 2000)]
+    /// `--eval-every`.
+    #[arg(skip = RunLengths::EVAL_EVERY)]
     pub eval_every: u64,
-    /// Write a checkpoint every N iterations.
-    #[arg(long, default_value_t = 500)]
+    /// `--checkpoint-every`.
+    #[arg(skip = RunLengths::CHECKPOINT_EVERY)]
     pub checkpoint_every: u64,
-    /// Read back loss and accuracy every N iterations (a GPU sync).
-    #[arg(long, default_value_t = 10)]
+    /// `--log-every`.
+    #[arg(skip = RunLengths::LOG_EVERY)]
     pub log_every: u64,
     /// Batch size of test-set evaluation.
     #[arg(long, default_value_t = 500)]
     pub eval_batch: usize,
 }
 
+/// How long a run goes and how often it reports: the part of a [`TrainConfig`]
+/// that `--resume` may change. A flag left out keeps the checkpoint's value
+/// on `--resume` and takes the default below on a new run.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RunLengths {
+    /// Total iterations [default: 64000].
+    #[arg(long)]
+    pub iters: Option<u64>,
+    /// Evaluate on the test set every N iterations (0: only at the end) [default: 2000].
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    /// Write a checkpoint every N iterations [default: 500].
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Read back loss and accuracy every N iterations (a GPU sync) [default: 10].
+    #[arg(long)]
+    pub log_every: Option<u64>,
+}
+
+impl RunLengths {
+    pub const ITERS: u64 = 64_000;
+    pub const EVAL_EVERY: u64 = 2000;
+    pub const CHECKPOINT_EVERY: u64 = 500;
+    pub const LOG_EVERY: u64 = 10;
+
+    /// `config` with the flags given here replacing its values.
+    pub fn apply(&self, config: TrainConfig) -> TrainConfig {
+        TrainConfig {
+            iters: self.iters.unwrap_or(config.iters),
+            eval_every: self.eval_every.unwrap_or(config.eval_every),
+            checkpoint_every: self.checkpoint_every.unwrap_or(config.checkpoint_every),
+            log_every: self.log_every.unwrap_or(config.log_every),
+            ..config
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
+    /// The run's configuration; on `--resume` the checkpoint's is used instead.
     #[command(flatten)]
     pub config: TrainConfig,
+    #[command(flatten)]
+    pub lengths: RunLengths,
     /// Run folder: checkpoint.safetensors, metrics.jsonl, model.safetensors.
     #[arg(long, default_value = "runs/resnet20")]
     pub out: PathBuf,
     /// Continue from <out>/checkpoint.safetensors at its iteration, with its
     /// momenta, schedule and data order. The saved configuration is used; only
-    /// --iters (and the logging intervals) may be changed.
+    /// --iters, --eval-every, --checkpoint-every and --log-every may be changed
+    /// (left out, they keep the checkpoint's values).
     #[arg(long)]
     pub resume: bool,
 }
@@ -230,20 +271,13 @@ pub fn run(ctx: &Context, args: &TrainArgs, interrupted: &AtomicBool) -> anyhow:
             &Model::read_metadata(&bytes, STATE_KEY)?.context("the checkpoint has no training state")?,
         )?;
         let velocity = Model::read_extra(&bytes, "velocity")?.context("the checkpoint has no momenta")?;
-        let config = TrainConfig {
-            iters: args.config.iters,
-            eval_every: args.config.eval_every,
-            checkpoint_every: args.config.checkpoint_every,
-            log_every: args.config.log_every,
-            ..state.config
-        };
         (
-            config,
+            args.lengths.apply(state.config),
             state.iteration,
             Some((Model::from_safetensors(&bytes)?, velocity)),
         )
     } else {
-        (args.config.clone(), 0, None)
+        (args.lengths.apply(args.config.clone()), 0, None)
     };
     if config.batch == 0 || config.log_every == 0 || config.checkpoint_every == 0 {
         bail!("--batch, --log-every and --checkpoint-every must be positive");
@@ -473,12 +507,20 @@ mod tests {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
-        config: TrainConfig,
+        args: TrainArgs,
+    }
+
+    impl Cli {
+        /// The configuration of a new run with these flags.
+        fn config<const N: usize>(argv: [&str; N]) -> TrainConfig {
+            let args = Cli::parse_from(argv).args;
+            args.lengths.apply(args.config)
+        }
     }
 
     #[test]
     fn defaults_are_the_papers_cifar10_recipe() {
-        let c = Cli::parse_from(["train"]).config;
+        let c = Cli::config(["train"]);
         assert_eq!((c.depth, c.batch, c.iters), (20, 128, 64_000));
         assert_eq!(c.lr_steps, vec![32_000, 48_000]);
         assert_eq!((c.lr, c.momentum, c.weight_decay), (0.1, 0.9, 1e-4));
@@ -494,11 +536,37 @@ mod tests {
 
     #[test]
     fn learning_rate_follows_warmup_and_steps() {
-        let c = Cli::parse_from(["train", "--warmup", "400", "--lr-steps", "1000,2000"]).config;
+        let c = Cli::config(["train", "--warmup", "400", "--lr-steps", "1000,2000"]);
         let lr = |i| c.learning_rate(i);
         assert_eq!(lr(0), 0.01);
         assert_eq!(lr(399), 0.01);
         assert_eq!(lr(400), 0.1);
         assert!((lr(1000) - 0.01).abs() < 1e-9 && (lr(2500) - 0.001).abs() < 1e-9);
+    }
+
+    #[test]
+    fn resume_keeps_the_checkpoints_lengths_unless_a_flag_changes_them() {
+        let saved = Cli::config([
+            "train",
+            "--iters=3600",
+            "--eval-every=400",
+            "--checkpoint-every=50",
+            "--log-every=5",
+        ]);
+        let resumed = Cli::parse_from(["train", "--resume"]).args.lengths.apply(saved.clone());
+        assert_eq!(resumed, saved);
+        let longer = Cli::parse_from(["train", "--resume", "--iters=5000"])
+            .args
+            .lengths
+            .apply(saved.clone());
+        assert_eq!(
+            (
+                longer.iters,
+                longer.eval_every,
+                longer.checkpoint_every,
+                longer.log_every
+            ),
+            (5000, 400, 50, 5)
+        );
     }
 }
