@@ -80,8 +80,8 @@ pub struct TrainConfig {
     /// Learning rate.
     #[arg(long, default_value_t = 0.1)]
     pub lr: f32,
-    /// Iterations at which the learning rate is multiplied by --lr-decay.
-    #[arg(long, value_delimiter = ',', default_values_t = [32_000u64, 48_000])]
+    /// `--lr-steps`.
+    #[arg(skip = RunLengths::LR_STEPS.to_vec())]
     pub lr_steps: Vec<u64>,
     #[arg(long, default_value_t = 0.1)]
     pub lr_decay: f32,
@@ -118,14 +118,20 @@ pub struct TrainConfig {
     pub eval_batch: usize,
 }
 
-/// How long a run goes and how often it reports: the part of a [`TrainConfig`]
-/// that `--resume` may change. A flag left out keeps the checkpoint's value
-/// on `--resume` and takes the default below on a new run.
+/// How long a run goes, where its learning rate steps down and how often it
+/// reports: the part of a [`TrainConfig`] that `--resume` may change (to
+/// extend a run). A flag left out keeps the checkpoint's value on `--resume`
+/// and takes the default below on a new run.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct RunLengths {
     /// Total iterations [default: 64000].
     #[arg(long)]
     pub iters: Option<u64>,
+    /// Iterations at which the learning rate is multiplied by --lr-decay
+    /// [default: 32000,48000]. On --resume, steps may move only where the run
+    /// has not been yet.
+    #[arg(long, value_delimiter = ',')]
+    pub lr_steps: Option<Vec<u64>>,
     /// Evaluate on the test set every N iterations (0: only at the end) [default: 2000].
     #[arg(long)]
     pub eval_every: Option<u64>,
@@ -139,19 +145,36 @@ pub struct RunLengths {
 
 impl RunLengths {
     pub const ITERS: u64 = 64_000;
+    pub const LR_STEPS: [u64; 2] = [32_000, 48_000];
     pub const EVAL_EVERY: u64 = 2000;
     pub const CHECKPOINT_EVERY: u64 = 500;
     pub const LOG_EVERY: u64 = 10;
 
-    /// `config` with the flags given here replacing its values.
-    pub fn apply(&self, config: TrainConfig) -> TrainConfig {
-        TrainConfig {
+    /// `config`, which has run `done` iterations, with the flags given here
+    /// replacing its values; an error if new --lr-steps would change the
+    /// learning rate of an iteration already run.
+    pub fn apply(&self, config: TrainConfig, done: u64) -> anyhow::Result<TrainConfig> {
+        let lr_steps = self.lr_steps.clone().unwrap_or_else(|| config.lr_steps.clone());
+        let past = |steps: &[u64]| {
+            let mut past: Vec<u64> = steps.iter().copied().filter(|&s| s < done).collect();
+            past.sort_unstable();
+            past
+        };
+        if past(&lr_steps) != past(&config.lr_steps) {
+            bail!(
+                "--lr-steps {lr_steps:?} would change the learning rate of iterations already run \
+                 (the run is at iteration {done}; its steps were {:?})",
+                config.lr_steps
+            );
+        }
+        Ok(TrainConfig {
             iters: self.iters.unwrap_or(config.iters),
+            lr_steps,
             eval_every: self.eval_every.unwrap_or(config.eval_every),
             checkpoint_every: self.checkpoint_every.unwrap_or(config.checkpoint_every),
             log_every: self.log_every.unwrap_or(config.log_every),
             ..config
-        }
+        })
     }
 }
 
@@ -167,8 +190,9 @@ pub struct TrainArgs {
     pub out: PathBuf,
     /// Continue from <out>/checkpoint.safetensors at its iteration, with its
     /// momenta, schedule and data order. The saved configuration is used; only
-    /// --iters, --eval-every, --checkpoint-every and --log-every may be changed
-    /// (left out, they keep the checkpoint's values).
+    /// --iters, --lr-steps (where the run has not been yet), --eval-every,
+    /// --checkpoint-every and --log-every may be changed (left out, they keep
+    /// the checkpoint's values).
     #[arg(long)]
     pub resume: bool,
 }
@@ -272,12 +296,12 @@ pub fn run(ctx: &Context, args: &TrainArgs, interrupted: &AtomicBool) -> anyhow:
         )?;
         let velocity = Model::read_extra(&bytes, "velocity")?.context("the checkpoint has no momenta")?;
         (
-            args.lengths.apply(state.config),
+            args.lengths.apply(state.config, state.iteration)?,
             state.iteration,
             Some((Model::from_safetensors(&bytes)?, velocity)),
         )
     } else {
-        (args.lengths.apply(args.config.clone()), 0, None)
+        (args.lengths.apply(args.config.clone(), 0)?, 0, None)
     };
     if config.batch == 0 || config.log_every == 0 || config.checkpoint_every == 0 {
         bail!("--batch, --log-every and --checkpoint-every must be positive");
@@ -514,7 +538,7 @@ mod tests {
         /// The configuration of a new run with these flags.
         fn config<const N: usize>(argv: [&str; N]) -> TrainConfig {
             let args = Cli::parse_from(argv).args;
-            args.lengths.apply(args.config)
+            args.lengths.apply(args.config, 0).unwrap()
         }
     }
 
@@ -544,29 +568,42 @@ mod tests {
         assert!((lr(1000) - 0.01).abs() < 1e-9 && (lr(2500) - 0.001).abs() < 1e-9);
     }
 
+    /// The settings a run resumed at iteration `done` with `flags` uses.
+    fn resumed(saved: &TrainConfig, done: u64, flags: &[&str]) -> anyhow::Result<TrainConfig> {
+        let argv = ["train", "--resume"].iter().chain(flags);
+        Cli::parse_from(argv).args.lengths.apply(saved.clone(), done)
+    }
+
     #[test]
-    fn resume_keeps_the_checkpoints_lengths_unless_a_flag_changes_them() {
+    fn resume_keeps_the_checkpoints_settings_unless_a_flag_changes_them() {
         let saved = Cli::config([
             "train",
             "--iters=3600",
+            "--lr-steps=2200,3100",
             "--eval-every=400",
             "--checkpoint-every=50",
             "--log-every=5",
         ]);
-        let resumed = Cli::parse_from(["train", "--resume"]).args.lengths.apply(saved.clone());
-        assert_eq!(resumed, saved);
-        let longer = Cli::parse_from(["train", "--resume", "--iters=5000"])
-            .args
-            .lengths
-            .apply(saved.clone());
+        assert_eq!(resumed(&saved, 2850, &[]).unwrap(), saved);
+        let longer = resumed(&saved, 2850, &["--iters=4800", "--lr-steps=2200,4100"]).unwrap();
+        assert_eq!((longer.iters, longer.lr_steps.as_slice()), (4800, &[2200, 4100][..]));
         assert_eq!(
-            (
-                longer.iters,
-                longer.eval_every,
-                longer.checkpoint_every,
-                longer.log_every
-            ),
-            (5000, 400, 50, 5)
+            (longer.eval_every, longer.checkpoint_every, longer.log_every),
+            (400, 50, 5)
         );
+    }
+
+    #[test]
+    fn resume_refuses_lr_steps_that_rewrite_the_past() {
+        let saved = Cli::config(["train", "--lr-steps=2200,3100"]);
+        for steps in ["--lr-steps=2000,3100", "--lr-steps=3100", "--lr-steps=1000,2200,3100"] {
+            let err = resumed(&saved, 2850, &[steps]).unwrap_err().to_string();
+            assert!(err.contains("iterations already run"), "{steps}: {err}");
+        }
+        // A checkpoint at iteration 3100 has run iterations 0..3099: the step at
+        // 3100 may still move; one iteration later it may not.
+        assert!(resumed(&saved, 3100, &["--lr-steps=2200,4000"]).is_ok());
+        assert!(resumed(&saved, 3101, &["--lr-steps=2200,4000"]).is_err());
+        assert!(resumed(&saved, 2850, &["--lr-steps=2200,2850"]).is_ok());
     }
 }
