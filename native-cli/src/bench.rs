@@ -4,15 +4,18 @@
 //!
 //! Each measurement submits one command buffer (a kernel's dispatches, a whole
 //! training step or an inference) and waits for the device (wall clock), after
-//! one warm-up run; the figure is the median over the repetitions.
+//! one warm-up run; the figure is the median over the repetitions. The
+//! `infer-cpu` cases time the folded network's CPU path (the browser's
+//! fallback) in this process instead, single-threaded.
 
 use anyhow::Context as _;
 use engine::layers::conv2d::{self, Conv2dShape};
 use engine::layers::gemm;
 use engine::layers::sgd::SgdParams;
 use engine::model::{Architecture, CIFAR10_CLASSES, Model, ModelSpec, imagenet_classes};
+use engine::network::inference::cpu;
 use engine::network::resnet::{BottleneckStride, Shortcut};
-use engine::network::{InferencePlan, Plan};
+use engine::network::{FoldedNetwork, InferencePlan, Plan};
 use engine::preprocess::Normalization;
 use engine::rng::Rng;
 use engine::{Context, Dispatch, Kernels, Tensor, Variant};
@@ -121,12 +124,33 @@ struct Timing {
 
 /// Median wall-clock time of `submit` (one command buffer) and waiting for it.
 fn time(ctx: &Context, submit: impl Fn(), reps: usize, budget: &Budget) -> anyhow::Result<Timing> {
-    let run = || -> anyhow::Result<Duration> {
-        let start = Instant::now();
-        submit();
-        ctx.gpu.wait()?;
-        Ok(start.elapsed())
-    };
+    median_time(
+        || {
+            let start = Instant::now();
+            submit();
+            ctx.gpu.wait()?;
+            Ok(start.elapsed())
+        },
+        reps,
+        budget,
+    )
+}
+
+/// Median wall-clock time of `work` on this thread.
+fn time_cpu<T>(work: impl Fn() -> T, reps: usize, budget: &Budget) -> anyhow::Result<Timing> {
+    median_time(
+        || {
+            let start = Instant::now();
+            std::hint::black_box(work());
+            Ok(start.elapsed())
+        },
+        reps,
+        budget,
+    )
+}
+
+/// The median of `run`'s measurements after one warm-up run.
+fn median_time(run: impl Fn() -> anyhow::Result<Duration>, reps: usize, budget: &Budget) -> anyhow::Result<Timing> {
     let warm_up = run()?;
     let affordable = (budget.time.as_secs_f64() / warm_up.as_secs_f64().max(1e-9)) as usize;
     let reps = reps.min(affordable.max(budget.min_reps));
@@ -256,6 +280,8 @@ enum Mode {
     Infer,
     /// Batch norm folded, ReLU and residual fused ([`InferencePlan`]).
     InferFolded,
+    /// The same folded network on the CPU ([`cpu::infer`]).
+    InferCpu,
 }
 
 impl Mode {
@@ -264,6 +290,7 @@ impl Mode {
             Mode::Train => "train",
             Mode::Infer => "infer",
             Mode::InferFolded => "infer-folded",
+            Mode::InferCpu => "infer-cpu",
         }
     }
 }
@@ -325,7 +352,8 @@ fn imagenet_spec(depth: usize) -> ModelSpec {
 
 /// CIFAR ResNet-20 and -56: training at the paper's batch of 128, inference at
 /// batch 1 (latency) and 128 (throughput), unfolded and folded; ImageNet
-/// ResNet-18 inference at batch 1.
+/// ResNet-18 inference at batch 1. ResNet-20 and -18 also on the CPU path at
+/// batch 1 (the browser's fallback classifies one image at a time).
 fn model_cases() -> Vec<ModelCase> {
     let mut cases = Vec::new();
     for depth in [20, 56] {
@@ -336,9 +364,12 @@ fn model_cases() -> Vec<ModelCase> {
                 cases.push(ModelCase::new(&short, &spec, mode, batch));
             }
         }
+        if depth == 20 {
+            cases.push(ModelCase::new(&short, &spec, Mode::InferCpu, 1));
+        }
     }
     let resnet18 = imagenet_spec(18);
-    for mode in [Mode::Infer, Mode::InferFolded] {
+    for mode in [Mode::Infer, Mode::InferFolded, Mode::InferCpu] {
         cases.push(ModelCase::new("resnet18", &resnet18, mode, 1));
     }
     cases
@@ -377,6 +408,10 @@ fn bench_model(ctx: &Context, case: &ModelCase, reps: usize, ceiling: f64) -> an
             let plan = InferencePlan::new(device, kernels, &model, case.batch)?;
             plan.write_input(queue, &images)?;
             time(ctx, || plan.run(device, queue), reps, &MODEL_BUDGET)?
+        }
+        Mode::InferCpu => {
+            let net = FoldedNetwork::new(&model, case.batch)?;
+            time_cpu(|| cpu::infer(&net, &images), reps, &MODEL_BUDGET)?
         }
     };
     let seconds = timing.median.as_secs_f64();
@@ -509,9 +544,14 @@ mod tests {
             let train = case(&format!("resnet{depth} train b128"));
             assert_eq!(train.flops_per_image().unwrap(), 3.0 * forward);
         }
+        assert_eq!(
+            case("resnet20 infer-cpu b1").flops_per_image().unwrap(),
+            2.0 * cifar_macs(3)
+        );
         // torchvision's ResNet-18: 1.814 G multiply-adds at 224x224.
         let resnet18 = case("resnet18 infer b1").flops_per_image().unwrap();
         assert!((resnet18 / 2.0 / 1.814e9 - 1.0).abs() < 1e-3, "{resnet18}");
+        assert_eq!(case("resnet18 infer-cpu b1").flops_per_image().unwrap(), resnet18);
     }
 
     #[test]
@@ -532,7 +572,12 @@ mod tests {
                 "resnet20 infer b128",
                 "resnet20 infer-folded b1",
                 "resnet20 infer-folded b128",
+                "resnet20 infer-cpu b1",
             ]
+        );
+        assert_eq!(
+            models(Some("infer-cpu")),
+            ["resnet20 infer-cpu b1", "resnet18 infer-cpu b1"]
         );
         assert_eq!(models(Some("train")), ["resnet20 train b128", "resnet56 train b128"]);
         assert_eq!(models(Some("resnet56 infer-folded b1")).len(), 2);

@@ -15,6 +15,8 @@ use crate::model::{Model, ModelError};
 use crate::tensor::{read_tensors_after, staging_buffer};
 use crate::{Dispatch, EngineError, Kernels, Tensor};
 
+pub mod cpu;
+
 /// A convolution with its batch norm folded in and what follows it fused:
 /// `y = relu?(conv2d(x, weight) + bias + residual?)`.
 #[derive(Clone, Debug, PartialEq)]
@@ -95,6 +97,9 @@ pub struct FoldedNetwork {
     pub classes: usize,
     /// In execution order.
     pub ops: Vec<FoldedOp>,
+    /// What [`cpu::infer`] prepares on its first call (packed weights,
+    /// buffers) from `ops` as they are then.
+    cpu: cpu::Cache,
 }
 
 impl FoldedNetwork {
@@ -128,6 +133,7 @@ impl FoldedNetwork {
             logits: graph.logits,
             classes: graph.classes,
             tensors: graph.tensors,
+            cpu: cpu::Cache::default(),
         })
     }
 
@@ -244,126 +250,6 @@ fn fold_batch_norm(conv: &mut FoldedConv, gamma: &[f32], beta: &[f32], (mean, va
             *w = (f64::from(*w) * scale) as f32;
         }
         conv.bias[co] = (f64::from(beta[co]) - f64::from(mean[co]) * scale) as f32;
-    }
-}
-
-/// The folded network on the CPU in f32, single-threaded and without GPU
-/// types: the browser's fallback where WebGPU is missing.
-pub mod cpu {
-    use super::{FoldedConv, FoldedNetwork, FoldedOp};
-    use crate::layers::{linear, pool, residual};
-
-    /// The logits (`[batch, classes]`) of `net` for `input`, a batch of NCHW
-    /// images of `net.input_len()` values.
-    pub fn infer(net: &FoldedNetwork, input: &[f32]) -> Vec<f32> {
-        assert_eq!(input.len(), net.input_len(), "inference input length");
-        let last_reads = net.last_reads();
-        let mut acts: Vec<Vec<f32>> = vec![Vec::new(); net.tensors.len()];
-        acts[net.input] = input.to_vec();
-        for (i, op) in net.ops.iter().enumerate() {
-            let y = match op {
-                FoldedOp::Conv(c) => conv(c, &acts[c.x], c.residual.map(|r| acts[r].as_slice())),
-                // The remaining layers are cheap next to the convolutions: their
-                // f64 references serve.
-                FoldedOp::ShortcutA { shape, x, .. } => {
-                    via_f64(&acts[*x], |x| residual::cpu::shortcut_a_forward(*shape, x))
-                }
-                FoldedOp::MaxPool { shape, x, .. } => via_f64(&acts[*x], |x| pool::cpu::max_pool_forward(*shape, x)),
-                FoldedOp::GlobalAvgPool { shape, x, .. } => {
-                    via_f64(&acts[*x], |x| pool::cpu::global_avg_pool_forward(*shape, x))
-                }
-                FoldedOp::Linear {
-                    shape, x, weight, bias, ..
-                } => via_f64(&acts[*x], |x| {
-                    linear::cpu::linear_forward(*shape, x, &widen(weight), &widen(bias))
-                }),
-            };
-            acts[op.output()] = y;
-            for t in op.inputs() {
-                if last_reads[t] == Some(i) {
-                    acts[t] = Vec::new();
-                }
-            }
-        }
-        std::mem::take(&mut acts[net.logits])
-    }
-
-    fn widen(v: &[f32]) -> Vec<f64> {
-        v.iter().map(|&v| f64::from(v)).collect()
-    }
-
-    fn via_f64(x: &[f32], layer: impl FnOnce(&[f64]) -> Vec<f64>) -> Vec<f32> {
-        layer(&widen(x)).into_iter().map(|v| v as f32).collect()
-    }
-
-    /// Outputs `o` in `[lo, hi)` (of `out`) whose tap `k` reads inside an input
-    /// of length `input`: `0 <= o * stride + k - pad < input`.
-    fn inside(k: usize, input: usize, out: usize, stride: usize, pad: usize) -> (usize, usize) {
-        let lo = pad.saturating_sub(k).div_ceil(stride).min(out);
-        let hi = if input + pad > k {
-            (input + pad - k - 1) / stride + 1
-        } else {
-            0
-        };
-        (lo, hi.clamp(lo, out))
-    }
-
-    /// The folded convolution. Per output plane: the bias, then for every
-    /// input channel and tap the weighted input row added to the output row
-    /// over the outputs that tap reaches inside the image (no padding tests in
-    /// the inner loop, which is contiguous for stride 1 and vectorises), then
-    /// residual and ReLU.
-    fn conv(c: &FoldedConv, x: &[f32], residual: Option<&[f32]>) -> Vec<f32> {
-        let s = &c.shape;
-        let (out_h, out_w) = (s.out_h(), s.out_w());
-        let (plane, in_plane, taps) = (out_h * out_w, s.in_h * s.in_w, s.kernel * s.kernel);
-        let rows: Vec<_> = (0..s.kernel)
-            .map(|k| inside(k, s.in_h, out_h, s.stride, s.pad))
-            .collect();
-        let cols: Vec<_> = (0..s.kernel)
-            .map(|k| inside(k, s.in_w, out_w, s.stride, s.pad))
-            .collect();
-        let mut y = vec![0.0f32; s.output_len()];
-        for (b, y_image) in y.chunks_exact_mut(s.out_channels * plane).enumerate() {
-            let x_image = &x[b * s.in_channels * in_plane..][..s.in_channels * in_plane];
-            for (co, out) in y_image.chunks_exact_mut(plane).enumerate() {
-                out.fill(c.bias[co]);
-                let weights = &c.weight[co * s.in_channels * taps..][..s.in_channels * taps];
-                for (x_plane, w) in x_image.chunks_exact(in_plane).zip(weights.chunks_exact(taps)) {
-                    for (kh, &(oh_lo, oh_hi)) in rows.iter().enumerate() {
-                        for (kw, &(ow_lo, ow_hi)) in cols.iter().enumerate() {
-                            let wv = w[kh * s.kernel + kw];
-                            for oh in oh_lo..oh_hi {
-                                let x_row = &x_plane[(oh * s.stride + kh - s.pad) * s.in_w..][..s.in_w];
-                                let x_row = &x_row[ow_lo * s.stride + kw - s.pad..];
-                                let out_row = &mut out[oh * out_w + ow_lo..oh * out_w + ow_hi];
-                                if s.stride == 1 {
-                                    for (o, v) in out_row.iter_mut().zip(x_row) {
-                                        *o += wv * v;
-                                    }
-                                } else {
-                                    for (o, v) in out_row.iter_mut().zip(x_row.iter().step_by(s.stride)) {
-                                        *o += wv * v;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                if let Some(r) = residual {
-                    let r = &r[(b * s.out_channels + co) * plane..][..plane];
-                    for (o, v) in out.iter_mut().zip(r) {
-                        *o += v;
-                    }
-                }
-                if c.relu {
-                    for o in out.iter_mut() {
-                        *o = o.max(0.0);
-                    }
-                }
-            }
-        }
-        y
     }
 }
 
