@@ -599,43 +599,22 @@ fn dot(x: &[f32], w: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::conv2d;
     use crate::rng::Rng;
     use crate::testing::assert_close;
 
-    /// `relu?(conv(x, w) + bias + residual?)` straight from the definition, in f64.
+    /// `relu?(conv(x, w) + bias + residual?)` by the layer's f64 reference.
     fn naive_conv(c: &FoldedConv, x: &[f32], residual: Option<&[f32]>) -> Vec<f64> {
-        let s = &c.shape;
-        let (out_h, out_w) = (s.out_h(), s.out_w());
-        let mut y = vec![0.0; s.output_len()];
-        for b in 0..s.batch {
-            for co in 0..s.out_channels {
-                for oh in 0..out_h {
-                    for ow in 0..out_w {
-                        let yi = ((b * s.out_channels + co) * out_h + oh) * out_w + ow;
-                        let mut sum = f64::from(c.bias[co]);
-                        for ci in 0..s.in_channels {
-                            for kh in 0..s.kernel {
-                                for kw in 0..s.kernel {
-                                    let ih = (oh * s.stride + kh) as isize - s.pad as isize;
-                                    let iw = (ow * s.stride + kw) as isize - s.pad as isize;
-                                    if ih < 0 || iw < 0 || ih >= s.in_h as isize || iw >= s.in_w as isize {
-                                        continue;
-                                    }
-                                    let xi = ((b * s.in_channels + ci) * s.in_h + ih as usize) * s.in_w + iw as usize;
-                                    let wi = ((co * s.in_channels + ci) * s.kernel + kh) * s.kernel + kw;
-                                    sum += f64::from(c.weight[wi]) * f64::from(x[xi]);
-                                }
-                            }
-                        }
-                        if let Some(r) = residual {
-                            sum += f64::from(r[yi]);
-                        }
-                        y[yi] = if c.relu { sum.max(0.0) } else { sum };
-                    }
-                }
-            }
-        }
-        y
+        let widen = |v: &[f32]| v.iter().map(|&v| f64::from(v)).collect::<Vec<_>>();
+        let residual = residual.map(widen);
+        conv2d::cpu::conv2d_forward_fused(
+            &c.shape,
+            &widen(x),
+            &widen(&c.weight),
+            &widen(&c.bias),
+            residual.as_deref(),
+            c.relu,
+        )
     }
 
     fn random(rng: &mut Rng, len: usize) -> Vec<f32> {
