@@ -5,14 +5,87 @@ use crate::error;
 use engine::model::Model;
 use engine::network::inference::{FoldedNetwork, InferencePlan, cpu};
 use engine::{Context, Gpu, Kernels, Variant};
+use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsError, JsValue};
 use wasm_bindgen_futures::JsFuture;
+
+// wgpu 30 neither requests nor reports WebGPU's optional `subgroups` feature
+// in browsers. While it opens the device, `requestDevice` asks for it where
+// the adapter has it; the returned function puts `requestDevice` back and
+// says whether the device got it.
+#[wasm_bindgen(inline_js = r#"
+export function ask_for_subgroups() {
+  const proto = globalThis.GPUAdapter?.prototype;
+  const original = proto?.requestDevice;
+  let granted = false;
+  if (original) {
+    proto.requestDevice = function (descriptor = {}) {
+      if (!this.features.has("subgroups") || !(this.info?.subgroupMinSize >= 4)) return original.call(this, descriptor);
+      const requiredFeatures = [...(descriptor.requiredFeatures ?? []), "subgroups"];
+      return original.call(this, { ...descriptor, requiredFeatures }).then((device) => {
+        granted = device.features.has("subgroups");
+        return device;
+      });
+    };
+  }
+  return () => {
+    if (original) proto.requestDevice = original;
+    return granted;
+  };
+}
+"#)]
+extern "C" {
+    fn ask_for_subgroups() -> js_sys::Function;
+}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Preference {
     Auto,
     WebGpu,
     Cpu,
+}
+
+/// Where a model will run, chosen before the model is known: opening the GPU
+/// and creating the pipeline of the fused convolution (which browsers start
+/// compiling at once) overlap with fetching and parsing the weights.
+pub enum Backend {
+    Gpu {
+        context: Box<Context>,
+        adapter: String,
+    },
+    /// Why the CPU is used.
+    Cpu(&'static str),
+}
+
+impl Backend {
+    pub async fn open(preference: Preference, variant: Option<Variant>) -> Result<Self, JsError> {
+        if preference == Preference::Cpu {
+            return Ok(Backend::Cpu("CPU requested"));
+        }
+        let subgroups_granted = ask_for_subgroups();
+        let gpu = Gpu::new().await;
+        let subgroups = subgroups_granted.call0(&JsValue::NULL).ok().and_then(|v| v.as_bool()) == Some(true);
+        match gpu {
+            Ok(gpu) => {
+                let description = describe_adapter().await;
+                let variant = variant.unwrap_or_else(|| default_variant(&gpu, &description));
+                let with = if subgroups && variant == Variant::CompactTile {
+                    ", subgroups"
+                } else {
+                    ""
+                };
+                let adapter = format!("{description} ({variant:?} kernels{with})");
+                let kernels = Kernels::with_subgroups(&gpu.device, variant, subgroups);
+                kernels.prepare_inference(&gpu.device);
+                let context = Box::new(Context { gpu, kernels });
+                Ok(Backend::Gpu { context, adapter })
+            }
+            Err(e) if preference == Preference::WebGpu => Err(error("WebGPU is unavailable", e)),
+            // The engine's error suggests installing lavapipe: true natively,
+            // noise in a browser.
+            Err(_) => Ok(Backend::Cpu("WebGPU unavailable")),
+        }
+    }
 }
 
 /// Both run the network with batch norm folded into the convolutions.
@@ -24,36 +97,18 @@ pub enum Runner {
 }
 
 impl Runner {
-    /// The runner, its backend name and a description of the adapter (or of
-    /// why there is none).
-    pub async fn new(
-        model: &Model,
-        preference: Preference,
-        variant: Option<Variant>,
-    ) -> Result<(Self, &'static str, String), JsError> {
+    /// The runner of `model` on `backend`, its backend name and a
+    /// description of the adapter (or of why there is none).
+    pub fn new(model: &Model, backend: Backend) -> Result<(Self, &'static str, String), JsError> {
         let network = FoldedNetwork::new(model, 1).map_err(|e| error("unsupported model", e))?;
-        if preference != Preference::Cpu {
-            match Gpu::new().await {
-                Ok(gpu) => {
-                    // Register-tile kernels suit CPU adapters natively (lavapipe),
-                    // but SwiftShader's shader compiler does not finish them in
-                    // minutes; workgroup tiles compile in seconds there and are
-                    // what real GPUs want.
-                    let variant = variant.unwrap_or(Variant::WorkgroupTile);
-                    let adapter = format!("{} ({variant:?} kernels)", describe_adapter().await);
-                    let kernels = Kernels::new(&gpu.device, variant);
-                    let context = Box::new(Context { gpu, kernels });
-                    let plan = InferencePlan::from_folded(context.device(), &context.kernels, &network)
-                        .map_err(|e| error("cannot prepare the network on the GPU", e))?;
-                    return Ok((Runner::Gpu { context, plan }, "webgpu", adapter));
-                }
-                Err(e) if preference == Preference::WebGpu => return Err(error("WebGPU is unavailable", e)),
-                // The engine's error suggests installing lavapipe: true natively,
-                // noise in a browser.
-                Err(_) => return Ok((Runner::Cpu { network }, "cpu", "WebGPU unavailable".into())),
+        match backend {
+            Backend::Gpu { context, adapter } => {
+                let plan = InferencePlan::from_folded(context.device(), &context.kernels, &network)
+                    .map_err(|e| error("cannot prepare the network on the GPU", e))?;
+                Ok((Runner::Gpu { context, plan }, "webgpu", adapter))
             }
+            Backend::Cpu(why) => Ok((Runner::Cpu { network }, "cpu", why.into())),
         }
-        Ok((Runner::Cpu { network }, "cpu", "CPU requested".into()))
     }
 
     /// Logits of one normalised CHW image.
@@ -65,6 +120,20 @@ impl Runner {
                 .map_err(|e| error("the GPU failed", e)),
             Runner::Cpu { network } => Ok(cpu::infer(network, input)),
         }
+    }
+}
+
+/// The kernels for a browser's adapter. Register tiles suit CPU adapters
+/// natively (lavapipe), but SwiftShader's shader compiler does not finish them
+/// in minutes; compact tiles compile in well under a second there and run
+/// faster than workgroup tiles, which are what real GPUs want. wgpu reports
+/// the browser's fallback adapter as a CPU; SwiftShader is also recognised by
+/// name, in case a browser does not flag it.
+fn default_variant(gpu: &Gpu, description: &str) -> Variant {
+    if gpu.adapter.is_cpu() || description.to_lowercase().contains("swiftshader") {
+        Variant::CompactTile
+    } else {
+        Variant::WorkgroupTile
     }
 }
 

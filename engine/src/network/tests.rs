@@ -280,7 +280,7 @@ fn assert_inference_plan_matches_reference(spec: ModelSpec, batch: usize) {
     let model = trained_like(spec, 5);
     let images = images_for(&model, batch);
     let want = unfolded_logits(&model, batch, &images);
-    for variant in [Variant::RegisterTile, Variant::WorkgroupTile] {
+    for variant in Variant::ALL {
         let kernels = Kernels::new(device, variant);
         let plan = InferencePlan::new(device, &kernels, &model, batch).unwrap();
         assert_eq!((plan.batch(), plan.classes()), (batch, 10));
@@ -293,12 +293,12 @@ fn assert_inference_plan_matches_reference(spec: ModelSpec, batch: usize) {
 }
 
 #[test]
-fn folded_resnet8_inference_plan_matches_the_unfolded_reference_in_both_variants() {
+fn folded_resnet8_inference_plan_matches_the_unfolded_reference_in_every_variant() {
     assert_inference_plan_matches_reference(cifar_spec(8), 3);
 }
 
 #[test]
-fn folded_imagenet_resnet18_option_b_inference_plan_matches_the_unfolded_reference_in_both_variants() {
+fn folded_imagenet_resnet18_option_b_inference_plan_matches_the_unfolded_reference_in_every_variant() {
     assert_inference_plan_matches_reference(imagenet18_spec(), 2);
 }
 
