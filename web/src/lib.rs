@@ -1,6 +1,7 @@
 //! The engine as a wasm-bindgen package: load a ResNet from safetensors and
 //! classify images on the visitor's GPU through WebGPU, or, where WebGPU is
-//! missing, on the CPU inside the wasm module. The image goes through
+//! missing or only a CPU implementation of it (SwiftShader), on the CPU inside
+//! the wasm module. The image goes through
 //! `engine::classify`, exactly as in `resnet-native classify`.
 //!
 //! ```js
@@ -44,7 +45,12 @@ export interface Classification {
 }
 
 export interface LoadOptions {
-  /** "auto" (default): WebGPU when an adapter is available, else the CPU. */
+  /**
+   * "auto" (default): WebGPU when the browser has an adapter that is not a CPU
+   * implementation of WebGPU (SwiftShader, a fallback adapter), else the CPU path
+   * inside the wasm module, which is faster than such adapters. "webgpu" takes
+   * any adapter (and fails without one); "cpu" never touches WebGPU.
+   */
   backend?: "auto" | "webgpu" | "cpu";
   /** GPU kernel family; by default "compact-tile" on CPU adapters (SwiftShader), else "workgroup-tile" (see the package README). */
   kernels?: "register-tile" | "workgroup-tile" | "compact-tile";
@@ -189,7 +195,8 @@ impl Classifier {
         self.inner.backend.into()
     }
 
-    /// The WebGPU adapter in use, or why the CPU is used.
+    /// The WebGPU adapter in use and its kernels, or why the CPU is used
+    /// (naming the WebGPU adapter passed over, if any).
     #[wasm_bindgen(getter)]
     pub fn adapter(&self) -> String {
         self.inner.adapter.clone()

@@ -1,5 +1,5 @@
-//! Where the network runs: WebGPU when an adapter is available, else the CPU
-//! inside the wasm module.
+//! Where the network runs: WebGPU when a GPU adapter is available, else the
+//! CPU inside the wasm module.
 
 use crate::error;
 use engine::model::Model;
@@ -54,21 +54,43 @@ pub enum Backend {
         adapter: String,
     },
     /// Why the CPU is used.
-    Cpu(&'static str),
+    Cpu(String),
 }
 
 impl Backend {
+    /// `Preference::Auto` takes WebGPU unless there is no adapter or the
+    /// adapter is a CPU implementation of WebGPU (SwiftShader, or any the
+    /// browser flags as a fallback): there the wasm CPU path is much faster
+    /// (Chromium on SwiftShader, ResNet-20 batch 1: see web/README.md).
+    /// `Preference::WebGpu` takes any adapter.
     pub async fn open(preference: Preference, variant: Option<Variant>) -> Result<Self, JsError> {
         if preference == Preference::Cpu {
-            return Ok(Backend::Cpu("CPU requested"));
+            return Ok(Backend::Cpu("CPU requested".into()));
+        }
+        let info = adapter_info().await;
+        if preference == Preference::Auto {
+            match &info {
+                // As below when wgpu finds no adapter.
+                None => return Ok(Backend::Cpu("WebGPU unavailable".into())),
+                Some(info) if info.cpu && CPU_PATH_BEATS_CPU_ADAPTERS => {
+                    return Ok(Backend::Cpu(format!(
+                        "WebGPU adapter {} is a CPU implementation, slower than the wasm CPU path",
+                        info.description
+                    )));
+                }
+                Some(_) => {}
+            }
         }
         let subgroups_granted = ask_for_subgroups();
         let gpu = Gpu::new().await;
         let subgroups = subgroups_granted.call0(&JsValue::NULL).ok().and_then(|v| v.as_bool()) == Some(true);
         match gpu {
             Ok(gpu) => {
-                let description = describe_adapter().await;
-                let variant = variant.unwrap_or_else(|| default_variant(&gpu, &description));
+                let (description, cpu) = match info {
+                    Some(info) => (info.description, info.cpu),
+                    None => ("an unnamed WebGPU adapter".into(), false),
+                };
+                let variant = variant.unwrap_or_else(|| default_variant(&gpu, cpu));
                 let with = if subgroups && variant == Variant::CompactTile {
                     ", subgroups"
                 } else {
@@ -83,10 +105,15 @@ impl Backend {
             Err(e) if preference == Preference::WebGpu => Err(error("WebGPU is unavailable", e)),
             // The engine's error suggests installing lavapipe: true natively,
             // noise in a browser.
-            Err(_) => Ok(Backend::Cpu("WebGPU unavailable")),
+            Err(_) => Ok(Backend::Cpu("WebGPU unavailable".into())),
         }
     }
 }
+
+/// Whether `backend: "auto"` prefers the wasm CPU path to a CPU
+/// implementation of WebGPU. Measured in headless Chromium on SwiftShader
+/// (scripts/bench-web.sh; figures in web/README.md).
+const CPU_PATH_BEATS_CPU_ADAPTERS: bool = true;
 
 /// Both run the network with batch norm folded into the convolutions.
 pub enum Runner {
@@ -107,7 +134,7 @@ impl Runner {
                     .map_err(|e| error("cannot prepare the network on the GPU", e))?;
                 Ok((Runner::Gpu { context, plan }, "webgpu", adapter))
             }
-            Backend::Cpu(why) => Ok((Runner::Cpu { network }, "cpu", why.into())),
+            Backend::Cpu(why) => Ok((Runner::Cpu { network }, "cpu", why)),
         }
     }
 
@@ -126,33 +153,56 @@ impl Runner {
 /// The kernels for a browser's adapter. Register tiles suit CPU adapters
 /// natively (lavapipe), but SwiftShader's shader compiler does not finish them
 /// in minutes; compact tiles compile in well under a second there and run
-/// faster than workgroup tiles, which are what real GPUs want. wgpu reports
-/// the browser's fallback adapter as a CPU; SwiftShader is also recognised by
-/// name, in case a browser does not flag it.
-fn default_variant(gpu: &Gpu, description: &str) -> Variant {
-    if gpu.adapter.is_cpu() || description.to_lowercase().contains("swiftshader") {
+/// faster than workgroup tiles, which are what real GPUs want. `cpu_adapter`:
+/// the browser's adapter info names a CPU implementation; wgpu also reports
+/// the browser's fallback adapter as a CPU.
+fn default_variant(gpu: &Gpu, cpu_adapter: bool) -> Variant {
+    if cpu_adapter || gpu.adapter.is_cpu() {
         Variant::CompactTile
     } else {
         Variant::WorkgroupTile
     }
 }
 
-/// "vendor architecture description" of the browser's WebGPU adapter: wgpu's
-/// adapter info is empty on the web, the browser's `GPUAdapterInfo` is not.
-async fn describe_adapter() -> String {
+/// What the browser says about its WebGPU adapter (wgpu's adapter info is
+/// nearly empty on the web, the browser's `GPUAdapterInfo` is not).
+struct AdapterInfo {
+    /// "vendor architecture description".
+    description: String,
+    /// A CPU implementation of WebGPU: SwiftShader (vendor "google",
+    /// architecture "swiftshader"), or an adapter flagged `isFallbackAdapter`.
+    cpu: bool,
+}
+
+/// The browser's default WebGPU adapter, if it has one.
+async fn adapter_info() -> Option<AdapterInfo> {
     let get = |target: &JsValue, key: &str| js_sys::Reflect::get(target, &key.into()).unwrap_or(JsValue::UNDEFINED);
     let gpu = get(&get(&js_sys::global(), "navigator"), "gpu");
-    let info = async {
-        let request: js_sys::Function = get(&gpu, "requestAdapter").dyn_into().ok()?;
-        let promise: js_sys::Promise = request.call0(&gpu).ok()?.dyn_into().ok()?;
-        let adapter = JsFuture::from(promise).await.ok()?;
-        let info = get(&adapter, "info");
-        let parts: Vec<String> = ["vendor", "architecture", "description"]
-            .iter()
-            .filter_map(|key| get(&info, key).as_string())
-            .filter(|part| !part.is_empty())
-            .collect();
-        (!parts.is_empty()).then(|| parts.join(" "))
+    let request: js_sys::Function = get(&gpu, "requestAdapter").dyn_into().ok()?;
+    let promise: js_sys::Promise = request.call0(&gpu).ok()?.dyn_into().ok()?;
+    let adapter = JsFuture::from(promise).await.ok()?;
+    if adapter.is_null() || adapter.is_undefined() {
+        return None;
+    }
+    let info = get(&adapter, "info");
+    let field = |key: &str| get(&info, key).as_string().unwrap_or_default();
+    let parts: Vec<String> = ["vendor", "architecture", "description"]
+        .iter()
+        .map(|key| field(key))
+        .filter(|part| !part.is_empty())
+        .collect();
+    let description = if parts.is_empty() {
+        "an unnamed WebGPU adapter".into()
+    } else {
+        parts.join(" ")
     };
-    info.await.unwrap_or_else(|| "an unnamed WebGPU adapter".into())
+    // `isFallbackAdapter` moved from GPUAdapter to GPUAdapterInfo.
+    let fallback = get(&info, "isFallbackAdapter").as_bool() == Some(true)
+        || get(&adapter, "isFallbackAdapter").as_bool() == Some(true);
+    let swiftshader = (field("vendor") == "google" && field("architecture") == "swiftshader")
+        || description.to_lowercase().contains("swiftshader");
+    Some(AdapterInfo {
+        description,
+        cpu: fallback || swiftshader,
+    })
 }

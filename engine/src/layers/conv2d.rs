@@ -108,6 +108,8 @@ const WORKGROUP_MIN_WORKGROUPS: usize = 512;
 
 pub struct Conv2dKernels {
     variant: Variant,
+    /// The compact kernels load weights through subgroups.
+    subgroup_loads: bool,
     transpose_weights: Kernel,
     implicit_gemm: Kernel,
     implicit_gemm_fused: Kernel,
@@ -174,7 +176,8 @@ impl Conv2dKernels {
     /// Creates the kernels of `variant` only; `subgroups` (the device has the
     /// feature) gives the compact kernels subgroup weight loads.
     pub fn new(device: &wgpu::Device, variant: Variant, subgroups: bool) -> Self {
-        let source = conv2d_source(subgroups && variant == Variant::CompactTile);
+        let subgroup_loads = subgroups && variant == Variant::CompactTile;
+        let source = conv2d_source(subgroup_loads);
         let module = shader_module(device, "conv2d", &source);
         let (implicit_gemm, implicit_gemm_fused, weight_grad) = match variant {
             Variant::RegisterTile => (
@@ -195,12 +198,19 @@ impl Conv2dKernels {
         };
         Self {
             variant,
+            subgroup_loads,
             transpose_weights: Kernel::new(device, &module, "conv2d_transpose_weights", 0),
             implicit_gemm,
             implicit_gemm_fused,
             weight_grad,
             reduce_partials: Kernel::new(device, &module, "conv2d_reduce_partials", 50),
         }
+    }
+
+    /// Whether the kernels use subgroup operations (the compact tile's weight
+    /// loads on a device with subgroups).
+    pub fn subgroup_loads(&self) -> bool {
+        self.subgroup_loads
     }
 
     /// Creates the pipeline of [`conv2d_forward_fused`] now (see
@@ -820,6 +830,16 @@ mod tests {
         }
     }
 
+    /// The variant, and whether it uses subgroups, for messages.
+    fn describe(kernels: &Kernels) -> String {
+        let with = if kernels.conv2d.subgroup_loads() {
+            " with subgroups"
+        } else {
+            ""
+        };
+        format!("{:?}{with}", kernels.variant)
+    }
+
     fn check_variant(kernels: &Kernels) {
         check_shapes(kernels, &shapes());
     }
@@ -849,7 +869,7 @@ mod tests {
             // rounding drifts by ~sqrt(784) * 6e-8 * |sum| ~ 2e-6 |sum|, well
             // inside atol + rtol |sum|, while a wrong tap, channel or pixel moves
             // a result by ~0.1 or more.
-            let what = format!("{:?} {s:?}", kernels.variant);
+            let what = format!("{} {s:?}", describe(kernels));
             let y = yt.read_blocking(device, queue).unwrap();
             assert_close(&format!("y {what}"), &y, &cpu::conv2d_forward(&s, &x, &w), 1e-4, 1e-4);
             let dx = dxt.read_blocking(device, queue).unwrap();
@@ -946,8 +966,8 @@ mod tests {
                 // As the plain forward: two more terms in [-1, 1) change nothing.
                 assert_close(
                     &format!(
-                        "fused y {:?} residual {with_residual} relu {relu} {s:?}",
-                        kernels.variant
+                        "fused y {} residual {with_residual} relu {relu} {s:?}",
+                        describe(kernels)
                     ),
                     &yt.read_blocking(device, queue).unwrap(),
                     &want,
