@@ -20,13 +20,16 @@
 // output rows; each chunk writes its partial dw (OIHW) to a scratch buffer and
 // `conv2d_reduce_partials` sums them in a fixed order (deterministic).
 //
-// Two tilings of each GEMM:
-// - register tile (CPU adapters): 16 x 16 outputs per invocation, no barriers,
-//   no bounds checks in the inner loop (pixels outside the image or past the
-//   end are read at a clamped address and multiplied by 0, rows and channels
-//   past the end are zero padding or clamped and not stored);
+// Three tilings of each GEMM:
+// - register tile (CPU adapters natively: lavapipe): 16 x 16 outputs per
+//   invocation, no barriers, no bounds checks in the inner loop (pixels
+//   outside the image or past the end are read at a clamped address and
+//   multiplied by 0, rows and channels past the end are zero padding or
+//   clamped and not stored);
 // - workgroup tile (GPUs): 64x64 outputs per 16x16 workgroup, staged through
-//   workgroup memory 16 deep, 4x4 outputs per invocation.
+//   workgroup memory 16 deep, 4x4 outputs per invocation;
+// - compact tile (CPU adapters in browsers: SwiftShader): 8 x 8 outputs per
+//   invocation, no barriers, no branches in loops, quick to compile.
 //
 // Inference runs the forward GEMM with an epilogue (`*_fused` entry points):
 // y = relu?(conv + bias[co] + residual?), batch norm being folded into the
@@ -269,13 +272,13 @@ struct RtRow {
 fn rt_row(p: ImplicitGemm, block: RtBlock, th: u32) -> RtRow {
     let r = i32(block.qh * p.src_step) + p.src_first_h + i32(th) * p.src_tap_step;
     let base = block.image * p.channels * p.src_h * p.src_w + u32(clamp(r, 0, i32(p.src_h) - 1)) * p.src_w;
-    return RtRow(base, r >= 0 && r < i32(p.src_h));
+    return RtRow(base, (r >= 0) & (r < i32(p.src_h)));
 }
 
 // Pixel `col` of channel plane `plane_offset` of a source row, 0 in the padding.
 fn rt_pixel(p: ImplicitGemm, row: RtRow, plane_offset: u32, col: i32) -> f32 {
     let value = rt_src[row.base + plane_offset + u32(clamp(col, 0, i32(p.src_w) - 1))];
-    return select(0.0, value, row.ok && col >= 0 && col < i32(p.src_w));
+    return select(0.0, value, row.ok & (col >= 0) & (col < i32(p.src_w)));
 }
 
 // Pixels col, col + s, ..., col + 7s.
@@ -619,6 +622,241 @@ fn conv2d_implicit_gemm_tiled_fused(
     wt_store_row(p, cols, row + 3u, wt_epilogue(p, cols, row + 3u, acc[3]));
 }
 
+// conv2d_implicit_gemm_compact (compact tile: CPU adapters in browsers, e.g.
+// SwiftShader): 8 rows x 8 consecutive pixels of a destination row per
+// invocation, no barriers, 8 invocations per workgroup, all on the same 8 rows
+// (workgroup_id.z), so the weights they load are the same for the whole
+// workgroup. Written for what SwiftShader's shader compiler and 4-wide SIMD
+// code need, found by measuring (see conv2d.rs):
+// - no `&&` or `||`: each is a branch, and SwiftShader's compile time grows
+//   exponentially with branches in a loop body (the register tile did not
+//   compile in minutes);
+// - no branch inside a loop, even a uniform one (a loop body with one ran 4x
+//   slower): the 3-tap fast path is chosen outside the loops;
+// - 16 vec4 accumulators: 16x8 or 8x16 tiles ran slower, 4x8 loads too much;
+// - every load is a gather of one f32 per invocation, the expensive part:
+//   with stride 1 and 3 taps per row a 10-pixel window serves all 3 taps.
+@group(0) @binding(60) var<uniform> ct_params: ImplicitGemm;
+@group(0) @binding(61) var<storage, read> ct_wt: array<vec4<f32>>;
+@group(0) @binding(62) var<storage, read> ct_src: array<f32>;
+@group(0) @binding(63) var<storage, read_write> ct_dst: array<f32>;
+// conv2d_implicit_gemm_compact_fused only, as rt_bias and rt_residual.
+@group(0) @binding(64) var<storage, read> ct_bias: array<f32>;
+@group(0) @binding(65) var<storage, read> ct_residual: array<f32>;
+
+// 8 consecutive rows of wt (one tap and channel).
+struct Rows8 {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+// BEGIN compact weight loads. Where the device has subgroups the engine swaps
+// this block for `COMPACT_SUBGROUP_LOADS` (conv2d.rs): lane l of a subgroup
+// loads one vec4 and the subgroup broadcasts both, instead of every
+// invocation loading the same 8 weights.
+struct CtIds {
+    @builtin(global_invocation_id) global: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    // Unused here; the subgroup invocation id in the subgroup version.
+    @builtin(local_invocation_index) lane: u32,
+}
+
+fn ct_rows(index: u32, lane: u32) -> Rows8 {
+    return Rows8(ct_wt[index], ct_wt[index + 1u]);
+}
+// END compact weight loads.
+
+// acc[2i + h] += a_i * x_h: 8 rows a with 8 pixels x (lo: 0..3, hi: 4..7).
+fn ct_outer_product(acc: ptr<function, array<vec4<f32>, 16>>, a: Rows8, x: Window) {
+    (*acc)[0] += a.lo.x * x.lo;
+    (*acc)[1] += a.lo.x * x.hi;
+    (*acc)[2] += a.lo.y * x.lo;
+    (*acc)[3] += a.lo.y * x.hi;
+    (*acc)[4] += a.lo.z * x.lo;
+    (*acc)[5] += a.lo.z * x.hi;
+    (*acc)[6] += a.lo.w * x.lo;
+    (*acc)[7] += a.lo.w * x.hi;
+    (*acc)[8] += a.hi.x * x.lo;
+    (*acc)[9] += a.hi.x * x.hi;
+    (*acc)[10] += a.hi.y * x.lo;
+    (*acc)[11] += a.hi.y * x.hi;
+    (*acc)[12] += a.hi.z * x.lo;
+    (*acc)[13] += a.hi.z * x.hi;
+    (*acc)[14] += a.hi.w * x.lo;
+    (*acc)[15] += a.hi.w * x.hi;
+}
+
+// Block `index` of 8 destination pixels (as rt_block), clamped to a valid one
+// (live 0) past the last.
+fn ct_block(p: ImplicitGemm, index: u32) -> RtBlock {
+    return rt_block(p, index, rt_blocks(p));
+}
+
+// Where a block reads tap row `th`: the row's offset in src, and whether the
+// row lies inside the image.
+fn ct_row(p: ImplicitGemm, block: RtBlock, th: u32) -> RtRow {
+    let r = i32(block.qh * p.src_step) + p.src_first_h + i32(th) * p.src_tap_step;
+    let base = block.image * p.channels * p.src_h * p.src_w + u32(clamp(r, 0, i32(p.src_h) - 1)) * p.src_w;
+    return RtRow(base, (r >= 0) & (r < i32(p.src_h)));
+}
+
+// Four source columns of a row: offsets in src (clamped into the row) and 0/1
+// masks (0 in the padding), so that loads need no branch.
+struct Cols4 {
+    offset: vec4<u32>,
+    mask: vec4<f32>,
+}
+
+fn ct_cols(p: ImplicitGemm, row: RtRow, col: vec4<i32>) -> Cols4 {
+    let w = i32(p.src_w);
+    let ok = (col >= vec4<i32>(0)) & (col < vec4<i32>(w)) & vec4<bool>(row.ok);
+    let offset = row.base + vec4<u32>(clamp(col, vec4<i32>(0), vec4<i32>(w - 1)));
+    return Cols4(offset, select(vec4<f32>(0.0), vec4<f32>(1.0), ok));
+}
+
+// The four pixels of `cols` in the channel plane at `plane_offset`.
+fn ct_pixels(plane_offset: u32, cols: Cols4) -> vec4<f32> {
+    let o = cols.offset + plane_offset;
+    return vec4<f32>(ct_src[o.x], ct_src[o.y], ct_src[o.z], ct_src[o.w]) * cols.mask;
+}
+
+// Accumulates the 8 rows from 8 * row_block of `block` into acc.
+fn ct_gemm(p: ImplicitGemm, block: RtBlock, row_block: u32, lane: u32, acc: ptr<function, array<vec4<f32>, 16>>) {
+    let plane = p.src_h * p.src_w;
+    // wt in vec4s: a channel step is rows_padded / 4, a tap step
+    // channels_padded channel steps, the row block 2 vec4s.
+    let a_step = p.rows_padded / 4u;
+    let tap_step = p.channels_padded * a_step;
+    let a_block = row_block * 2u;
+    let s = i32(p.src_step);
+    let iota = vec4<i32>(0, 1, 2, 3);
+    let first = i32(block.qw0 * p.src_step) + p.src_first_w;
+    if (p.taps_w == 3u) & (s == 1) & (p.src_tap_step == 1) & (p.kernel_step == 1u) {
+        // 3 taps of stride 1 (3x3 convolutions): per channel and tap row, one
+        // window of 10 pixels, shifted by one pixel per tap.
+        for (var th = 0u; th < p.taps_h; th++) {
+            let row = ct_row(p, block, th);
+            let cols_a = ct_cols(p, row, vec4<i32>(first) + iota);
+            let cols_b = ct_cols(p, row, vec4<i32>(first + 4) + iota);
+            let cols_c = ct_cols(p, row, vec4<i32>(first + 8) + iota);
+            var a = weight_tap(p, th, 0u) * tap_step + a_block;
+            for (var c = 0u; c < p.channels; c++) {
+                let offset = c * plane;
+                let x = ct_pixels(offset, cols_a);
+                let y = ct_pixels(offset, cols_b);
+                let z = vec2<f32>(ct_src[offset + cols_c.offset.x], ct_src[offset + cols_c.offset.y]) * cols_c.mask.xy;
+                ct_outer_product(acc, ct_rows(a, lane), Window(x, y));
+                ct_outer_product(acc, ct_rows(a + tap_step, lane), Window(vec4<f32>(x.yzw, y.x), vec4<f32>(y.yzw, z.x)));
+                ct_outer_product(acc, ct_rows(a + 2u * tap_step, lane), Window(vec4<f32>(x.zw, y.xy), vec4<f32>(y.zw, z)));
+                a += a_step;
+            }
+        }
+    } else {
+        // Any taps, strides and tap steps (backward-data): 8 pixels per tap.
+        for (var th = 0u; th < p.taps_h; th++) {
+            let row = ct_row(p, block, th);
+            for (var tw = 0u; tw < p.taps_w; tw++) {
+                let col = first + i32(tw) * p.src_tap_step;
+                let lo = ct_cols(p, row, vec4<i32>(col) + iota * s);
+                let hi = ct_cols(p, row, vec4<i32>(col + 4 * s) + iota * s);
+                var a = weight_tap(p, th, tw) * tap_step + a_block;
+                for (var c = 0u; c < p.channels; c++) {
+                    let offset = c * plane;
+                    ct_outer_product(acc, ct_rows(a, lane), Window(ct_pixels(offset, lo), ct_pixels(offset, hi)));
+                    a += a_step;
+                }
+            }
+        }
+    }
+}
+
+// Block index of an invocation: blocks over x and y, 8 per workgroup.
+fn ct_block_index(ids: CtIds) -> u32 {
+    return ids.global.x + ids.global.y * ids.groups.x * 8u;
+}
+
+// Stores 8 pixels of a row, those of the block and not past the last row.
+// Branch-free inside (an early return makes SwiftShader's compile slower):
+// pixels past the block's end write to its last pixel, before it does.
+fn ct_store_row(p: ImplicitGemm, block: RtBlock, row: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    let n = block.live;
+    if (row < p.rows) & (n > 0u) {
+        let base = rt_dst_index(p, block, row);
+        let last = n - 1u;
+        let step = p.dst_step;
+        ct_dst[base + min(7u, last) * step] = hi.w;
+        ct_dst[base + min(6u, last) * step] = hi.z;
+        ct_dst[base + min(5u, last) * step] = hi.y;
+        ct_dst[base + min(4u, last) * step] = hi.x;
+        ct_dst[base + min(3u, last) * step] = lo.w;
+        ct_dst[base + min(2u, last) * step] = lo.z;
+        ct_dst[base + min(1u, last) * step] = lo.y;
+        ct_dst[base] = lo.x;
+    }
+}
+
+// No early return before the GEMM: with subgroups every invocation of the
+// workgroup takes part in the broadcasts (blocks past the end compute a
+// clamped block and store nothing).
+@compute @workgroup_size(8)
+fn conv2d_implicit_gemm_compact(ids: CtIds) {
+    let p = ct_params;
+    let block = ct_block(p, ct_block_index(ids));
+    let row0 = ids.workgroup.z * 8u;
+    var acc: array<vec4<f32>, 16>;
+    ct_gemm(p, block, ids.workgroup.z, ids.lane, &acc);
+    ct_store_row(p, block, row0, acc[0], acc[1]);
+    ct_store_row(p, block, row0 + 1u, acc[2], acc[3]);
+    ct_store_row(p, block, row0 + 2u, acc[4], acc[5]);
+    ct_store_row(p, block, row0 + 3u, acc[6], acc[7]);
+    ct_store_row(p, block, row0 + 4u, acc[8], acc[9]);
+    ct_store_row(p, block, row0 + 5u, acc[10], acc[11]);
+    ct_store_row(p, block, row0 + 6u, acc[12], acc[13]);
+    ct_store_row(p, block, row0 + 7u, acc[14], acc[15]);
+}
+
+// Row row0 + i of the fused epilogue, stored: relu?(v + bias + residual?).
+// Rows past the end read clamped addresses (valid, and not stored), as do
+// pixels past the end of the block.
+fn ct_epilogue_row(p: ImplicitGemm, block: RtBlock, row0: u32, i: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    let row = min(row0 + i, p.rows - 1u);
+    let bias = ct_bias[row];
+    var x = lo + bias;
+    var y = hi + bias;
+    if (p.epilogue & EPILOGUE_RESIDUAL) != 0u {
+        let base = rt_dst_index(p, block, row);
+        let last = vec4<u32>(max(block.live, 1u) - 1u);
+        let a = base + min(vec4<u32>(0u, 1u, 2u, 3u), last) * p.dst_step;
+        let b = base + min(vec4<u32>(4u, 5u, 6u, 7u), last) * p.dst_step;
+        x += vec4<f32>(ct_residual[a.x], ct_residual[a.y], ct_residual[a.z], ct_residual[a.w]);
+        y += vec4<f32>(ct_residual[b.x], ct_residual[b.y], ct_residual[b.z], ct_residual[b.w]);
+    }
+    if (p.epilogue & EPILOGUE_RELU) != 0u {
+        x = max(x, vec4<f32>(0.0));
+        y = max(y, vec4<f32>(0.0));
+    }
+    ct_store_row(p, block, row0 + i, x, y);
+}
+
+// conv2d_implicit_gemm_compact_fused: the forward GEMM, then the epilogue.
+@compute @workgroup_size(8)
+fn conv2d_implicit_gemm_compact_fused(ids: CtIds) {
+    let p = ct_params;
+    let block = ct_block(p, ct_block_index(ids));
+    let row0 = ids.workgroup.z * 8u;
+    var acc: array<vec4<f32>, 16>;
+    ct_gemm(p, block, ids.workgroup.z, ids.lane, &acc);
+    ct_epilogue_row(p, block, row0, 0u, acc[0], acc[1]);
+    ct_epilogue_row(p, block, row0, 1u, acc[2], acc[3]);
+    ct_epilogue_row(p, block, row0, 2u, acc[4], acc[5]);
+    ct_epilogue_row(p, block, row0, 3u, acc[6], acc[7]);
+    ct_epilogue_row(p, block, row0, 4u, acc[8], acc[9]);
+    ct_epilogue_row(p, block, row0, 5u, acc[10], acc[11]);
+    ct_epilogue_row(p, block, row0, 6u, acc[12], acc[13]);
+    ct_epilogue_row(p, block, row0, 7u, acc[14], acc[15]);
+}
+
 // Backward-weight: partial[chunk][co][ci][kh][kw] = sum over the chunk's output
 // rows (b, oh) and ow of dy[b][co][oh][ow] * x[b][ci][oh*s - pad + kh][ow*s - pad + kw].
 struct WeightGrad {
@@ -678,7 +916,7 @@ struct RwPixel {
 
 fn rw_pixel(p: WeightGrad, dy_row: u32, x_row: u32, row_ok: bool, ow: u32, kw: u32) -> RwPixel {
     let iw = i32(ow * p.stride + kw) - i32(p.pad);
-    let ok = row_ok && ow < p.out_w && iw >= 0 && iw < i32(p.in_w);
+    let ok = row_ok & (ow < p.out_w) & (iw >= 0) & (iw < i32(p.in_w));
     return RwPixel(dy_row + min(ow, p.out_w - 1u), x_row + u32(clamp(iw, 0, i32(p.in_w) - 1)), select(0.0, 1.0, ok));
 }
 
@@ -771,7 +1009,7 @@ fn conv2d_weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
         let b = r / p.out_h;
         let oh = r % p.out_h;
         let ih = i32(oh * p.stride + kh) - i32(p.pad);
-        let row_ok = ih >= 0 && ih < i32(p.in_h);
+        let row_ok = (ih >= 0) & (ih < i32(p.in_h));
         let x_row = b * p.in_channels * in_plane + u32(clamp(ih, 0, i32(p.in_h) - 1)) * p.in_w;
         let dy_row = b * p.out_channels * out_plane + oh * p.out_w;
         // Pixel pairs; an odd row's last pair has a masked second pixel.
@@ -867,6 +1105,103 @@ fn conv2d_weight_grad_tiled(
             if out_live.w { ww_partials[row + out_col.w] = v.w; }
         }
     }
+}
+
+// conv2d_weight_grad_compact (compact tile, for the reasons of the compact
+// GEMM): one invocation per (chunk, tap, 8 output channels, 8 input
+// channels); per output pixel it loads 8 dy and 8 x values (the padding as a
+// 0/1 mask) into the outer product of the compact GEMM.
+@group(0) @binding(70) var<uniform> cw_params: WeightGrad;
+@group(0) @binding(71) var<storage, read> cw_x: array<f32>;
+@group(0) @binding(72) var<storage, read> cw_dy: array<f32>;
+@group(0) @binding(73) var<storage, read_write> cw_partials: array<f32>;
+
+fn cw_store4(p: WeightGrad, row: u32, ci: vec4<u32>, v: vec4<f32>) {
+    let taps = p.kernel * p.kernel;
+    let live = ci < vec4<u32>(p.in_channels);
+    if live.x { cw_partials[row + ci.x * taps] = v.x; }
+    if live.y { cw_partials[row + ci.y * taps] = v.y; }
+    if live.z { cw_partials[row + ci.z * taps] = v.z; }
+    if live.w { cw_partials[row + ci.w * taps] = v.w; }
+}
+
+// Output channel co (if it exists) for input channels ci_lo and ci_hi.
+fn cw_store_row(p: WeightGrad, base: u32, co: u32, ci_lo: vec4<u32>, ci_hi: vec4<u32>, lo: vec4<f32>, hi: vec4<f32>) {
+    if co < p.out_channels {
+        let row = base + co * p.in_channels * p.kernel * p.kernel;
+        cw_store4(p, row, ci_lo, lo);
+        cw_store4(p, row, ci_hi, hi);
+    }
+}
+
+@compute @workgroup_size(8)
+fn conv2d_weight_grad_compact(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let p = cw_params;
+    // No early return (a branch SwiftShader would wrap the loops in): an
+    // invocation past the end computes the last one's sums and stores nothing.
+    let index = gid.x + gid.y * groups.x * 8u;
+    let g = min(index, p.invocations - 1u);
+    let taps = p.kernel * p.kernel;
+    let ci_block = g % p.ci_blocks;
+    var rest = g / p.ci_blocks;
+    let co_block = rest % p.co_blocks;
+    rest /= p.co_blocks;
+    let tap = rest % taps;
+    let chunk = rest / taps;
+    let kh = tap / p.kernel;
+    let kw = tap % p.kernel;
+    let in_plane = p.in_h * p.in_w;
+    let out_plane = p.out_h * p.out_w;
+    let iota = vec4<u32>(0u, 1u, 2u, 3u);
+    let co0 = co_block * 8u;
+    let ci0 = ci_block * 8u;
+    // Channel offsets, clamped to valid channels (their results are not stored).
+    let last_co = vec4<u32>(p.out_channels - 1u);
+    let last_ci = vec4<u32>(p.in_channels - 1u);
+    let d_lo = min(co0 + iota, last_co) * out_plane;
+    let d_hi = min(co0 + 4u + iota, last_co) * out_plane;
+    let x_lo = min(ci0 + iota, last_ci) * in_plane;
+    let x_hi = min(ci0 + 4u + iota, last_ci) * in_plane;
+    let first_row = chunk * p.rows_per_chunk;
+    let end_row = min(first_row + p.rows_per_chunk, p.batch * p.out_h);
+    var acc: array<vec4<f32>, 16>;
+    for (var r = first_row; r < end_row; r++) {
+        let b = r / p.out_h;
+        let oh = r % p.out_h;
+        let ih = i32(oh * p.stride + kh) - i32(p.pad);
+        let row_ok = (ih >= 0) & (ih < i32(p.in_h));
+        let x_row = b * p.in_channels * in_plane + u32(clamp(ih, 0, i32(p.in_h) - 1)) * p.in_w;
+        let dy_row = b * p.out_channels * out_plane + oh * p.out_w;
+        for (var ow = 0u; ow < p.out_w; ow++) {
+            let iw = i32(ow * p.stride + kw) - i32(p.pad);
+            let mask = select(0.0, 1.0, row_ok & (iw >= 0) & (iw < i32(p.in_w)));
+            let xo = x_row + u32(clamp(iw, 0, i32(p.in_w) - 1));
+            let d = dy_row + ow;
+            let dy = Rows8(
+                vec4<f32>(cw_dy[d + d_lo.x], cw_dy[d + d_lo.y], cw_dy[d + d_lo.z], cw_dy[d + d_lo.w]),
+                vec4<f32>(cw_dy[d + d_hi.x], cw_dy[d + d_hi.y], cw_dy[d + d_hi.z], cw_dy[d + d_hi.w]),
+            );
+            let x = Window(
+                vec4<f32>(cw_x[xo + x_lo.x], cw_x[xo + x_lo.y], cw_x[xo + x_lo.z], cw_x[xo + x_lo.w]) * mask,
+                vec4<f32>(cw_x[xo + x_hi.x], cw_x[xo + x_hi.y], cw_x[xo + x_hi.z], cw_x[xo + x_hi.w]) * mask,
+            );
+            ct_outer_product(&acc, dy, x);
+        }
+    }
+    let base = chunk * p.weight_len + tap;
+    // Output channels from co0 (none past the last invocation), and the
+    // accumulators by constant index, so that they stay registers.
+    let co = select(p.out_channels, co0, index < p.invocations);
+    let ci_lo = ci0 + iota;
+    let ci_hi = ci0 + 4u + iota;
+    cw_store_row(p, base, co, ci_lo, ci_hi, acc[0], acc[1]);
+    cw_store_row(p, base, co + 1u, ci_lo, ci_hi, acc[2], acc[3]);
+    cw_store_row(p, base, co + 2u, ci_lo, ci_hi, acc[4], acc[5]);
+    cw_store_row(p, base, co + 3u, ci_lo, ci_hi, acc[6], acc[7]);
+    cw_store_row(p, base, co + 4u, ci_lo, ci_hi, acc[8], acc[9]);
+    cw_store_row(p, base, co + 5u, ci_lo, ci_hi, acc[10], acc[11]);
+    cw_store_row(p, base, co + 6u, ci_lo, ci_hi, acc[12], acc[13]);
+    cw_store_row(p, base, co + 7u, ci_lo, ci_hi, acc[14], acc[15]);
 }
 
 // conv2d_reduce_partials: dw[i] = sum over chunks of partials[chunk][i], in

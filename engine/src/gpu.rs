@@ -48,7 +48,8 @@ pub struct Gpu {
 impl Gpu {
     /// Opens the best adapter on any backend wgpu was built with (honouring
     /// `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF`), asking only for
-    /// WebGPU's default limits so that whatever runs here runs in a browser too.
+    /// WebGPU's default limits and its optional `subgroups` feature, so that
+    /// whatever runs here runs in a browser too.
     pub async fn new() -> Result<Self, EngineError> {
         Self::with_backends(wgpu::Backends::all().with_env()).await
     }
@@ -66,11 +67,21 @@ impl Gpu {
             })
             .await
             .map_err(|e| EngineError::NoAdapter(format!("{e} (backends: {backends:?})")))?;
-        let summary = AdapterSummary::from_info(&adapter.get_info());
+        let info = adapter.get_info();
+        let summary = AdapterSummary::from_info(&info);
+        // Subgroups where available (the compact kernels use them, with at
+        // least 4 invocations as in WebGPU); an optional feature in WebGPU,
+        // so nothing depends on them.
+        let subgroups = if info.subgroup_min_size >= 4 {
+            adapter.features() & wgpu::Features::SUBGROUP
+        } else {
+            wgpu::Features::empty()
+        };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("resnet engine"),
                 required_limits: wgpu::Limits::default(),
+                required_features: subgroups,
                 ..Default::default()
             })
             .await?;

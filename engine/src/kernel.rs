@@ -1,9 +1,14 @@
 //! Compute pipelines and recorded dispatches.
 //!
-//! A [`Kernel`] is one WGSL entry point compiled once, early. Binding it to
-//! buffers and a small uniform of parameters gives a [`Dispatch`], which is
-//! built once per layer and recorded into a compute pass every step, so a
-//! training step creates no GPU objects after warm-up.
+//! A [`Kernel`] is one WGSL entry point, compiled once, when it is first
+//! bound. Binding it to buffers and a small uniform of parameters gives a
+//! [`Dispatch`], which is built once per layer and recorded into a compute
+//! pass every step, so a training step creates no GPU objects after warm-up.
+//!
+//! Pipelines are created at first bind rather than with [`crate::Kernels`]
+//! because browsers compile every pipeline created, used or not, before the
+//! first dispatch completes (Chromium with SwiftShader: seconds for the
+//! training kernels that inference never runs).
 //!
 //! Binding convention: an entry point's uniform parameters sit at binding
 //! `first_binding` and its storage buffers follow in order. Entry points that
@@ -12,6 +17,7 @@
 
 use crate::Tensor;
 use bytemuck::Pod;
+use std::sync::OnceLock;
 use wgpu::util::DeviceExt;
 
 /// Workgroup size of the element-wise kernels (one dimension).
@@ -30,28 +36,26 @@ pub fn shader_module(device: &wgpu::Device, label: &str, source: &str) -> wgpu::
 
 #[derive(Clone, Debug)]
 pub struct Kernel {
-    pipeline: wgpu::ComputePipeline,
+    module: wgpu::ShaderModule,
+    /// Created by the first [`Kernel::bind`].
+    pipeline: OnceLock<wgpu::ComputePipeline>,
     entry_point: &'static str,
     first_binding: u32,
 }
 
 impl Kernel {
+    /// The entry point `entry_point` of `module` (validated with the module);
+    /// its pipeline is created when it is first bound. `device` is the one it
+    /// will be bound on.
     pub fn new(
-        device: &wgpu::Device,
+        _device: &wgpu::Device,
         module: &wgpu::ShaderModule,
         entry_point: &'static str,
         first_binding: u32,
     ) -> Self {
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry_point),
-            layout: None,
-            module,
-            entry_point: Some(entry_point),
-            compilation_options: Default::default(),
-            cache: None,
-        });
         Self {
-            pipeline,
+            module: module.clone(),
+            pipeline: OnceLock::new(),
             entry_point,
             first_binding,
         }
@@ -59,6 +63,25 @@ impl Kernel {
 
     pub fn entry_point(&self) -> &'static str {
         self.entry_point
+    }
+
+    /// Creates the pipeline now, if not yet: browsers compile it in the
+    /// background from here on.
+    pub fn prepare(&self, device: &wgpu::Device) {
+        self.pipeline(device);
+    }
+
+    fn pipeline(&self, device: &wgpu::Device) -> &wgpu::ComputePipeline {
+        self.pipeline.get_or_init(|| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(self.entry_point),
+                layout: None,
+                module: &self.module,
+                entry_point: Some(self.entry_point),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        })
     }
 
     /// Binds `params` (a uniform) and `tensors` (storage, in binding order).
@@ -87,13 +110,14 @@ impl Kernel {
                     resource: tensor.binding(),
                 }),
         );
+        let pipeline = self.pipeline(device);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(self.entry_point),
-            layout: &self.pipeline.get_bind_group_layout(0),
+            layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
         Dispatch {
-            pipeline: self.pipeline.clone(),
+            pipeline: pipeline.clone(),
             bind_group,
             uniform,
             workgroups,

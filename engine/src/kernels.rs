@@ -1,4 +1,5 @@
-//! The fixed set of pipelines, created once, early, and the execution context.
+//! The fixed set of kernels (shader modules created early, each pipeline
+//! compiled once, at its first bind) and the execution context.
 
 use crate::layers::batch_norm::BatchNormKernels;
 use crate::layers::conv2d::Conv2dKernels;
@@ -14,21 +15,32 @@ use crate::{AdapterSummary, Dispatch, EngineError, Gpu};
 /// How the heavy kernels (GEMM, convolutions) are tiled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
-    /// Large per-invocation register tiles, no barriers: CPU adapters (lavapipe,
-    /// SwiftShader), where `workgroupBarrier()` is very expensive.
+    /// Large per-invocation register tiles (16x16 outputs), no barriers: CPU
+    /// adapters natively (lavapipe), where `workgroupBarrier()` is very
+    /// expensive.
     RegisterTile,
     /// Tiles staged in workgroup memory: real GPUs.
     WorkgroupTile,
+    /// Small register tiles (8x8 outputs per invocation), no barriers, no
+    /// branches in loops, weights shared through subgroups where the device
+    /// has them: CPU adapters in browsers (SwiftShader), whose 4-wide code
+    /// runs the register tiles slowly and takes seconds to compile them.
+    /// Quick to compile anywhere.
+    CompactTile,
 }
 
 impl Variant {
-    /// The variant for an adapter; `RESNET_KERNEL_VARIANT=register|workgroup`
-    /// overrides it natively.
+    /// Every variant, for tests and benchmarks.
+    pub const ALL: [Variant; 3] = [Variant::RegisterTile, Variant::WorkgroupTile, Variant::CompactTile];
+
+    /// The variant for an adapter; `RESNET_KERNEL_VARIANT=register|workgroup|compact`
+    /// overrides it natively. Browsers pick their own (see `resnet-web`).
     pub fn for_adapter(adapter: &AdapterSummary) -> Self {
         #[cfg(not(target_arch = "wasm32"))]
         match std::env::var("RESNET_KERNEL_VARIANT").as_deref() {
             Ok("register") => return Self::RegisterTile,
             Ok("workgroup") => return Self::WorkgroupTile,
+            Ok("compact") => return Self::CompactTile,
             _ => {}
         }
         if adapter.is_cpu() {
@@ -54,12 +66,21 @@ pub struct Kernels {
 }
 
 impl Kernels {
+    /// The kernels of `variant`, using subgroup operations where `device` has
+    /// the feature.
     pub fn new(device: &wgpu::Device, variant: Variant) -> Self {
+        Self::with_subgroups(device, variant, device.features().contains(wgpu::Features::SUBGROUP))
+    }
+
+    /// As [`Kernels::new`], saying whether the device has WebGPU's `subgroups`
+    /// feature: in browsers wgpu neither requests nor reports it (see
+    /// `resnet-web`), natively `false` tests the kernels without subgroups.
+    pub fn with_subgroups(device: &wgpu::Device, variant: Variant, subgroups: bool) -> Self {
         Self {
             variant,
             relu: ReluKernels::new(device),
             batch_norm: BatchNormKernels::new(device),
-            conv2d: Conv2dKernels::new(device, variant),
+            conv2d: Conv2dKernels::new(device, variant, subgroups),
             gemm: GemmKernels::new(device, variant),
             residual: ResidualKernels::new(device),
             pool: PoolKernels::new(device),
@@ -67,6 +88,14 @@ impl Kernels {
             loss: LossKernels::new(device),
             sgd: SgdKernels::new(device),
         }
+    }
+
+    /// Creates the pipeline of the fused convolution, the bulk of every folded
+    /// ResNet's inference and its slowest pipeline to compile, ahead of the
+    /// others: a browser compiles it in the background while the caller goes
+    /// on (e.g. downloads the weights).
+    pub fn prepare_inference(&self, device: &wgpu::Device) {
+        self.conv2d.prepare_fused(device);
     }
 }
 

@@ -1,11 +1,13 @@
 //! The real page in real Chromium: real CIFAR-10 test images, dropped on the
 //! page served by `resnet-native serve`, get the same top-5 classes and
 //! probabilities (within 1e-3) as `resnet-native classify` gives natively for
-//! the same files — on WebGPU (SwiftShader) and, with WebGPU unavailable, on the
-//! CPU path inside the wasm. Bad files get a clear message and the page keeps
-//! working; a torchvision-layout ResNet-18 dropped on the page replaces the
-//! model and classifies at 224x224 like `classify` does with that file; the
-//! page fetches nothing but its own files.
+//! the same files — on WebGPU (SwiftShader, forced with `?backend=webgpu`) and,
+//! with WebGPU unavailable, on the CPU path inside the wasm. With WebGPU
+//! available the default `backend: "auto"` passes SwiftShader (a CPU
+//! implementation of WebGPU) over for the CPU path, naming it. Bad files get a
+//! clear message and the page keeps working; a torchvision-layout ResNet-18
+//! dropped on the page replaces the model and classifies at 224x224 like
+//! `classify` does with that file; the page fetches nothing but its own files.
 //!
 //! Needs the wasm package (`scripts/build-web.sh`), Chromium, Node with
 //! `tests/browser/node_modules` (`npm ci` there) and `../shared`'s CIFAR-10;
@@ -196,7 +198,7 @@ fn assert_same_top5(what: &str, browser: &Value, native: &Value) {
 }
 
 #[test]
-fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path() {
+fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path_and_auto_skips_swiftshader() {
     if !prerequisites_present() {
         return;
     }
@@ -233,9 +235,27 @@ fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path() {
     let artifacts = repo().join("target/browser-test");
     std::fs::create_dir_all(&artifacts).unwrap();
 
+    // "auto" on SwiftShader: the CPU path, the adapter still named.
+    let auto = drive(serde_json::json!({
+        "url": server.url(),
+        "webgpu": true,
+        "images": images[..3],
+    }));
+    assert_eq!(auto["backend"], "cpu", "{auto:#}");
+    let adapter = auto["adapter"].as_str().unwrap_or_default();
+    assert!(adapter.contains("swiftshader"), "auto: {adapter}");
+    for (shown, native) in auto["results"].as_array().unwrap().iter().zip(&native) {
+        let what = format!("auto: {}", shown["name"]);
+        assert_eq!(shown["backend"], "cpu", "{what}");
+        assert_same_top5(&what, &shown["top"], native);
+    }
+    assert_eq!(auto["results"].as_array().unwrap().len(), 3);
+
     for (webgpu, backend) in [(true, "webgpu"), (false, "cpu")] {
+        // WebGPU forced: "auto" would pass SwiftShader over.
+        let query = if webgpu { "?backend=webgpu" } else { "" };
         let result = drive(serde_json::json!({
-            "url": server.url(),
+            "url": format!("{}{query}", server.url()),
             "webgpu": webgpu,
             "images": images,
             "bad": [not_image, corrupt, not_resnet],
@@ -249,6 +269,14 @@ fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path() {
             },
         }));
         assert_eq!(result["backend"], backend, "{result:#}");
+        if webgpu {
+            // The browser's choice of kernels for SwiftShader.
+            let adapter = result["adapter"].as_str().unwrap_or_default();
+            assert!(
+                adapter.contains("swiftshader") && adapter.contains("CompactTile"),
+                "{adapter}"
+            );
+        }
         for (shown, native) in result["results"].as_array().unwrap().iter().zip(&native) {
             let what = format!("{backend}: {}", shown["name"]);
             assert_eq!(shown["backend"], backend, "{what}");

@@ -1,6 +1,7 @@
 //! The engine as a wasm-bindgen package: load a ResNet from safetensors and
 //! classify images on the visitor's GPU through WebGPU, or, where WebGPU is
-//! missing, on the CPU inside the wasm module. The image goes through
+//! missing or only a CPU implementation of it (SwiftShader), on the CPU inside
+//! the wasm module. The image goes through
 //! `engine::classify`, exactly as in `resnet-native classify`.
 //!
 //! ```js
@@ -15,7 +16,7 @@ mod runner;
 use engine::classify;
 use engine::model::Model;
 use futures_util::lock::Mutex;
-use runner::Runner;
+use runner::{Backend, Runner};
 use std::rc::Rc;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -44,10 +45,15 @@ export interface Classification {
 }
 
 export interface LoadOptions {
-  /** "auto" (default): WebGPU when an adapter is available, else the CPU. */
+  /**
+   * "auto" (default): WebGPU when the browser has an adapter that is not a CPU
+   * implementation of WebGPU (SwiftShader, a fallback adapter), else the CPU path
+   * inside the wasm module, which is faster than such adapters. "webgpu" takes
+   * any adapter (and fails without one); "cpu" never touches WebGPU.
+   */
   backend?: "auto" | "webgpu" | "cpu";
-  /** GPU kernel family; default "workgroup-tile" (see the package README). */
-  kernels?: "register-tile" | "workgroup-tile";
+  /** GPU kernel family; by default "compact-tile" on CPU adapters (SwiftShader), else "workgroup-tile" (see the package README). */
+  kernels?: "register-tile" | "workgroup-tile" | "compact-tile";
 }
 "#;
 
@@ -102,19 +108,12 @@ fn error(context: &str, e: impl std::fmt::Display) -> JsError {
     JsError::new(&format!("{context}: {e}"))
 }
 
-#[wasm_bindgen]
 impl Classifier {
-    /// Loads a ResNet from the bytes of a `.safetensors` file: one written by
-    /// `resnet-native`, or a torchvision-layout ResNet (e.g. ResNet-18/50 with
-    /// ImageNet's 1000 classes), recognised from its tensors.
-    pub async fn load(
-        bytes: Vec<u8>,
-        #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: JsValue,
-    ) -> Result<Classifier, JsError> {
-        let start = now_ms();
-        let model = Model::load(&bytes).map_err(|e| error("cannot load these weights", e))?;
-        let (preference, variant) = load_options(&options)?;
-        let (runner, backend, adapter) = Runner::new(&model, preference, variant).await?;
+    /// The classifier of the weights in `bytes` on `backend`; `start` is when
+    /// loading started (for `loadMs`).
+    fn load_on(bytes: &[u8], backend: Backend, start: f64) -> Result<Classifier, JsError> {
+        let model = Model::load(bytes).map_err(|e| error("cannot load these weights", e))?;
+        let (runner, backend, adapter) = Runner::new(&model, backend)?;
         Ok(Classifier {
             inner: Rc::new(Inner {
                 model,
@@ -125,28 +124,54 @@ impl Classifier {
             }),
         })
     }
+}
 
-    /// Fetches a `.safetensors` file and loads it (see [`Classifier::load`]).
+/// The bytes at `url`.
+async fn fetch_bytes(url: &str) -> Result<Vec<u8>, JsError> {
+    let response: web_sys::Response = JsFuture::from(global_fetch(url))
+        .await
+        .map_err(|e| error(&format!("cannot fetch {url}"), js_message(&e)))?
+        .unchecked_into();
+    if !response.ok() {
+        return Err(JsError::new(&format!(
+            "cannot fetch {url}: HTTP {} {}",
+            response.status(),
+            response.status_text()
+        )));
+    }
+    let buffer = JsFuture::from(response.array_buffer().map_err(|e| error(url, js_message(&e)))?)
+        .await
+        .map_err(|e| error(&format!("cannot read {url}"), js_message(&e)))?;
+    Ok(js_sys::Uint8Array::new(&buffer).to_vec())
+}
+
+#[wasm_bindgen]
+impl Classifier {
+    /// Loads a ResNet from the bytes of a `.safetensors` file: one written by
+    /// `resnet-native`, or a torchvision-layout ResNet (e.g. ResNet-18/50 with
+    /// ImageNet's 1000 classes), recognised from its tensors.
+    pub async fn load(
+        bytes: Vec<u8>,
+        #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: JsValue,
+    ) -> Result<Classifier, JsError> {
+        let start = now_ms();
+        let (preference, variant) = load_options(&options)?;
+        let backend = Backend::open(preference, variant).await?;
+        Self::load_on(&bytes, backend, start)
+    }
+
+    /// Fetches a `.safetensors` file and loads it (see [`Classifier::load`]),
+    /// opening the GPU while the file downloads.
     #[wasm_bindgen(js_name = fromUrl)]
     pub async fn from_url(
         url: String,
         #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: JsValue,
     ) -> Result<Classifier, JsError> {
-        let response: web_sys::Response = JsFuture::from(global_fetch(&url))
-            .await
-            .map_err(|e| error(&format!("cannot fetch {url}"), js_message(&e)))?
-            .unchecked_into();
-        if !response.ok() {
-            return Err(JsError::new(&format!(
-                "cannot fetch {url}: HTTP {} {}",
-                response.status(),
-                response.status_text()
-            )));
-        }
-        let buffer = JsFuture::from(response.array_buffer().map_err(|e| error(&url, js_message(&e)))?)
-            .await
-            .map_err(|e| error(&format!("cannot read {url}"), js_message(&e)))?;
-        Self::load(js_sys::Uint8Array::new(&buffer).to_vec(), options).await
+        let (preference, variant) = load_options(&options)?;
+        let (bytes, backend) = futures_util::future::join(fetch_bytes(&url), Backend::open(preference, variant)).await;
+        let (bytes, backend) = (bytes?, backend?);
+        // Load time as for `load`: from the bytes being there.
+        Self::load_on(&bytes, backend, now_ms())
     }
 
     /// Classifies one image, resolving to its `k` most probable classes
@@ -170,7 +195,8 @@ impl Classifier {
         self.inner.backend.into()
     }
 
-    /// The WebGPU adapter in use, or why the CPU is used.
+    /// The WebGPU adapter in use and its kernels, or why the CPU is used
+    /// (naming the WebGPU adapter passed over, if any).
     #[wasm_bindgen(getter)]
     pub fn adapter(&self) -> String {
         self.inner.adapter.clone()
@@ -194,7 +220,9 @@ impl Classifier {
         self.inner.model.spec.input.iter().map(|&d| d as u32).collect()
     }
 
-    /// Milliseconds [`Classifier::load`] took (parsing, device, pipelines, buffers).
+    /// Milliseconds [`Classifier::load`] took (parsing, device, pipelines,
+    /// buffers); for [`Classifier::from_url`], from the end of the download
+    /// (the device opens during it).
     #[wasm_bindgen(getter, js_name = loadMs)]
     pub fn load_ms(&self) -> f64 {
         self.inner.load_ms
@@ -251,9 +279,10 @@ fn load_options(options: &JsValue) -> Result<(runner::Preference, Option<engine:
         None if kernels.is_undefined() => None,
         Some("register-tile") => Some(engine::Variant::RegisterTile),
         Some("workgroup-tile") => Some(engine::Variant::WorkgroupTile),
+        Some("compact-tile") => Some(engine::Variant::CompactTile),
         _ => {
             return Err(JsError::new(
-                r#"options.kernels must be "register-tile" or "workgroup-tile""#,
+                r#"options.kernels must be "register-tile", "workgroup-tile" or "compact-tile""#,
             ));
         }
     };

@@ -1,12 +1,42 @@
-//! Where the network runs: WebGPU when an adapter is available, else the CPU
-//! inside the wasm module.
+//! Where the network runs: WebGPU when a GPU adapter is available, else the
+//! CPU inside the wasm module.
 
 use crate::error;
 use engine::model::Model;
 use engine::network::inference::{FoldedNetwork, InferencePlan, cpu};
 use engine::{Context, Gpu, Kernels, Variant};
+use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsError, JsValue};
 use wasm_bindgen_futures::JsFuture;
+
+// wgpu 30 neither requests nor reports WebGPU's optional `subgroups` feature
+// in browsers. While it opens the device, `requestDevice` asks for it where
+// the adapter has it; the returned function puts `requestDevice` back and
+// says whether the device got it.
+#[wasm_bindgen(inline_js = r#"
+export function ask_for_subgroups() {
+  const proto = globalThis.GPUAdapter?.prototype;
+  const original = proto?.requestDevice;
+  let granted = false;
+  if (original) {
+    proto.requestDevice = function (descriptor = {}) {
+      if (!this.features.has("subgroups") || !(this.info?.subgroupMinSize >= 4)) return original.call(this, descriptor);
+      const requiredFeatures = [...(descriptor.requiredFeatures ?? []), "subgroups"];
+      return original.call(this, { ...descriptor, requiredFeatures }).then((device) => {
+        granted = device.features.has("subgroups");
+        return device;
+      });
+    };
+  }
+  return () => {
+    if (original) proto.requestDevice = original;
+    return granted;
+  };
+}
+"#)]
+extern "C" {
+    fn ask_for_subgroups() -> js_sys::Function;
+}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Preference {
@@ -14,6 +44,76 @@ pub enum Preference {
     WebGpu,
     Cpu,
 }
+
+/// Where a model will run, chosen before the model is known: opening the GPU
+/// and creating the pipeline of the fused convolution (which browsers start
+/// compiling at once) overlap with fetching and parsing the weights.
+pub enum Backend {
+    Gpu {
+        context: Box<Context>,
+        adapter: String,
+    },
+    /// Why the CPU is used.
+    Cpu(String),
+}
+
+impl Backend {
+    /// `Preference::Auto` takes WebGPU unless there is no adapter or the
+    /// adapter is a CPU implementation of WebGPU (SwiftShader, or any the
+    /// browser flags as a fallback): there the wasm CPU path is much faster
+    /// (Chromium on SwiftShader, ResNet-20 batch 1: see web/README.md).
+    /// `Preference::WebGpu` takes any adapter.
+    pub async fn open(preference: Preference, variant: Option<Variant>) -> Result<Self, JsError> {
+        if preference == Preference::Cpu {
+            return Ok(Backend::Cpu("CPU requested".into()));
+        }
+        let info = adapter_info().await;
+        if preference == Preference::Auto {
+            match &info {
+                // As below when wgpu finds no adapter.
+                None => return Ok(Backend::Cpu("WebGPU unavailable".into())),
+                Some(info) if info.cpu && CPU_PATH_BEATS_CPU_ADAPTERS => {
+                    return Ok(Backend::Cpu(format!(
+                        "WebGPU adapter {} is a CPU implementation, slower than the wasm CPU path",
+                        info.description
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        let subgroups_granted = ask_for_subgroups();
+        let gpu = Gpu::new().await;
+        let subgroups = subgroups_granted.call0(&JsValue::NULL).ok().and_then(|v| v.as_bool()) == Some(true);
+        match gpu {
+            Ok(gpu) => {
+                let (description, cpu) = match info {
+                    Some(info) => (info.description, info.cpu),
+                    None => ("an unnamed WebGPU adapter".into(), false),
+                };
+                let variant = variant.unwrap_or_else(|| default_variant(&gpu, cpu));
+                let with = if subgroups && variant == Variant::CompactTile {
+                    ", subgroups"
+                } else {
+                    ""
+                };
+                let adapter = format!("{description} ({variant:?} kernels{with})");
+                let kernels = Kernels::with_subgroups(&gpu.device, variant, subgroups);
+                kernels.prepare_inference(&gpu.device);
+                let context = Box::new(Context { gpu, kernels });
+                Ok(Backend::Gpu { context, adapter })
+            }
+            Err(e) if preference == Preference::WebGpu => Err(error("WebGPU is unavailable", e)),
+            // The engine's error suggests installing lavapipe: true natively,
+            // noise in a browser.
+            Err(_) => Ok(Backend::Cpu("WebGPU unavailable".into())),
+        }
+    }
+}
+
+/// Whether `backend: "auto"` prefers the wasm CPU path to a CPU
+/// implementation of WebGPU. Measured in headless Chromium on SwiftShader
+/// (scripts/bench-web.sh; figures in web/README.md).
+const CPU_PATH_BEATS_CPU_ADAPTERS: bool = true;
 
 /// Both run the network with batch norm folded into the convolutions.
 pub enum Runner {
@@ -24,36 +124,18 @@ pub enum Runner {
 }
 
 impl Runner {
-    /// The runner, its backend name and a description of the adapter (or of
-    /// why there is none).
-    pub async fn new(
-        model: &Model,
-        preference: Preference,
-        variant: Option<Variant>,
-    ) -> Result<(Self, &'static str, String), JsError> {
+    /// The runner of `model` on `backend`, its backend name and a
+    /// description of the adapter (or of why there is none).
+    pub fn new(model: &Model, backend: Backend) -> Result<(Self, &'static str, String), JsError> {
         let network = FoldedNetwork::new(model, 1).map_err(|e| error("unsupported model", e))?;
-        if preference != Preference::Cpu {
-            match Gpu::new().await {
-                Ok(gpu) => {
-                    // Register-tile kernels suit CPU adapters natively (lavapipe),
-                    // but SwiftShader's shader compiler does not finish them in
-                    // minutes; workgroup tiles compile in seconds there and are
-                    // what real GPUs want.
-                    let variant = variant.unwrap_or(Variant::WorkgroupTile);
-                    let adapter = format!("{} ({variant:?} kernels)", describe_adapter().await);
-                    let kernels = Kernels::new(&gpu.device, variant);
-                    let context = Box::new(Context { gpu, kernels });
-                    let plan = InferencePlan::from_folded(context.device(), &context.kernels, &network)
-                        .map_err(|e| error("cannot prepare the network on the GPU", e))?;
-                    return Ok((Runner::Gpu { context, plan }, "webgpu", adapter));
-                }
-                Err(e) if preference == Preference::WebGpu => return Err(error("WebGPU is unavailable", e)),
-                // The engine's error suggests installing lavapipe: true natively,
-                // noise in a browser.
-                Err(_) => return Ok((Runner::Cpu { network }, "cpu", "WebGPU unavailable".into())),
+        match backend {
+            Backend::Gpu { context, adapter } => {
+                let plan = InferencePlan::from_folded(context.device(), &context.kernels, &network)
+                    .map_err(|e| error("cannot prepare the network on the GPU", e))?;
+                Ok((Runner::Gpu { context, plan }, "webgpu", adapter))
             }
+            Backend::Cpu(why) => Ok((Runner::Cpu { network }, "cpu", why)),
         }
-        Ok((Runner::Cpu { network }, "cpu", "CPU requested".into()))
     }
 
     /// Logits of one normalised CHW image.
@@ -68,22 +150,59 @@ impl Runner {
     }
 }
 
-/// "vendor architecture description" of the browser's WebGPU adapter: wgpu's
-/// adapter info is empty on the web, the browser's `GPUAdapterInfo` is not.
-async fn describe_adapter() -> String {
+/// The kernels for a browser's adapter. Register tiles suit CPU adapters
+/// natively (lavapipe), but SwiftShader's shader compiler does not finish them
+/// in minutes; compact tiles compile in well under a second there and run
+/// faster than workgroup tiles, which are what real GPUs want. `cpu_adapter`:
+/// the browser's adapter info names a CPU implementation; wgpu also reports
+/// the browser's fallback adapter as a CPU.
+fn default_variant(gpu: &Gpu, cpu_adapter: bool) -> Variant {
+    if cpu_adapter || gpu.adapter.is_cpu() {
+        Variant::CompactTile
+    } else {
+        Variant::WorkgroupTile
+    }
+}
+
+/// What the browser says about its WebGPU adapter (wgpu's adapter info is
+/// nearly empty on the web, the browser's `GPUAdapterInfo` is not).
+struct AdapterInfo {
+    /// "vendor architecture description".
+    description: String,
+    /// A CPU implementation of WebGPU: SwiftShader (vendor "google",
+    /// architecture "swiftshader"), or an adapter flagged `isFallbackAdapter`.
+    cpu: bool,
+}
+
+/// The browser's default WebGPU adapter, if it has one.
+async fn adapter_info() -> Option<AdapterInfo> {
     let get = |target: &JsValue, key: &str| js_sys::Reflect::get(target, &key.into()).unwrap_or(JsValue::UNDEFINED);
     let gpu = get(&get(&js_sys::global(), "navigator"), "gpu");
-    let info = async {
-        let request: js_sys::Function = get(&gpu, "requestAdapter").dyn_into().ok()?;
-        let promise: js_sys::Promise = request.call0(&gpu).ok()?.dyn_into().ok()?;
-        let adapter = JsFuture::from(promise).await.ok()?;
-        let info = get(&adapter, "info");
-        let parts: Vec<String> = ["vendor", "architecture", "description"]
-            .iter()
-            .filter_map(|key| get(&info, key).as_string())
-            .filter(|part| !part.is_empty())
-            .collect();
-        (!parts.is_empty()).then(|| parts.join(" "))
+    let request: js_sys::Function = get(&gpu, "requestAdapter").dyn_into().ok()?;
+    let promise: js_sys::Promise = request.call0(&gpu).ok()?.dyn_into().ok()?;
+    let adapter = JsFuture::from(promise).await.ok()?;
+    if adapter.is_null() || adapter.is_undefined() {
+        return None;
+    }
+    let info = get(&adapter, "info");
+    let field = |key: &str| get(&info, key).as_string().unwrap_or_default();
+    let parts: Vec<String> = ["vendor", "architecture", "description"]
+        .iter()
+        .map(|key| field(key))
+        .filter(|part| !part.is_empty())
+        .collect();
+    let description = if parts.is_empty() {
+        "an unnamed WebGPU adapter".into()
+    } else {
+        parts.join(" ")
     };
-    info.await.unwrap_or_else(|| "an unnamed WebGPU adapter".into())
+    // `isFallbackAdapter` moved from GPUAdapter to GPUAdapterInfo.
+    let fallback = get(&info, "isFallbackAdapter").as_bool() == Some(true)
+        || get(&adapter, "isFallbackAdapter").as_bool() == Some(true);
+    let swiftshader = (field("vendor") == "google" && field("architecture") == "swiftshader")
+        || description.to_lowercase().contains("swiftshader");
+    Some(AdapterInfo {
+        description,
+        cpu: fallback || swiftshader,
+    })
 }

@@ -1,7 +1,7 @@
 // The drop-an-image page: loads the served model (or a dropped .safetensors)
 // into the wasm package, which runs in a worker (worker.js) so the page stays
 // responsive, and shows the top-5 classes of each image.
-// Query parameters: ?backend=auto|webgpu|cpu, ?kernels=register-tile|workgroup-tile,
+// Query parameters: ?backend=auto|webgpu|cpu, ?kernels=register-tile|workgroup-tile|compact-tile,
 // ?model=<url of a .safetensors>.
 const params = new URLSearchParams(location.search);
 const options = { backend: params.get("backend") ?? "auto", kernels: params.get("kernels") ?? undefined };

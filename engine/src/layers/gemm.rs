@@ -14,8 +14,10 @@ impl GemmKernels {
     /// Creates the pipelines of `variant` only.
     pub fn new(device: &wgpu::Device, variant: Variant) -> Self {
         let module = shader_module(device, "gemm", include_str!("../../../shaders/gemm.wgsl"));
+        // The compact tile has no GEMM of its own (the network needs none):
+        // it measures the register tile's.
         let matmul = match variant {
-            Variant::RegisterTile => Kernel::new(device, &module, "matmul_register", 10),
+            Variant::RegisterTile | Variant::CompactTile => Kernel::new(device, &module, "matmul_register", 10),
             Variant::WorkgroupTile => Kernel::new(device, &module, "matmul_tiled", 20),
         };
         Self {
@@ -109,7 +111,7 @@ pub fn matmul(
     };
     let limit = crate::kernel::MAX_WORKGROUPS_PER_DIMENSION as usize;
     let (columns, rows) = match g.variant {
-        Variant::RegisterTile => (REGISTER_TILE * REGISTER_WORKGROUP, REGISTER_TILE),
+        Variant::RegisterTile | Variant::CompactTile => (REGISTER_TILE * REGISTER_WORKGROUP, REGISTER_TILE),
         Variant::WorkgroupTile => (WORKGROUP_TILE, WORKGROUP_TILE),
     };
     let grid = [n.div_ceil(columns), m.div_ceil(rows)];
@@ -119,7 +121,7 @@ pub fn matmul(
     );
     let grid = [grid[0] as u32, grid[1] as u32, 1];
     Ok(match g.variant {
-        Variant::RegisterTile => {
+        Variant::RegisterTile | Variant::CompactTile => {
             let (at, pack_a) = pack(device, g, a, [k, m], [1, k])?;
             let (bp, pack_b) = pack(device, g, b, [k, n], [n, 1])?;
             let product = g.matmul.bind(device, &params, &[&at, &bp, c], grid);

@@ -280,25 +280,37 @@ fn assert_inference_plan_matches_reference(spec: ModelSpec, batch: usize) {
     let model = trained_like(spec, 5);
     let images = images_for(&model, batch);
     let want = unfolded_logits(&model, batch, &images);
-    for variant in [Variant::RegisterTile, Variant::WorkgroupTile] {
-        let kernels = Kernels::new(device, variant);
-        let plan = InferencePlan::new(device, &kernels, &model, batch).unwrap();
+    // Every variant as the device gets it (the compact one with subgroup
+    // weight loads where the device has subgroups), and the compact one
+    // without subgroups too where it has them.
+    let mut kernel_sets: Vec<Kernels> = Variant::ALL.iter().map(|&v| Kernels::new(device, v)).collect();
+    if device.features().contains(wgpu::Features::SUBGROUP) {
+        kernel_sets.push(Kernels::with_subgroups(device, Variant::CompactTile, false));
+    }
+    for kernels in &kernel_sets {
+        let plan = InferencePlan::new(device, kernels, &model, batch).unwrap();
         assert_eq!((plan.batch(), plan.classes()), (batch, 10));
+        let with = if kernels.conv2d.subgroup_loads() {
+            " with subgroups"
+        } else {
+            ""
+        };
+        let variant = kernels.variant;
         // Twice: the second run reuses the staging buffer and every activation.
         for run in 0..2 {
             let got = pollster::block_on(plan.logits(device, queue, &images)).unwrap();
-            assert_logits_match(&format!("{variant:?} run {run} folded logits"), &got, &want);
+            assert_logits_match(&format!("{variant:?}{with} run {run} folded logits"), &got, &want);
         }
     }
 }
 
 #[test]
-fn folded_resnet8_inference_plan_matches_the_unfolded_reference_in_both_variants() {
+fn folded_resnet8_inference_plan_matches_the_unfolded_reference_in_every_variant() {
     assert_inference_plan_matches_reference(cifar_spec(8), 3);
 }
 
 #[test]
-fn folded_imagenet_resnet18_option_b_inference_plan_matches_the_unfolded_reference_in_both_variants() {
+fn folded_imagenet_resnet18_option_b_inference_plan_matches_the_unfolded_reference_in_every_variant() {
     assert_inference_plan_matches_reference(imagenet18_spec(), 2);
 }
 
