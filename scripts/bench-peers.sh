@@ -4,13 +4,13 @@
 # bench` and the web page), in one run, on four workloads:
 #   1. CIFAR ResNet-20 (option A) inference, batch 1, ms: PyTorch CPU (2 threads,
 #      and 1), ORT Web webgpu and wasm, ours native ("resnet20 infer-folded b1")
-#      and our page via scripts/bench-web.sh (WebGPU and the wasm CPU path);
+#      and our page via scripts/bench-web.sh (WebGPU forced, the wasm CPU path,
+#      and the default backend "auto");
 #   2. ResNet-20 training step, batch 128, img/s: PyTorch CPU (SGD with momentum,
 #      cross-entropy, random data) and ours native ("resnet20 train b128");
 #   3. torchvision ResNet-18 224x224 inference, batch 1, ms: PyTorch CPU, ORT Web
-#      webgpu and wasm, ours native ("resnet18 infer-folded b1") and our page on
-#      the wasm CPU path (and on WebGPU with --resnet18-web-gpu: on SwiftShader
-#      that takes minutes per inference);
+#      webgpu and wasm, ours native ("resnet18 infer-folded b1") and our page
+#      (the same three runs);
 #   4. ResNet-20 cold start in the browser (navigation to the first result, in
 #      a fresh page of an already warm browser, as bench-web.sh measures it):
 #      ORT Web vs our page.
@@ -50,27 +50,25 @@
 # README took 44 minutes with both rebuilt. --quick: about 15 minutes, plus builds.
 #
 #   scripts/bench-peers.sh [--quick] [--skip-browser] [--skip-torch] [--skip-native]
-#                          [--resnet18-web-gpu] [--publish]
+#                          [--publish]
 #     --quick             fewer repetitions (a smoke run; noisier figures)
 #     --skip-browser      no ORT Web and no page (no npm, Chromium or wasm build)
 #     --skip-torch        no PyTorch timings and no export (ORT and our page's
 #                         ResNet-18 then reuse an earlier run's models, if any)
 #     --skip-native       no `resnet-native bench`
-#     --resnet18-web-gpu  also our page's ResNet-18 on WebGPU (slow on SwiftShader)
 #     --publish           copy the chart to docs/bench/peers.png
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 
-quick=false browser=true torch=true native=true r18_web_gpu=false publish=false
+quick=false browser=true torch=true native=true publish=false
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=true ;;
         --skip-browser) browser=false ;;
         --skip-torch) torch=false ;;
         --skip-native) native=false ;;
-        --resnet18-web-gpu) r18_web_gpu=true ;;
         --publish) publish=true ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option $arg (see --help)" >&2; exit 2 ;;
@@ -202,39 +200,12 @@ if $browser; then
 
     if ! $have_models; then
         note skipped "ours (web page)" all resnet18-infer-b1 "no ResNet-18 safetensors (run without --skip-torch once)"
-    elif $r18_web_gpu; then
+    else
         say "our page (scripts/bench-web.sh, ResNet-18)"
         if ! bash scripts/bench-web.sh "$out/models/resnet18.safetensors" "$web18_reps" >"$raw/web-resnet18.jsonl" 2>"$raw/web-resnet18.log"; then
             note error "ours (web page)" all resnet18-infer-b1 "$(last_lines "$raw/web-resnet18.log")"
         fi
         cat "$raw/web-resnet18.jsonl" >&2
-    else
-        # bench-web.sh's measurement (drive.mjs), on the CPU path only: on
-        # SwiftShader one ResNet-18 inference through WebGPU takes minutes.
-        say "our page (drive.mjs, ResNet-18, wasm CPU path)"
-        note skipped "ours (web page)" WebGPU resnet18-infer-b1 "minutes per inference on SwiftShader; --resnet18-web-gpu runs it"
-        "$py" -c 'import sys, zlib, struct
-rows = b"".join(b"\0" + bytes(v for x in range(32) for v in (x * 8, y * 8, 128)) for y in range(32))
-chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
-open(sys.argv[1], "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 32, 32, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))' "$raw/image.png"
-        port=$((20000 + RANDOM % 20000))
-        ./target/release/resnet-native serve --port "$port" --weights "$out/models/resnet18.safetensors" >"$raw/serve.log" 2>&1 &
-        server=$!
-        sleep 1
-        if node tests/browser/drive.mjs "{\"url\": \"http://127.0.0.1:$port/\", \"webgpu\": false, \"images\": [\"$root/$raw/image.png\"], \"bench\": $web18_reps, \"timeoutMs\": 900000}" >"$raw/web-resnet18.drive.json" 2>"$raw/web-resnet18.log"; then
-            "$py" -c 'import json, sys
-r = json.load(open(sys.argv[1]))
-if r.get("failure"):
-    sys.exit(r["failure"])
-print(json.dumps({"model": r["architecture"], "backend": r["backend"], "adapter": r["adapter"], "loadMs": r["loadMs"], **r["bench"]}))' \
-                "$raw/web-resnet18.drive.json" >"$raw/web-resnet18.jsonl" 2>>"$raw/web-resnet18.log" ||
-                note error "ours (web page)" "wasm CPU path" resnet18-infer-b1 "$(last_lines "$raw/web-resnet18.log")"
-        else
-            note error "ours (web page)" "wasm CPU path" resnet18-infer-b1 "$(last_lines "$raw/web-resnet18.log")"
-        fi
-        kill "$server" 2>/dev/null || true
-        wait "$server" 2>/dev/null || true
-        cat "$raw/web-resnet18.jsonl" >&2 2>/dev/null || true
     fi
 fi
 

@@ -43,7 +43,7 @@ fs.writeFileSync(process.argv[1], Buffer.concat([Buffer.from([137, 80, 78, 71, 1
 ' "$work/image.png"
 for run in "webgpu true $webgpu_query" "cpu false " "auto true "; do
     read -r requested webgpu query <<<"$run"
-    node tests/browser/drive.mjs "{\"url\": \"http://127.0.0.1:$port/${query:-}\", \"webgpu\": $webgpu, \"images\": [\"$work/image.png\"], \"bench\": $runs}" |
+    node tests/browser/drive.mjs "{\"url\": \"http://127.0.0.1:$port/${query:-}\", \"webgpu\": $webgpu, \"images\": [\"$work/image.png\"], \"bench\": $runs, \"timeoutMs\": 900000}" |
         node -e '
 let s = ""; process.stdin.on("data", (d) => (s += d)).on("end", () => {
   const r = JSON.parse(s);

@@ -88,7 +88,11 @@ def collect(raw):
     for model in ("resnet20", "resnet18"):
         lines = load_lines(os.path.join(raw, f"web-{model}.jsonl"))
         for r in lines:
-            backend = "WebGPU" if r["backend"] == "webgpu" else "wasm CPU path"
+            # bench-web.sh's runs: WebGPU forced, no WebGPU, and the default
+            # `backend: "auto"` (named for what it picked on this adapter).
+            run = r.get("run", r["backend"])
+            picked = "WebGPU" if r["backend"] == "webgpu" else "CPU path"
+            backend = {"webgpu": "WebGPU", "cpu": "wasm CPU path"}.get(run, f"auto (picked {picked})")
             extra = dict(reps=r.get("n"), warmup=3, end_to_end_ms=r.get("medianMs"), load_ms=r.get("loadMs"))
             adapter = r.get("adapter") if r["backend"] == "webgpu" else f"{cpu} via wasm, 1 thread"
             add("ours (web page)", backend, adapter, f"{model}-infer-b1", r.get("medianNetworkMs"), "ms", **extra)
