@@ -880,6 +880,39 @@ struct WeightGrad {
     weight_len: u32,
 }
 
+// What invocation g of a weight-gradient kernel sums: a chunk of output rows
+// (of batch * out_h), one tap (kh, kw), one block of output channels and one of
+// input channels; `base` is where its chunk's partial sum of that tap starts.
+struct WeightGradSlice {
+    first_row: u32,
+    end_row: u32,
+    kh: u32,
+    kw: u32,
+    co_block: u32,
+    ci_block: u32,
+    base: u32,
+}
+
+fn weight_grad_slice(p: WeightGrad, g: u32) -> WeightGradSlice {
+    let taps = p.kernel * p.kernel;
+    let ci_block = g % p.ci_blocks;
+    var rest = g / p.ci_blocks;
+    let co_block = rest % p.co_blocks;
+    rest /= p.co_blocks;
+    let tap = rest % taps;
+    let chunk = rest / taps;
+    let first_row = chunk * p.rows_per_chunk;
+    return WeightGradSlice(
+        first_row,
+        min(first_row + p.rows_per_chunk, p.batch * p.out_h),
+        tap / p.kernel,
+        tap % p.kernel,
+        co_block,
+        ci_block,
+        chunk * p.weight_len + tap,
+    );
+}
+
 // conv2d_weight_grad (register tile): one invocation per (chunk, tap, 16
 // output channels, 16 input channels); per output pixel it loads 16 dy and 16
 // x values (the padding test once, for all 256 products) and accumulates two
@@ -976,20 +1009,14 @@ fn conv2d_weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     if g >= p.invocations {
         return;
     }
-    let taps = p.kernel * p.kernel;
-    let ci_block = g % p.ci_blocks;
-    var rest = g / p.ci_blocks;
-    let co_block = rest % p.co_blocks;
-    rest /= p.co_blocks;
-    let tap = rest % taps;
-    let chunk = rest / taps;
-    let kh = tap / p.kernel;
-    let kw = tap % p.kernel;
+    let slice = weight_grad_slice(p, g);
+    let kh = slice.kh;
+    let kw = slice.kw;
     let in_plane = p.in_h * p.in_w;
     let out_plane = p.out_h * p.out_w;
     let iota = vec4<u32>(0u, 1u, 2u, 3u);
-    let co0 = co_block * 16u;
-    let ci0 = ci_block * 16u;
+    let co0 = slice.co_block * 16u;
+    let ci0 = slice.ci_block * 16u;
     // Channel offsets, clamped to valid channels (their results are not stored).
     let last_co = vec4<u32>(p.out_channels - 1u);
     let last_ci = vec4<u32>(p.in_channels - 1u);
@@ -1001,11 +1028,9 @@ fn conv2d_weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     let x1 = min(ci0 + 4u + iota, last_ci) * in_plane;
     let x2 = min(ci0 + 8u + iota, last_ci) * in_plane;
     let x3 = min(ci0 + 12u + iota, last_ci) * in_plane;
-    let first_row = chunk * p.rows_per_chunk;
-    let end_row = min(first_row + p.rows_per_chunk, p.batch * p.out_h);
     var acc0: array<vec4<f32>, 32>;
     var acc1: array<vec4<f32>, 32>;
-    for (var r = first_row; r < end_row; r++) {
+    for (var r = slice.first_row; r < slice.end_row; r++) {
         let b = r / p.out_h;
         let oh = r % p.out_h;
         let ih = i32(oh * p.stride + kh) - i32(p.pad);
@@ -1022,7 +1047,7 @@ fn conv2d_weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
             outer_product_16x8x2(&acc1, dy_e, rw_window(e.x, x2, x3, e.mask), dy_f, rw_window(f.x, x2, x3, f.mask));
         }
     }
-    let base = chunk * p.weight_len + tap;
+    let base = slice.base;
     rw_store(p, base, co0, ci0 + iota, ci0 + 4u + iota, &acc0);
     rw_store(p, base, co0, ci0 + 8u + iota, ci0 + 12u + iota, &acc1);
 }
@@ -1141,20 +1166,14 @@ fn conv2d_weight_grad_compact(@builtin(global_invocation_id) gid: vec3<u32>, @bu
     // invocation past the end computes the last one's sums and stores nothing.
     let index = gid.x + gid.y * groups.x * 8u;
     let g = min(index, p.invocations - 1u);
-    let taps = p.kernel * p.kernel;
-    let ci_block = g % p.ci_blocks;
-    var rest = g / p.ci_blocks;
-    let co_block = rest % p.co_blocks;
-    rest /= p.co_blocks;
-    let tap = rest % taps;
-    let chunk = rest / taps;
-    let kh = tap / p.kernel;
-    let kw = tap % p.kernel;
+    let slice = weight_grad_slice(p, g);
+    let kh = slice.kh;
+    let kw = slice.kw;
     let in_plane = p.in_h * p.in_w;
     let out_plane = p.out_h * p.out_w;
     let iota = vec4<u32>(0u, 1u, 2u, 3u);
-    let co0 = co_block * 8u;
-    let ci0 = ci_block * 8u;
+    let co0 = slice.co_block * 8u;
+    let ci0 = slice.ci_block * 8u;
     // Channel offsets, clamped to valid channels (their results are not stored).
     let last_co = vec4<u32>(p.out_channels - 1u);
     let last_ci = vec4<u32>(p.in_channels - 1u);
@@ -1162,10 +1181,8 @@ fn conv2d_weight_grad_compact(@builtin(global_invocation_id) gid: vec3<u32>, @bu
     let d_hi = min(co0 + 4u + iota, last_co) * out_plane;
     let x_lo = min(ci0 + iota, last_ci) * in_plane;
     let x_hi = min(ci0 + 4u + iota, last_ci) * in_plane;
-    let first_row = chunk * p.rows_per_chunk;
-    let end_row = min(first_row + p.rows_per_chunk, p.batch * p.out_h);
     var acc: array<vec4<f32>, 16>;
-    for (var r = first_row; r < end_row; r++) {
+    for (var r = slice.first_row; r < slice.end_row; r++) {
         let b = r / p.out_h;
         let oh = r % p.out_h;
         let ih = i32(oh * p.stride + kh) - i32(p.pad);
@@ -1188,7 +1205,7 @@ fn conv2d_weight_grad_compact(@builtin(global_invocation_id) gid: vec3<u32>, @bu
             ct_outer_product(&acc, dy, x);
         }
     }
-    let base = chunk * p.weight_len + tap;
+    let base = slice.base;
     // Output channels from co0 (none past the last invocation), and the
     // accumulators by constant index, so that they stay registers.
     let co = select(p.out_channels, co0, index < p.invocations);
