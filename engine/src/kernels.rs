@@ -2,7 +2,7 @@
 //! compiled once, at its first bind) and the execution context.
 
 use crate::layers::batch_norm::BatchNormKernels;
-use crate::layers::conv2d::Conv2dKernels;
+use crate::layers::conv2d::{Conv2dKernels, conv2d_source};
 use crate::layers::gemm::GemmKernels;
 use crate::layers::linear::LinearKernels;
 use crate::layers::loss::LossKernels;
@@ -33,15 +33,16 @@ impl Variant {
     /// Every variant, for tests and benchmarks.
     pub const ALL: [Variant; 3] = [Variant::RegisterTile, Variant::WorkgroupTile, Variant::CompactTile];
 
-    /// The variant for an adapter; `RESNET_KERNEL_VARIANT=register|workgroup|compact`
-    /// overrides it natively. Browsers pick their own (see `resnet-web`).
+    /// The variant for an adapter by its kind, or `RESNET_KERNEL_VARIANT`'s
+    /// (`register|workgroup|compact`) natively. Browsers pick their own (see
+    /// `resnet-web`); `resnet-native` measures them instead.
     pub fn for_adapter(adapter: &AdapterSummary) -> Self {
         #[cfg(not(target_arch = "wasm32"))]
-        match std::env::var("RESNET_KERNEL_VARIANT").as_deref() {
-            Ok("register") => return Self::RegisterTile,
-            Ok("workgroup") => return Self::WorkgroupTile,
-            Ok("compact") => return Self::CompactTile,
-            _ => {}
+        if let Some(variant) = std::env::var("RESNET_KERNEL_VARIANT")
+            .ok()
+            .and_then(|name| Self::parse(&name))
+        {
+            return variant;
         }
         if adapter.is_cpu() {
             Self::RegisterTile
@@ -49,6 +50,30 @@ impl Variant {
             Self::WorkgroupTile
         }
     }
+
+    /// The short name `RESNET_KERNEL_VARIANT` and caches use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RegisterTile => "register",
+            Self::WorkgroupTile => "workgroup",
+            Self::CompactTile => "compact",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.name() == name)
+    }
+}
+
+/// Identifies the variant-specific kernels' code (the convolutions; the network
+/// uses no other tiled kernel) and the engine's version: measurements of the
+/// variants made with other kernels are stale.
+pub fn tiled_kernels_fingerprint() -> String {
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let hash = conv2d_source(false).bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("engine {} conv2d.wgsl {hash:016x}", env!("CARGO_PKG_VERSION"))
 }
 
 /// Every compute pipeline the engine uses, one field per layer family.
@@ -106,8 +131,14 @@ pub struct Context {
 }
 
 impl Context {
+    /// The kernels [`Variant::for_adapter`] picks.
     pub fn new(gpu: Gpu) -> Self {
-        let kernels = Kernels::new(&gpu.device, Variant::for_adapter(&gpu.adapter));
+        let variant = Variant::for_adapter(&gpu.adapter);
+        Self::with_variant(gpu, variant)
+    }
+
+    pub fn with_variant(gpu: Gpu, variant: Variant) -> Self {
+        let kernels = Kernels::new(&gpu.device, variant);
         Self { gpu, kernels }
     }
 
@@ -127,5 +158,31 @@ impl Context {
     /// Records `dispatches` in order into one command buffer and submits it.
     pub fn run(&self, dispatches: &[&Dispatch]) {
         crate::kernel::submit(self.device(), self.queue(), dispatches);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variant_names_round_trip_and_unknown_names_are_rejected() {
+        for variant in Variant::ALL {
+            assert_eq!(Variant::parse(variant.name()), Some(variant));
+        }
+        assert_eq!(Variant::parse("RegisterTile"), None);
+        assert_eq!(Variant::parse(""), None);
+    }
+
+    #[test]
+    fn tiled_kernels_fingerprint_is_stable_and_names_the_version() {
+        let fingerprint = tiled_kernels_fingerprint();
+        assert_eq!(fingerprint, tiled_kernels_fingerprint());
+        assert!(fingerprint.contains(env!("CARGO_PKG_VERSION")), "{fingerprint}");
+        assert_ne!(
+            fingerprint.rsplit(' ').next(),
+            Some("cbf29ce484222325"),
+            "hash of nothing"
+        );
     }
 }

@@ -27,5 +27,5 @@ pub mod testing;
 pub use error::EngineError;
 pub use gpu::{AdapterSummary, Gpu};
 pub use kernel::{Dispatch, Kernel};
-pub use kernels::{Context, Kernels, Variant};
+pub use kernels::{Context, Kernels, Variant, tiled_kernels_fingerprint};
 pub use tensor::Tensor;

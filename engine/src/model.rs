@@ -94,6 +94,19 @@ pub fn imagenet_classes() -> Vec<String> {
 pub const EXTRA_PREFIX: &str = "extra.";
 
 impl ModelSpec {
+    /// The paper's CIFAR-10 ResNet-`depth`: option-A shortcuts, 3x32x32 images.
+    pub fn cifar10(depth: usize) -> Self {
+        Self {
+            architecture: Architecture::Cifar {
+                depth,
+                shortcut: Shortcut::A,
+            },
+            class_names: CIFAR10_CLASSES.iter().map(|c| c.to_string()).collect(),
+            input: [3, 32, 32],
+            normalization: Normalization::imagenet(),
+        }
+    }
+
     /// The network as a graph for `batch` images.
     pub fn graph(&self, batch: usize) -> Result<Graph, ModelError> {
         let classes = self.class_names.len();

@@ -8,17 +8,16 @@
 //! `infer-cpu` cases time the folded network's CPU path (the browser's
 //! fallback) in this process instead, single-threaded.
 
-use anyhow::Context as _;
 use engine::layers::conv2d::{self, Conv2dShape};
 use engine::layers::gemm;
-use engine::layers::sgd::SgdParams;
-use engine::model::{Architecture, CIFAR10_CLASSES, Model, ModelSpec, imagenet_classes};
+use engine::model::{Architecture, Model, ModelSpec, imagenet_classes};
 use engine::network::inference::cpu;
 use engine::network::resnet::{BottleneckStride, Shortcut};
 use engine::network::{FoldedNetwork, InferencePlan, Plan};
 use engine::preprocess::Normalization;
 use engine::rng::Rng;
 use engine::{Context, Dispatch, Kernels, Tensor, Variant};
+use resnet_native::kernel_choice::{self, TrainingStep};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -67,6 +66,8 @@ struct Adapter {
     device_type: String,
     driver: String,
     variant: String,
+    /// How the variant was chosen (measured, cached or set), with the measurement.
+    variant_choice: String,
 }
 
 #[derive(Serialize)]
@@ -323,19 +324,6 @@ impl ModelCase {
     }
 }
 
-/// The paper's CIFAR-10 network: option-A shortcuts, 3x32x32 images.
-fn cifar_spec(depth: usize) -> ModelSpec {
-    ModelSpec {
-        architecture: Architecture::Cifar {
-            depth,
-            shortcut: Shortcut::A,
-        },
-        class_names: CIFAR10_CLASSES.iter().map(|c| c.to_string()).collect(),
-        input: [3, 32, 32],
-        normalization: Normalization::imagenet(),
-    }
-}
-
 /// torchvision's layout, 3x224x224 images.
 fn imagenet_spec(depth: usize) -> ModelSpec {
     ModelSpec {
@@ -357,7 +345,7 @@ fn imagenet_spec(depth: usize) -> ModelSpec {
 fn model_cases() -> Vec<ModelCase> {
     let mut cases = Vec::new();
     for depth in [20, 56] {
-        let (short, spec) = (format!("resnet{depth}"), cifar_spec(depth));
+        let (short, spec) = (format!("resnet{depth}"), ModelSpec::cifar10(depth));
         cases.push(ModelCase::new(&short, &spec, Mode::Train, 128));
         for mode in [Mode::Infer, Mode::InferFolded] {
             for batch in [1, 128] {
@@ -375,14 +363,6 @@ fn model_cases() -> Vec<ModelCase> {
     cases
 }
 
-/// The paper's SGD recipe, so the update does the work a real step does.
-const SGD: SgdParams = SgdParams {
-    lr: 0.1,
-    momentum: 0.9,
-    weight_decay: 1e-4,
-    len: 0,
-};
-
 /// Times a whole step or inference of freshly initialised weights on random
 /// images, written once before timing (nothing is read back).
 fn bench_model(ctx: &Context, case: &ModelCase, reps: usize, ceiling: f64) -> anyhow::Result<ModelResult> {
@@ -394,10 +374,8 @@ fn bench_model(ctx: &Context, case: &ModelCase, reps: usize, ceiling: f64) -> an
     let images: Vec<f32> = rng.vec(input_len, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
     let timing = match case.mode {
         Mode::Train => {
-            let labels: Vec<u32> = (0..case.batch).map(|_| rng.below(graph.classes) as u32).collect();
-            let plan = Plan::training(device, kernels, graph, &model.params, SGD)?;
-            plan.write_batch(queue, &images, &labels)?;
-            time(ctx, || plan.step(device, queue), reps, &MODEL_BUDGET)?
+            let step = TrainingStep::new(&ctx.gpu, kernels, &case.spec, case.batch)?;
+            median_time(|| step.run(&ctx.gpu), reps, &MODEL_BUDGET)?
         }
         Mode::Infer => {
             let plan = Plan::inference(device, kernels, graph, &model.params, &model.running)?;
@@ -434,7 +412,7 @@ fn bench_model(ctx: &Context, case: &ModelCase, reps: usize, ceiling: f64) -> an
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.reps > 0, "--reps must be at least 1");
-    let ctx = pollster::block_on(Context::create()).context("opening the GPU")?;
+    let (ctx, choice) = kernel_choice::open_context()?;
     let info = &ctx.gpu.adapter;
     // Human-readable lines go to stdout, or to stderr when stdout carries JSON.
     let say = |line: String| {
@@ -445,8 +423,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
     };
     say(format!(
-        "adapter: {} (backend {}, type {}), kernel variant {:?}",
-        info.name, info.backend, info.device_type, ctx.kernels.variant
+        "adapter: {} (backend {}, type {}), {choice}",
+        info.name, info.backend, info.device_type
     ));
     let mut gemm = Vec::new();
     for variant in [Variant::RegisterTile, Variant::WorkgroupTile] {
@@ -498,6 +476,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 device_type: info.device_type.clone(),
                 driver: info.driver.clone(),
                 variant: format!("{:?}", ctx.kernels.variant),
+                variant_choice: choice.to_string(),
             },
             gemm,
             gemm_ceiling_gflops: ceiling,

@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod evaluate;
+pub mod kernel_choice;
 pub mod npy;
 pub mod plot;
 pub mod serve;

@@ -12,6 +12,7 @@ use engine::network::{InferencePlan, Plan};
 use engine::preprocess::Normalization;
 use resnet_native::data::{self, Split};
 use resnet_native::evaluate::evaluate;
+use resnet_native::kernel_choice;
 use resnet_native::serve::{ServeArgs, Server};
 use resnet_native::train::{self, DatasetKind, TrainArgs, write_atomically};
 use resnet_native::{npy, plot};
@@ -213,8 +214,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Info(args) => {
-            let gpu = engine::Gpu::new_blocking().context("opening the GPU")?;
-            println!("adapter: {}", gpu.adapter);
+            let (ctx, choice) = kernel_choice::open_context()?;
+            println!("adapter: {}", ctx.gpu.adapter);
+            println!("kernels: {choice}");
             if let Some(path) = args.weights {
                 let model = load_model(&path)?;
                 let graph = model.spec.graph(1)?;
@@ -255,9 +257,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn context() -> anyhow::Result<engine::Context> {
-    Ok(engine::Context::new(
-        engine::Gpu::new_blocking().context("opening the GPU")?,
-    ))
+    Ok(kernel_choice::open_context()?.0)
 }
 
 fn load_model(path: &PathBuf) -> anyhow::Result<Model> {

@@ -481,14 +481,21 @@ pub fn run(ctx: &Context, args: &TrainArgs, interrupted: &AtomicBool) -> anyhow:
     Ok(Some(result))
 }
 
-/// Writes `path` through a temporary file and a rename, so a crash never
-/// leaves a half-written file behind.
+/// Writes `path` through a temporary file (uniquely named, beside it) and a
+/// rename, so a crash never leaves a half-written file behind and concurrent
+/// writers never mix their bytes.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut file =
+        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a file in {}", dir.display()))?;
     file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    file.as_file().sync_all()?;
+    file.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// metrics.jsonl, one JSON object per line; a resumed run first drops what
