@@ -195,6 +195,13 @@ pub struct TrainArgs {
     /// the checkpoint's values).
     #[arg(long)]
     pub resume: bool,
+    /// Start from the weights and batch-norm statistics of WEIGHTS (e.g. an
+    /// earlier run's model.safetensors) instead of random ones: a new run, with
+    /// fresh momenta and its own schedule (fine-tuning, or a restart at a
+    /// higher learning rate). Its architecture, input size and classes must be
+    /// the configuration's and the data set's; its normalisation is kept.
+    #[arg(long, value_name = "WEIGHTS", conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
 }
 
 /// What a checkpoint records besides the model.
@@ -325,16 +332,19 @@ pub fn run(ctx: &Context, args: &TrainArgs, interrupted: &AtomicBool) -> anyhow:
                 input: [train_set.channels, train_set.height, train_set.width],
                 normalization,
             };
-            Model::init(spec, config.seed)?
+            match &args.init {
+                Some(path) => initial_weights(path, &spec)?,
+                None => Model::init(spec, config.seed)?,
+            }
         }
     };
     let (device, queue) = (ctx.device(), ctx.queue());
     let graph = model.spec.graph(config.batch)?;
     let flops_per_image = 3.0 * graph.forward_flops_per_image();
     let plan = Plan::training(device, &ctx.kernels, graph, &model.params, config.sgd(start))?;
-    if let Some((_, velocity)) = &restored {
-        plan.write_weights(queue, &model.params, &model.running, Some(velocity))?;
-    }
+    // Running statistics of a resumed or initialised model; momenta of a resumed one.
+    let velocity = restored.as_ref().map(|(_, velocity)| velocity.as_slice());
+    plan.write_weights(queue, &model.params, &model.running, velocity)?;
     let eval_batch = config.eval_batch.min(test_set.len).max(1);
     let eval_plan = Plan::inference(
         device,
@@ -479,6 +489,27 @@ pub fn run(ctx: &Context, args: &TrainArgs, interrupted: &AtomicBool) -> anyhow:
     };
     write_atomically(&args.out.join("model.safetensors"), &final_model.to_safetensors()?)?;
     Ok(Some(result))
+}
+
+/// The model in `path` for `--init`, which must be a `spec` network (its
+/// normalisation aside: the weights were trained with theirs).
+fn initial_weights(path: &Path, spec: &ModelSpec) -> anyhow::Result<Model> {
+    let bytes = std::fs::read(path).with_context(|| format!("--init: reading {}", path.display()))?;
+    let model = Model::load(&bytes).with_context(|| format!("--init: loading {}", path.display()))?;
+    let (have, want) = (&model.spec, spec);
+    if (&have.architecture, have.input, &have.class_names) != (&want.architecture, want.input, &want.class_names) {
+        bail!(
+            "--init: {} is a {:?} for {:?} inputs and classes {:?}; this run trains a {:?} for {:?} inputs and classes {:?}",
+            path.display(),
+            have.architecture,
+            have.input,
+            have.class_names,
+            want.architecture,
+            want.input,
+            want.class_names
+        );
+    }
+    Ok(model)
 }
 
 /// Writes `path` through a temporary file (uniquely named, beside it) and a

@@ -38,6 +38,11 @@ fn write_dataset(root: &Path) {
 }
 
 fn args(data: &Path, out: &Path, iters: u64, resume: bool) -> TrainArgs {
+    args_with(data, out, iters, if resume { &["--resume"] } else { &[] })
+}
+
+/// `args` with `extra` flags (`--flag=value`), which replace the defaults.
+fn args_with(data: &Path, out: &Path, iters: u64, extra: &[&str]) -> TrainArgs {
     let mut argv = vec![
         "train".to_string(),
         "--dataset=folder".into(),
@@ -54,9 +59,10 @@ fn args(data: &Path, out: &Path, iters: u64, resume: bool) -> TrainArgs {
         "--eval-batch=9".into(),
         format!("--out={}", out.display()),
     ];
-    if resume {
-        argv.push("--resume".into());
-    }
+    // An extra `--flag=value` replaces the default one.
+    let name = |flag: &str| flag.split('=').next().unwrap().to_string();
+    argv.retain(|flag| !extra.iter().any(|e| name(e) == name(flag)));
+    argv.extend(extra.iter().map(|flag| flag.to_string()));
     Cli::parse_from(argv).args
 }
 
@@ -130,4 +136,39 @@ fn ctrl_c_writes_a_checkpoint_and_stops() {
     let bytes = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
     let state = Model::read_metadata(&bytes, "train_state").unwrap().unwrap();
     assert!(state.contains("\"iteration\":0"), "{state}");
+}
+
+#[test]
+fn init_starts_a_new_run_from_the_weights_of_another() {
+    let Some(ctx) = context() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_dataset(&data);
+    let first = tmp.path().join("first");
+    train(&data, &first, 5, false);
+    let weights_file = first.join("model.safetensors");
+    let init = format!("--init={}", weights_file.display());
+
+    // At learning rate 0 the parameters stay exactly where they start: the
+    // file's with --init, random ones without.
+    let (tuned, fresh) = (tmp.path().join("tuned"), tmp.path().join("fresh"));
+    let stop = AtomicBool::new(false);
+    run(ctx, &args_with(&data, &tuned, 2, &["--lr=0", &init]), &stop)
+        .unwrap()
+        .unwrap();
+    run(ctx, &args_with(&data, &fresh, 2, &["--lr=0"]), &stop)
+        .unwrap()
+        .unwrap();
+    let source = weights(&first);
+    assert_eq!(weights(&tuned).params, source.params);
+    assert_ne!(weights(&fresh).params, source.params);
+
+    // Another architecture is refused, naming both.
+    let deeper = tmp.path().join("deeper");
+    let err = run(ctx, &args_with(&data, &deeper, 2, &["--depth=14", &init]), &stop).unwrap_err();
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("--init") && message.contains("depth: 8") && message.contains("depth: 14"),
+        "{message}"
+    );
 }
