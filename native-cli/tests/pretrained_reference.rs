@@ -3,12 +3,10 @@
 //! score in PyTorch: this proves weight import, eval-mode batch norm, the
 //! option-A shortcut and input normalisation end to end on the GPU.
 
-use engine::model::{Architecture, COMMON_RENAMES, Model, ModelSpec};
+use engine::model::{COMMON_RENAMES, Model, ModelSpec};
 use engine::network::Plan;
-use engine::network::resnet::Shortcut;
-use engine::preprocess::Normalization;
 use engine::testing::context;
-use resnet_native::data::{CIFAR10_CLASSES, Split, cifar10};
+use resnet_native::data::{Split, cifar10};
 use resnet_native::evaluate::evaluate;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,15 +27,7 @@ fn shared() -> Option<PathBuf> {
 fn check(depth: usize, expected_correct: usize) {
     let Some(dir) = shared() else { return };
     let Some(ctx) = context() else { return };
-    let spec = ModelSpec {
-        architecture: Architecture::Cifar {
-            depth,
-            shortcut: Shortcut::A,
-        },
-        class_names: CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
-        input: [3, 32, 32],
-        normalization: Normalization::imagenet(),
-    };
+    let spec = ModelSpec::cifar10(depth);
     let bytes = std::fs::read(dir.join(format!("pretrained-reference/akamaster-resnet{depth}.safetensors"))).unwrap();
     let model = Model::from_tensors(spec.clone(), &bytes, COMMON_RENAMES).unwrap();
     let test = Arc::new(cifar10(&dir.join("cifar-10-batches-bin"), Split::Test).unwrap());
