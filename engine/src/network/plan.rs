@@ -267,18 +267,32 @@ impl Plan {
         Ok(())
     }
 
-    /// Records one step (forward; when training also loss, backward and the SGD
-    /// update) into `pass`.
+    /// The dispatches of one step, in order: forward; when training also loss,
+    /// backward and the SGD update.
+    pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
+        let training = self
+            .training
+            .iter()
+            .flat_map(|t| t.backward.iter().chain(std::iter::once(&t.sgd)));
+        self.forward.iter().chain(training)
+    }
+
+    /// Records one step ([`Plan::dispatches`]) into `pass`.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        for d in &self.forward {
+        for d in self.dispatches() {
             d.record(pass);
         }
-        if let Some(t) = &self.training {
-            for d in &t.backward {
-                d.record(pass);
-            }
-            t.sgd.record(pass);
-        }
+    }
+
+    /// Runs one step dispatch by dispatch, waiting for each: the time of every
+    /// dispatch, in step order (see [`crate::kernel::profile`]).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+    ) -> Result<Vec<(&Dispatch, std::time::Duration)>, EngineError> {
+        crate::kernel::profile(device, queue, self.dispatches())
     }
 
     /// Submits one step as a single command buffer; nothing is read back.
