@@ -3,6 +3,7 @@
 use super::cpu::{self, RunningStats};
 use super::graph::Op;
 use super::inference::{self, FoldedNetwork, FoldedOp, InferencePlan};
+use super::plan::batch_norm_fusions;
 use super::resnet::{BottleneckStride, Shortcut, imagenet_resnet};
 use super::{Plan, cifar_resnet};
 use crate::layers::sgd::SgdParams;
@@ -205,6 +206,25 @@ fn training_profile_times_every_dispatch_labelled_by_its_entry_point() {
     let expected = 3.0 * convs.iter().sum::<f64>() - convs[0];
     let counted: f64 = profile.iter().map(|(d, _)| d.flops()).sum();
     assert!((counted / expected - 1.0).abs() < 1e-12, "{counted} vs {expected}");
+}
+
+/// ResNet-20's stem and every block's first batch norm take their ReLU into
+/// their normalising pass, and every block's second batch norm the residual
+/// add and the ReLU after it: no ReLU or add runs on its own.
+#[test]
+fn resnet20_batch_norms_fuse_every_relu_and_residual_add() {
+    let graph = cifar_resnet(2, 3, true, 10);
+    let fusions: Vec<_> = batch_norm_fusions(&graph).into_iter().flatten().collect();
+    assert_eq!(fusions.len(), 19);
+    assert_eq!(fusions.iter().filter(|f| f.residual.is_none() && f.relu).count(), 10);
+    assert_eq!(fusions.iter().filter(|f| f.residual.is_some() && f.relu).count(), 9);
+    let absorbed: usize = fusions.iter().map(|f| f.absorbed.len()).sum();
+    let relus_and_adds = graph
+        .ops
+        .iter()
+        .filter(|op| matches!(op, Op::Relu { .. } | Op::Add { .. }))
+        .count();
+    assert_eq!(absorbed, relus_and_adds);
 }
 
 #[test]
