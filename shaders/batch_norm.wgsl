@@ -142,17 +142,25 @@ struct NormalizeParams {
     // 1: `spread` holds variances (eval: running statistics);
     // 0: it holds inverse standard deviations (training: batch statistics).
     spread_is_variance: u32,
+    // EPILOGUE_* flags.
+    epilogue: u32,
 }
 
+// What follows the normalisation in a residual block, fused into its pass so
+// that the intermediate tensors are neither written nor read again.
+const EPILOGUE_RESIDUAL: u32 = 1u;
+const EPILOGUE_RELU: u32 = 2u;
+
 // batch_norm_normalize: y = (x - mean) * inv_std * gamma + beta, with the
-// statistics of either mode.
+// statistics of either mode, then + residual and max(., 0) as the epilogue says.
 @group(0) @binding(10) var<uniform> normalize_params: NormalizeParams;
 @group(0) @binding(11) var<storage, read> normalize_x: array<f32>;
 @group(0) @binding(12) var<storage, read> normalize_mean: array<f32>;
 @group(0) @binding(13) var<storage, read> normalize_spread: array<f32>;
 @group(0) @binding(14) var<storage, read> normalize_gamma: array<f32>;
 @group(0) @binding(15) var<storage, read> normalize_beta: array<f32>;
-@group(0) @binding(16) var<storage, read_write> normalize_y: array<f32>;
+@group(0) @binding(16) var<storage, read> normalize_residual: array<f32>;
+@group(0) @binding(17) var<storage, read_write> normalize_y: array<f32>;
 
 @compute @workgroup_size(256)
 fn batch_norm_normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
@@ -169,8 +177,17 @@ fn batch_norm_normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
     let mean = normalize_mean[c];
     let scale = inv_std * normalize_gamma[c];
     let beta = normalize_beta[c];
+    let residual = (p.epilogue & EPILOGUE_RESIDUAL) != 0u;
+    let relu = (p.epilogue & EPILOGUE_RELU) != 0u;
     for (var i = run.x; i < run.y; i++) {
-        normalize_y[i] = (normalize_x[i] - mean) * scale + beta;
+        var v = (normalize_x[i] - mean) * scale + beta;
+        if residual {
+            v += normalize_residual[i];
+        }
+        if relu {
+            v = max(v, 0.0);
+        }
+        normalize_y[i] = v;
     }
 }
 

@@ -102,9 +102,6 @@ impl Gpu {
     /// never blocks, it awaits read-backs instead).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self) -> Result<(), EngineError> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map(|_| ())
-            .map_err(|e| EngineError::Device(e.to_string()))
+        crate::kernel::wait(&self.device)
     }
 }

@@ -121,6 +121,8 @@ impl Kernel {
             bind_group,
             uniform,
             workgroups,
+            entry_point: self.entry_point,
+            flops: 0.0,
         }
     }
 }
@@ -132,9 +134,28 @@ pub struct Dispatch {
     bind_group: wgpu::BindGroup,
     uniform: wgpu::Buffer,
     workgroups: [u32; 3],
+    entry_point: &'static str,
+    flops: f64,
 }
 
 impl Dispatch {
+    /// The WGSL entry point it runs: what profiles group by.
+    pub fn entry_point(&self) -> &'static str {
+        self.entry_point
+    }
+
+    /// The floating-point operations it does (2 per multiply-add), where
+    /// they are counted (the GEMM and convolution kernels); 0 elsewhere.
+    pub fn flops(&self) -> f64 {
+        self.flops
+    }
+
+    /// Records that it does `flops` floating-point operations.
+    pub fn with_flops(mut self, flops: f64) -> Self {
+        self.flops = flops;
+        self
+    }
+
     /// Replaces the uniform parameters (e.g. a new learning rate) without
     /// creating anything; `params` must be of the type the dispatch was bound with.
     pub fn update_params<P: Pod>(&self, queue: &wgpu::Queue, params: &P) {
@@ -166,6 +187,38 @@ pub fn submit(device: &wgpu::Device, queue: &wgpu::Queue, dispatches: &[&Dispatc
         }
     }
     queue.submit([encoder.finish()]);
+}
+
+/// Waits until all work submitted to `device` has finished (native only;
+/// the browser never blocks, it awaits read-backs instead).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn wait(device: &wgpu::Device) -> Result<(), crate::EngineError> {
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map(|_| ())
+        .map_err(|e| crate::EngineError::Device(e.to_string()))
+}
+
+/// The time of each of `dispatches`, run in order, each in its own command
+/// buffer that is waited for: a profile (the sum exceeds the time of one
+/// command buffer by the per-submission overhead).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn profile<'a>(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    dispatches: impl IntoIterator<Item = &'a Dispatch>,
+) -> Result<Vec<(&'a Dispatch, std::time::Duration)>, crate::EngineError> {
+    // Work submitted earlier must not be counted against the first dispatch.
+    wait(device)?;
+    dispatches
+        .into_iter()
+        .map(|dispatch| {
+            let start = std::time::Instant::now();
+            submit(device, queue, &[dispatch]);
+            wait(device)?;
+            Ok((dispatch, start.elapsed()))
+        })
+        .collect()
 }
 
 /// A grid of workgroups covering `invocations` threads of `workgroup_size`,

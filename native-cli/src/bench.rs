@@ -33,6 +33,11 @@ pub struct BenchArgs {
     /// (e.g. "resnet20", "train", "folded"); the GEMM ceiling always runs.
     #[arg(long)]
     filter: Option<String>,
+    /// Also profile the selected training and (unfolded) inference cases:
+    /// each dispatch of a step run and timed on its own, the medians summed
+    /// per kernel entry point.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// How whole-model GFLOP/s are counted (printed with the figures).
@@ -106,6 +111,40 @@ struct ModelResult {
     gflops: f64,
     ceiling_ratio: f64,
     reps: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<Profile>,
+}
+
+/// Where a step's time goes, per dispatch and per kernel entry point.
+#[derive(Serialize)]
+struct Profile {
+    /// The sum of the dispatches' times: the step's time plus one
+    /// submission's overhead per dispatch.
+    total_ms: f64,
+    /// By total time, longest first.
+    kernels: Vec<KernelProfile>,
+    /// In step order.
+    dispatches: Vec<DispatchProfile>,
+}
+
+#[derive(Serialize)]
+struct KernelProfile {
+    entry_point: &'static str,
+    ms: f64,
+    /// Of [`Profile::total_ms`].
+    share: f64,
+    count: usize,
+    /// For the kernels whose FLOPs are counted (GEMMs and convolutions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gflops: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct DispatchProfile {
+    entry_point: &'static str,
+    /// Median over the profiled steps.
+    ms: f64,
+    gflop: f64,
 }
 
 #[derive(Serialize)]
@@ -363,33 +402,101 @@ fn model_cases() -> Vec<ModelCase> {
     cases
 }
 
+/// Profiles `runs` steps of `plan` (at least one): the median time of each
+/// dispatch, and their sums per entry point.
+fn profile_plan(ctx: &Context, plan: &Plan, runs: usize) -> anyhow::Result<Profile> {
+    let mut runs = (0..runs.max(1))
+        .map(|_| plan.profile(ctx.device(), ctx.queue()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let dispatches: Vec<DispatchProfile> = (0..runs[0].len())
+        .map(|index| {
+            let mut times: Vec<Duration> = runs.iter_mut().map(|run| run[index].1).collect();
+            times.sort();
+            let dispatch = runs[0][index].0;
+            DispatchProfile {
+                entry_point: dispatch.entry_point(),
+                ms: times[times.len() / 2].as_secs_f64() * 1e3,
+                gflop: dispatch.flops() / 1e9,
+            }
+        })
+        .collect();
+    let total_ms: f64 = dispatches.iter().map(|d| d.ms).sum();
+    let mut kernels: Vec<KernelProfile> = Vec::new();
+    let mut gflop: Vec<f64> = Vec::new();
+    for d in &dispatches {
+        let index = match kernels.iter().position(|k| k.entry_point == d.entry_point) {
+            Some(index) => index,
+            None => {
+                kernels.push(KernelProfile {
+                    entry_point: d.entry_point,
+                    ms: 0.0,
+                    share: 0.0,
+                    count: 0,
+                    gflops: None,
+                });
+                gflop.push(0.0);
+                kernels.len() - 1
+            }
+        };
+        kernels[index].ms += d.ms;
+        kernels[index].count += 1;
+        gflop[index] += d.gflop;
+    }
+    for (kernel, gflop) in kernels.iter_mut().zip(gflop) {
+        kernel.share = kernel.ms / total_ms;
+        kernel.gflops = (gflop > 0.0).then(|| gflop / kernel.ms * 1e3);
+    }
+    kernels.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    Ok(Profile {
+        total_ms,
+        kernels,
+        dispatches,
+    })
+}
+
 /// Times a whole step or inference of freshly initialised weights on random
 /// images, written once before timing (nothing is read back).
-fn bench_model(ctx: &Context, case: &ModelCase, reps: usize, ceiling: f64) -> anyhow::Result<ModelResult> {
+fn bench_model(
+    ctx: &Context,
+    case: &ModelCase,
+    reps: usize,
+    ceiling: f64,
+    profiled: bool,
+) -> anyhow::Result<ModelResult> {
     let (device, queue, kernels) = (ctx.device(), ctx.queue(), &ctx.kernels);
-    let model = Model::init(case.spec.clone(), 1)?;
-    let graph = case.spec.graph(case.batch)?;
-    let mut rng = Rng::new(3);
-    let input_len = graph.tensors[graph.input].iter().product();
-    let images: Vec<f32> = rng.vec(input_len, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
-    let timing = match case.mode {
+    // Plans of the layer-by-layer graph are profiled on request.
+    let profile = |plan: &Plan, timing: &Timing| profiled.then(|| profile_plan(ctx, plan, timing.reps)).transpose();
+    // Inference arms start from freshly initialised weights on random images.
+    let model_and_images = || -> anyhow::Result<(Model, Vec<f32>)> {
+        let (images, _) = kernel_choice::random_batch(&case.spec.graph(case.batch)?);
+        Ok((Model::init(case.spec.clone(), 1)?, images))
+    };
+    let (timing, profile) = match case.mode {
         Mode::Train => {
             let step = TrainingStep::new(&ctx.gpu, kernels, &case.spec, case.batch)?;
-            median_time(|| step.run(&ctx.gpu), reps, &MODEL_BUDGET)?
+            let timing = median_time(|| step.run(&ctx.gpu), reps, &MODEL_BUDGET)?;
+            let profile = profile(step.plan(), &timing)?;
+            (timing, profile)
         }
         Mode::Infer => {
+            let (model, images) = model_and_images()?;
+            let graph = case.spec.graph(case.batch)?;
             let plan = Plan::inference(device, kernels, graph, &model.params, &model.running)?;
             plan.write_batch(queue, &images, &[])?;
-            time(ctx, || plan.step(device, queue), reps, &MODEL_BUDGET)?
+            let timing = time(ctx, || plan.step(device, queue), reps, &MODEL_BUDGET)?;
+            let profile = profile(&plan, &timing)?;
+            (timing, profile)
         }
         Mode::InferFolded => {
+            let (model, images) = model_and_images()?;
             let plan = InferencePlan::new(device, kernels, &model, case.batch)?;
             plan.write_input(queue, &images)?;
-            time(ctx, || plan.run(device, queue), reps, &MODEL_BUDGET)?
+            (time(ctx, || plan.run(device, queue), reps, &MODEL_BUDGET)?, None)
         }
         Mode::InferCpu => {
+            let (model, images) = model_and_images()?;
             let net = FoldedNetwork::new(&model, case.batch)?;
-            time_cpu(|| cpu::infer(&net, &images), reps, &MODEL_BUDGET)?
+            (time_cpu(|| cpu::infer(&net, &images), reps, &MODEL_BUDGET)?, None)
         }
     };
     let seconds = timing.median.as_secs_f64();
@@ -407,6 +514,7 @@ fn bench_model(ctx: &Context, case: &ModelCase, reps: usize, ceiling: f64) -> an
         gflops,
         ceiling_ratio: gflops / ceiling,
         reps: timing.reps,
+        profile,
     })
 }
 
@@ -461,11 +569,32 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         say(format!("whole models ({FLOP_CONVENTION}):"));
     }
     for case in &model_cases {
-        let r = bench_model(&ctx, case, args.reps, ceiling)?;
+        let r = bench_model(&ctx, case, args.reps, ceiling, args.profile)?;
         say(format!(
             "{:<26} {:9.2} ms {:9.1} img/s {:7.2} GFLOP/s  {:5.2} of ceiling ({} reps)",
             r.name, r.ms, r.images_per_s, r.gflops, r.ceiling_ratio, r.reps
         ));
+        if let Some(p) = &r.profile {
+            say(format!(
+                "  profile: {} dispatches, each submitted alone, {:.2} ms in all (medians)",
+                p.dispatches.len(),
+                p.total_ms
+            ));
+            say(format!(
+                "  {:<36} {:>10} {:>6} {:>6} {:>8}",
+                "entry point", "ms", "share", "count", "GFLOP/s"
+            ));
+            for k in &p.kernels {
+                let gflops = k.gflops.map_or(String::new(), |g| format!("{g:8.2}"));
+                say(format!(
+                    "  {:<36} {:10.2} {:5.1}% {:6} {gflops:>8}",
+                    k.entry_point,
+                    k.ms,
+                    k.share * 100.0,
+                    k.count
+                ));
+            }
+        }
         models.push(r);
     }
     if args.json {

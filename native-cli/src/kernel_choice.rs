@@ -8,7 +8,7 @@ use crate::train::write_atomically;
 use anyhow::Context as _;
 use engine::layers::sgd::SgdParams;
 use engine::model::{Model, ModelSpec};
-use engine::network::Plan;
+use engine::network::{Graph, Plan};
 use engine::rng::Rng;
 use engine::{AdapterSummary, Context, Gpu, Kernels, Variant, tiled_kernels_fingerprint};
 use serde::{Deserialize, Serialize};
@@ -192,13 +192,15 @@ impl TrainingStep {
     pub fn new(gpu: &Gpu, kernels: &Kernels, spec: &ModelSpec, batch: usize) -> anyhow::Result<Self> {
         let model = Model::init(spec.clone(), 1)?;
         let graph = spec.graph(batch)?;
-        let mut rng = Rng::new(3);
-        let input_len = graph.tensors[graph.input].iter().product();
-        let images: Vec<f32> = rng.vec(input_len, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
-        let labels: Vec<u32> = (0..batch).map(|_| rng.below(graph.classes) as u32).collect();
+        let (images, labels) = random_batch(&graph);
         let plan = Plan::training(&gpu.device, kernels, graph, &model.params, SGD)?;
         plan.write_batch(&gpu.queue, &images, &labels)?;
         Ok(Self { plan })
+    }
+
+    /// The step's plan, for profiling its dispatches.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     /// Submits one step and waits for it: its wall-clock time.
@@ -208,6 +210,16 @@ impl TrainingStep {
         gpu.wait()?;
         Ok(start.elapsed())
     }
+}
+
+/// Images uniform in [-1, 1] and labels for one batch of `graph`, the same
+/// every call.
+pub fn random_batch(graph: &Graph) -> (Vec<f32>, Vec<u32>) {
+    let mut rng = Rng::new(3);
+    let input_len = graph.tensors[graph.input].iter().product();
+    let images = rng.vec(input_len, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
+    let labels = (0..graph.batch).map(|_| rng.below(graph.classes) as u32).collect();
+    (images, labels)
 }
 
 /// `RESNET_CACHE_DIR`, else `$XDG_CACHE_HOME/resnet-native`, else

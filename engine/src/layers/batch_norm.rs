@@ -137,6 +137,7 @@ struct NormalizeParams {
     planes: u32,
     eps: f32,
     spread_is_variance: u32,
+    epilogue: u32,
 }
 
 #[repr(C)]
@@ -157,6 +158,27 @@ struct BackwardDataParams {
     inv_count: f32,
 }
 
+/// What follows a batch norm in a residual block, fused into its normalising
+/// pass: `y = relu?(batch_norm(x) + residual?)`, so that neither the batch
+/// norm's output nor the sum is written and read again. The default is none.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// Added after normalising (the block's shortcut), of the shape of `y`.
+    pub residual: Option<&'a Tensor>,
+    pub relu: bool,
+}
+
+/// `EPILOGUE_*` flags of the shader.
+const EPILOGUE_RESIDUAL: u32 = 1;
+const EPILOGUE_RELU: u32 = 2;
+
+impl Epilogue<'_> {
+    fn flags(&self) -> u32 {
+        let residual = if self.residual.is_some() { EPILOGUE_RESIDUAL } else { 0 };
+        residual | if self.relu { EPILOGUE_RELU } else { 0 }
+    }
+}
+
 /// What the `spread` tensor of [`normalize`] holds.
 #[derive(Clone, Copy)]
 enum Spread {
@@ -166,7 +188,8 @@ enum Spread {
     Variance,
 }
 
-/// `y = (x - mean) * inv_std * gamma + beta`, where `spread` gives `inv_std`.
+/// `y = (x - mean) * inv_std * gamma + beta`, where `spread` gives `inv_std`,
+/// then the epilogue.
 #[allow(clippy::too_many_arguments)]
 fn normalize(
     device: &wgpu::Device,
@@ -177,6 +200,7 @@ fn normalize(
     spread: (Spread, &Tensor),
     gamma: &Tensor,
     beta: &Tensor,
+    epilogue: Epilogue<'_>,
     y: &Tensor,
     eps: f32,
 ) -> Dispatch {
@@ -187,18 +211,23 @@ fn normalize(
         planes: shape.planes() as u32,
         eps,
         spread_is_variance: matches!(spread.0, Spread::Variance) as u32,
+        epilogue: epilogue.flags(),
     };
+    // Without a residual the binding still needs a buffer: `x` (read-only)
+    // stands in, and the shader does not read it.
+    let residual = epilogue.residual.unwrap_or(x);
     kernels.batch_norm.normalize.bind(
         device,
         &params,
-        &[x, mean, spread.1, gamma, beta, y],
+        &[x, mean, spread.1, gamma, beta, residual, y],
         shape.elementwise_grid(),
     )
 }
 
 /// Training mode: normalises with the batch statistics (biased variance), writes
 /// `saved_mean` and `saved_inv_std` (`[C]`) for the backward pass, and updates
-/// `running_mean` / `running_var` in place with `momentum`. All tensors distinct.
+/// `running_mean` / `running_var` in place with `momentum`; `y` gets the
+/// epilogue applied. All tensors distinct.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_forward_train(
     device: &wgpu::Device,
@@ -211,13 +240,15 @@ pub fn batch_norm_forward_train(
     running_var: &Tensor,
     saved_mean: &Tensor,
     saved_inv_std: &Tensor,
+    epilogue: Epilogue<'_>,
     y: &Tensor,
     momentum: f32,
     eps: f32,
 ) -> Vec<Dispatch> {
+    let activations: Vec<&Tensor> = [x, y].into_iter().chain(epilogue.residual).collect();
     shape.check(
         "batch_norm_forward_train",
-        &[x, y],
+        &activations,
         &[gamma, beta, running_mean, running_var, saved_mean, saved_inv_std],
     );
     let params = StatisticsParams {
@@ -243,13 +274,14 @@ pub fn batch_norm_forward_train(
         (Spread::InvStd, saved_inv_std),
         gamma,
         beta,
+        epilogue,
         y,
         eps,
     );
     vec![statistics, normalize]
 }
 
-/// Eval mode: normalises with the running statistics.
+/// Eval mode: normalises with the running statistics, then the epilogue.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_forward_eval(
     device: &wgpu::Device,
@@ -260,12 +292,14 @@ pub fn batch_norm_forward_eval(
     beta: &Tensor,
     running_mean: &Tensor,
     running_var: &Tensor,
+    epilogue: Epilogue<'_>,
     y: &Tensor,
     eps: f32,
 ) -> Dispatch {
+    let activations: Vec<&Tensor> = [x, y].into_iter().chain(epilogue.residual).collect();
     shape.check(
         "batch_norm_forward_eval",
-        &[x, y],
+        &activations,
         &[gamma, beta, running_mean, running_var],
     );
     normalize(
@@ -277,6 +311,7 @@ pub fn batch_norm_forward_eval(
         (Spread::Variance, running_var),
         gamma,
         beta,
+        epilogue,
         y,
         eps,
     )
@@ -471,6 +506,7 @@ pub mod cpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::relu;
     use crate::rng::Rng;
     use crate::testing::{assert_close, assert_gradient, context, dot};
 
@@ -556,6 +592,7 @@ mod tests {
             &running_var,
             &saved_mean,
             &saved_inv_std,
+            Epilogue::default(),
             &y,
             momentum as f32,
             EPS as f32,
@@ -583,6 +620,7 @@ mod tests {
             &beta,
             &running_mean,
             &running_var,
+            Epilogue::default(),
             &y_eval,
             EPS as f32,
         ));
@@ -653,6 +691,87 @@ mod tests {
         }
     }
 
+    /// The fused epilogues, in both modes, against the reference batch norm
+    /// followed by the residual add and the ReLU.
+    #[test]
+    fn batch_norm_epilogues_match_reference_batch_norm_then_add_then_relu() {
+        let Some(ctx) = context() else { return };
+        let (device, queue) = (ctx.device(), ctx.queue());
+        let shape = BatchNormShape {
+            batch: 3,
+            channels: 5,
+            spatial: 49,
+        };
+        let mut rng = Rng::new(7);
+        let inp = inputs(&mut rng, shape, 0.0, 1.0);
+        let shortcut = rng.vec(shape.len(), -1.0, 1.0);
+        let (c, len) = ([shape.channels], [shape.len()]);
+        let upload = |shape: &[usize], data: &[f64]| Tensor::from_f64(device, shape, data).unwrap();
+        let zeros = |shape: &[usize]| Tensor::zeros(device, shape).unwrap();
+        let (x, residual) = (upload(&len, &inp.x), upload(&len, &shortcut));
+        let (gamma, beta) = (upload(&c, &inp.gamma), upload(&c, &inp.beta));
+        let train = cpu::batch_norm_forward_train(shape, &inp.x, &inp.gamma, &inp.beta, EPS).y;
+        let eval = cpu::batch_norm_forward_eval(
+            shape,
+            &inp.x,
+            &inp.gamma,
+            &inp.beta,
+            &inp.running_mean,
+            &inp.running_var,
+            EPS,
+        );
+        for (with_residual, relu) in [(false, true), (true, false), (true, true)] {
+            let epilogue = Epilogue {
+                residual: with_residual.then_some(&residual),
+                relu,
+            };
+            let reference = |y: &[f64]| {
+                let sum: Vec<f64> = if with_residual {
+                    y.iter().zip(&shortcut).map(|(a, b)| a + b).collect()
+                } else {
+                    y.to_vec()
+                };
+                if relu { relu::cpu::relu_forward(&sum) } else { sum }
+            };
+            let (running_mean, running_var) = (upload(&c, &inp.running_mean), upload(&c, &inp.running_var));
+            let (y_train, y_eval) = (zeros(&len), zeros(&len));
+            let mut dispatches = vec![batch_norm_forward_eval(
+                device,
+                &ctx.kernels,
+                shape,
+                &x,
+                &gamma,
+                &beta,
+                &running_mean,
+                &running_var,
+                epilogue,
+                &y_eval,
+                EPS as f32,
+            )];
+            dispatches.extend(batch_norm_forward_train(
+                device,
+                &ctx.kernels,
+                shape,
+                &x,
+                &gamma,
+                &beta,
+                &running_mean,
+                &running_var,
+                &zeros(&c),
+                &zeros(&c),
+                epilogue,
+                &y_train,
+                0.1,
+                EPS as f32,
+            ));
+            ctx.run(&dispatches.iter().collect::<Vec<_>>());
+            let what = |mode: &str| format!("{mode} residual {with_residual} relu {relu}");
+            let read = |t: &Tensor| t.read_blocking(device, queue).unwrap();
+            assert_close(&what("train"), &read(&y_train), &reference(&train), 2e-5, 2e-5);
+            assert_close(&what("eval"), &read(&y_eval), &reference(&eval), 2e-5, 2e-5);
+        }
+    }
+
     #[test]
     fn batch_norm_gpu_single_value_per_channel_gives_beta_without_nan() {
         // n = 1: variance 0, xhat 0, y = beta; the running variance takes the
@@ -685,6 +804,7 @@ mod tests {
             &running_var,
             &saved_mean,
             &saved_inv_std,
+            Epilogue::default(),
             &y,
             0.1,
             EPS as f32,

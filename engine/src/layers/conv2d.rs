@@ -267,6 +267,14 @@ struct ImplicitGemmParams {
     epilogue: u32,
 }
 
+impl ImplicitGemmParams {
+    /// Rows x columns x depth x 2, padding taps included as in
+    /// [`Conv2dShape::flops`].
+    fn flops(&self) -> f64 {
+        2.0 * self.rows as f64 * self.columns as f64 * (self.channels * self.taps_h * self.taps_w) as f64
+    }
+}
+
 /// Epilogue flags (`EPILOGUE_*` in the shader).
 const EPILOGUE_RESIDUAL: u32 = 1;
 const EPILOGUE_RELU: u32 = 2;
@@ -441,7 +449,10 @@ fn implicit_gemm(
     dst: &Tensor,
 ) -> Dispatch {
     let grid = implicit_gemm_grid(kernels, params);
-    kernels.implicit_gemm.bind(device, params, &[wt, src, dst], grid)
+    kernels
+        .implicit_gemm
+        .bind(device, params, &[wt, src, dst], grid)
+        .with_flops(params.flops())
 }
 
 /// `y = conv2d(x, w)`.
@@ -497,12 +508,14 @@ pub fn conv2d_forward_fused(
     // Without a residual the binding still needs a buffer: the (small,
     // read-only) bias stands in, and the shader does not read it.
     let residual = residual.unwrap_or(bias);
-    k.implicit_gemm_fused.bind(
-        device,
-        &params,
-        &[wt, x, y, bias, residual],
-        implicit_gemm_grid(k, &params),
-    )
+    k.implicit_gemm_fused
+        .bind(
+            device,
+            &params,
+            &[wt, x, y, bias, residual],
+            implicit_gemm_grid(k, &params),
+        )
+        .with_flops(params.flops())
 }
 
 /// One dimension of a backward-data stride phase: the input positions
@@ -660,7 +673,10 @@ pub fn conv2d_backward_weight(
             chunks as u32,
         ],
     };
-    let gradient = k.weight_grad.bind(device, &params, &[x, dy, &partials], grid);
+    let gradient = k
+        .weight_grad
+        .bind(device, &params, &[x, dy, &partials], grid)
+        .with_flops(shape.flops());
     let reduce = k.reduce_partials.bind(
         device,
         &ReduceParams {

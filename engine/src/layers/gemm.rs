@@ -120,14 +120,15 @@ pub fn matmul(
         "matmul: {m}x{n} needs more than {limit} workgroups in a dimension"
     );
     let grid = [grid[0] as u32, grid[1] as u32, 1];
+    let flops = 2.0 * (m * n * k) as f64;
     Ok(match g.variant {
         Variant::RegisterTile | Variant::CompactTile => {
             let (at, pack_a) = pack(device, g, a, [k, m], [1, k])?;
             let (bp, pack_b) = pack(device, g, b, [k, n], [n, 1])?;
-            let product = g.matmul.bind(device, &params, &[&at, &bp, c], grid);
+            let product = g.matmul.bind(device, &params, &[&at, &bp, c], grid).with_flops(flops);
             vec![pack_a, pack_b, product]
         }
-        Variant::WorkgroupTile => vec![g.matmul.bind(device, &params, &[a, b, c], grid)],
+        Variant::WorkgroupTile => vec![g.matmul.bind(device, &params, &[a, b, c], grid).with_flops(flops)],
     })
 }
 

@@ -2,8 +2,8 @@
 //! dispatch built once, so a training step or an inference only writes its
 //! input, records the same dispatches into one command buffer and submits it.
 
-use super::graph::{BN_EPS, BN_MOMENTUM, GradStep, Graph, Op};
-use crate::layers::batch_norm::{batch_norm_backward, batch_norm_forward_eval, batch_norm_forward_train};
+use super::graph::{BN_EPS, BN_MOMENTUM, GradStep, Graph, Op, TensorId};
+use crate::layers::batch_norm::{Epilogue, batch_norm_backward, batch_norm_forward_eval, batch_norm_forward_train};
 use crate::layers::conv2d::{conv2d_backward_data, conv2d_backward_weight, conv2d_forward};
 use crate::layers::linear::{linear_backward_data, linear_backward_weight, linear_forward};
 use crate::layers::loss::{LossShape, softmax_cross_entropy_backward, softmax_cross_entropy_forward, top_k_correct};
@@ -101,8 +101,22 @@ impl Plan {
 
         // Batch statistics saved by each training-mode batch norm for its backward.
         let mut saved_stats: Vec<Option<(Tensor, Tensor)>> = vec![None; graph.ops.len()];
+        let fusions = batch_norm_fusions(&graph);
+        // A fused batch norm runs where the last op it absorbs was; those ops
+        // do not run.
+        let mut order: Vec<Option<usize>> = (0..graph.ops.len()).map(Some).collect();
+        for (index, fusion) in fusions.iter().enumerate() {
+            if let Some(fusion) = fusion {
+                order[index] = None;
+                for &absorbed in &fusion.absorbed {
+                    order[absorbed] = None;
+                }
+                order[*fusion.absorbed.last().expect("a fusion absorbs an op")] = Some(index);
+            }
+        }
         let mut forward = Vec::new();
-        for (index, op) in graph.ops.iter().enumerate() {
+        for index in order.into_iter().flatten() {
+            let op = &graph.ops[index];
             let y = &acts[op.output()];
             match *op {
                 Op::Conv2d { shape, x, w, .. } => forward.extend(conv2d_forward(
@@ -123,6 +137,16 @@ impl Plan {
                 } => {
                     let (gamma, beta) = (param(&params, gamma), param(&params, beta));
                     let (mean, var) = &running[stats];
+                    let (epilogue, y) = match &fusions[index] {
+                        Some(fusion) => (
+                            Epilogue {
+                                residual: fusion.residual.map(|t| &acts[t]),
+                                relu: fusion.relu,
+                            },
+                            &acts[fusion.output],
+                        ),
+                        None => (Epilogue::default(), y),
+                    };
                     if train {
                         let saved = (
                             Tensor::zeros(device, &[shape.channels])?,
@@ -139,6 +163,7 @@ impl Plan {
                             var,
                             &saved.0,
                             &saved.1,
+                            epilogue,
                             y,
                             BN_MOMENTUM,
                             BN_EPS,
@@ -146,7 +171,7 @@ impl Plan {
                         saved_stats[index] = Some(saved);
                     } else {
                         forward.push(batch_norm_forward_eval(
-                            device, kernels, shape, &acts[x], &gamma, &beta, mean, var, y, BN_EPS,
+                            device, kernels, shape, &acts[x], &gamma, &beta, mean, var, epilogue, y, BN_EPS,
                         ));
                     }
                 }
@@ -267,18 +292,32 @@ impl Plan {
         Ok(())
     }
 
-    /// Records one step (forward; when training also loss, backward and the SGD
-    /// update) into `pass`.
+    /// The dispatches of one step, in order: forward; when training also loss,
+    /// backward and the SGD update.
+    pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
+        let training = self
+            .training
+            .iter()
+            .flat_map(|t| t.backward.iter().chain(std::iter::once(&t.sgd)));
+        self.forward.iter().chain(training)
+    }
+
+    /// Records one step ([`Plan::dispatches`]) into `pass`.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        for d in &self.forward {
+        for d in self.dispatches() {
             d.record(pass);
         }
-        if let Some(t) = &self.training {
-            for d in &t.backward {
-                d.record(pass);
-            }
-            t.sgd.record(pass);
-        }
+    }
+
+    /// Runs one step dispatch by dispatch, waiting for each: the time of every
+    /// dispatch, in step order (see [`crate::kernel::profile`]).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+    ) -> Result<Vec<(&Dispatch, std::time::Duration)>, EngineError> {
+        crate::kernel::profile(device, queue, self.dispatches())
     }
 
     /// Submits one step as a single command buffer; nothing is read back.
@@ -391,6 +430,70 @@ impl Plan {
     pub fn param_grads(&self) -> Option<&Tensor> {
         self.training.as_ref().map(|t| &t.param_grads)
     }
+}
+
+/// What a batch norm's normalising pass also does (see [`Epilogue`]): the
+/// ops it absorbs, in order, and the tensor it writes in place of theirs.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct BatchNormFusion {
+    pub absorbed: Vec<usize>,
+    pub residual: Option<TensorId>,
+    pub relu: bool,
+    pub output: TensorId,
+}
+
+/// For each op, the fusion of a batch norm whose output only a ReLU reads
+/// (`relu(bn)`), or only a residual add (`bn + shortcut`), that add's output
+/// in turn only a ReLU (`relu(bn + shortcut)`). The outputs fused away are
+/// never written: no backward reads them (a ReLU's backward reads its own
+/// output, a batch norm's its input, an add's nothing).
+pub(crate) fn batch_norm_fusions(graph: &Graph) -> Vec<Option<BatchNormFusion>> {
+    let consumers = graph.consumers();
+    // The op reading tensor t, where it has exactly one reader.
+    let only_reader = |t: TensorId| {
+        (consumers[t] == 1)
+            .then(|| graph.ops.iter().position(|op| op.inputs().contains(&t)))
+            .flatten()
+    };
+    let mut claimed = vec![false; graph.ops.len()];
+    let mut fusions = vec![None; graph.ops.len()];
+    for (index, op) in graph.ops.iter().enumerate() {
+        let Op::BatchNorm { y, .. } = *op else { continue };
+        let Some(next) = only_reader(y).filter(|&next| !claimed[next]) else {
+            continue;
+        };
+        let fusion = match graph.ops[next] {
+            Op::Relu { y: output, .. } => BatchNormFusion {
+                absorbed: vec![next],
+                residual: None,
+                relu: true,
+                output,
+            },
+            Op::Add { a, b, y: sum } => {
+                let residual = Some(if a == y { b } else { a });
+                match only_reader(sum).map(|relu| (relu, graph.ops[relu])) {
+                    Some((relu, Op::Relu { y: output, .. })) => BatchNormFusion {
+                        absorbed: vec![next, relu],
+                        residual,
+                        relu: true,
+                        output,
+                    },
+                    _ => BatchNormFusion {
+                        absorbed: vec![next],
+                        residual,
+                        relu: false,
+                        output: sum,
+                    },
+                }
+            }
+            _ => continue,
+        };
+        for &absorbed in &fusion.absorbed {
+            claimed[absorbed] = true;
+        }
+        fusions[index] = Some(fusion);
+    }
+    fusions
 }
 
 /// PyTorch's initial running statistics: mean 0, variance 1.

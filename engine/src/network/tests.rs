@@ -3,6 +3,7 @@
 use super::cpu::{self, RunningStats};
 use super::graph::Op;
 use super::inference::{self, FoldedNetwork, FoldedOp, InferencePlan};
+use super::plan::batch_norm_fusions;
 use super::resnet::{BottleneckStride, Shortcut, imagenet_resnet};
 use super::{Plan, cifar_resnet};
 use crate::layers::sgd::SgdParams;
@@ -164,6 +165,66 @@ fn resnet8_overfits_a_fixed_batch_of_16_on_gpu() {
         last.is_finite() && last < 0.1 * first,
         "loss went from {first} to {last}: {losses:?}"
     );
+}
+
+/// The profile times every dispatch of a training step once, in step order,
+/// labelled with a compute entry point of the shaders; the FLOPs it counts
+/// are the convolutions': each forward and backward-weight, and each
+/// backward-data but the stem's (the images need no gradient).
+#[test]
+fn training_profile_times_every_dispatch_labelled_by_its_entry_point() {
+    let Some(ctx) = context() else { return };
+    let graph = cifar_resnet(2, 1, true, 10);
+    let plan = Plan::training(ctx.device(), &ctx.kernels, graph.clone(), &graph.init_params(1), SGD).unwrap();
+    let profile = plan.profile(ctx.device(), ctx.queue()).unwrap();
+    let dispatches: Vec<_> = plan.dispatches().collect();
+    assert_eq!(profile.len(), dispatches.len());
+    assert!(profile.iter().zip(&dispatches).all(|((p, _), d)| std::ptr::eq(*p, *d)));
+
+    let shaders_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders");
+    let sources: String = std::fs::read_dir(shaders_dir)
+        .unwrap()
+        .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap())
+        .collect();
+    for (dispatch, _) in &profile {
+        let entry_point = dispatch.entry_point();
+        let declared = sources
+            .split("@compute")
+            .skip(1)
+            .any(|declaration| declaration.contains(&format!("fn {entry_point}(")));
+        assert!(declared, "{entry_point} is no compute entry point of shaders/");
+    }
+
+    let convs: Vec<_> = graph
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Conv2d { shape, .. } => Some(shape.flops()),
+            _ => None,
+        })
+        .collect();
+    let expected = 3.0 * convs.iter().sum::<f64>() - convs[0];
+    let counted: f64 = profile.iter().map(|(d, _)| d.flops()).sum();
+    assert!((counted / expected - 1.0).abs() < 1e-12, "{counted} vs {expected}");
+}
+
+/// ResNet-20's stem and every block's first batch norm take their ReLU into
+/// their normalising pass, and every block's second batch norm the residual
+/// add and the ReLU after it: no ReLU or add runs on its own.
+#[test]
+fn resnet20_batch_norms_fuse_every_relu_and_residual_add() {
+    let graph = cifar_resnet(2, 3, true, 10);
+    let fusions: Vec<_> = batch_norm_fusions(&graph).into_iter().flatten().collect();
+    assert_eq!(fusions.len(), 19);
+    assert_eq!(fusions.iter().filter(|f| f.residual.is_none() && f.relu).count(), 10);
+    assert_eq!(fusions.iter().filter(|f| f.residual.is_some() && f.relu).count(), 9);
+    let absorbed: usize = fusions.iter().map(|f| f.absorbed.len()).sum();
+    let relus_and_adds = graph
+        .ops
+        .iter()
+        .filter(|op| matches!(op, Op::Relu { .. } | Op::Add { .. }))
+        .count();
+    assert_eq!(absorbed, relus_and_adds);
 }
 
 #[test]
