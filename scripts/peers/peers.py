@@ -20,6 +20,12 @@
         step at batch 128 (SGD with momentum 0.9, weight decay 1e-4, softmax
         cross-entropy, random images and labels). Each figure is the median of N
         runs after W warm-up runs. Writes JSON.
+
+    peers.py torch-cuda --out FILE [--reps N] [--warmup W] [--batch B]
+        The same ResNet-20 training step on the first CUDA device, in fp32
+        (TF32 off for matrix products and cuDNN, cudnn.benchmark on), the
+        clock stopped after torch.cuda.synchronize(): the baseline of issue 5's
+        real-GPU goal (scripts/device-check.sh). Writes JSON.
 """
 
 import argparse
@@ -166,6 +172,41 @@ def timed(run, warmup, reps):
     return statistics.median(times), times
 
 
+def resnet20_training_step(device, batch):
+    """One SGD step (the paper's recipe) of ResNet-20 on a fixed random batch,
+    waiting for the device."""
+    model = resnet20().train().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    images = torch.randn(batch, 3, 32, 32, device=device)
+    labels = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return step
+
+
+def bench_torch_cuda(reps, warmup, batch):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    device = torch.device("cuda")
+    median, times = timed(resnet20_training_step(device, batch), warmup, reps)
+    name = torch.cuda.get_device_name(device)
+    print(f"  torch CUDA fp32 ({name}) resnet20 train b{batch}: {median:.2f} ms ({batch * 1e3 / median:.0f} img/s)", file=sys.stderr)
+    return {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "gpu": name,
+        "results": [{"workload": f"resnet20 train b{batch}", "precision": "fp32 (TF32 off)", "median_ms": median, "images_per_s": batch * 1e3 / median, "times_ms": times, "reps": reps, "warmup": warmup}],
+    }
+
+
 def bench_torch(reps, warmup, threads, train_reps):
     """Every workload at each thread count in `threads`."""
     results = []
@@ -183,17 +224,8 @@ def bench_torch(reps, warmup, threads, train_reps):
             results.append({"workload": f"{name} infer b1", "threads": count, "median_ms": median, "times_ms": times, "reps": reps, "warmup": warmup})
             print(f"  torch ({count} threads) {name} infer b1: {median:.2f} ms", file=sys.stderr)
 
-        model = resnet20().train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-        images, labels = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(images), labels).backward()
-            optimizer.step()
-
         train_warmup = min(warmup, 2)
-        median, times = timed(step, train_warmup, train_reps)
+        median, times = timed(resnet20_training_step(torch.device("cpu"), 128), train_warmup, train_reps)
         results.append({"workload": "resnet20 train b128", "threads": count, "median_ms": median, "times_ms": times, "reps": train_reps, "warmup": train_warmup})
         print(f"  torch ({count} threads) resnet20 train b128: {median:.1f} ms ({128e3 / median:.1f} img/s)", file=sys.stderr)
     return {"torch": torch.__version__, "cpu": cpu_name(), "cpus": os.cpu_count(), "results": results}
@@ -210,14 +242,22 @@ def main():
     t.add_argument("--warmup", type=int, default=3)
     t.add_argument("--threads", default="2,1", help="comma-separated thread counts, each measured")
     t.add_argument("--train-reps", type=int, default=5)
+    c = sub.add_parser("torch-cuda")
+    c.add_argument("--out", required=True)
+    c.add_argument("--reps", type=int, default=50)
+    c.add_argument("--warmup", type=int, default=10)
+    c.add_argument("--batch", type=int, default=128)
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args.out)
-    else:
+        return 0
+    if args.command == "torch":
         threads = [int(t) for t in args.threads.split(",")]
         report = bench_torch(args.reps, args.warmup, threads, args.train_reps)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+    else:
+        report = bench_torch_cuda(args.reps, args.warmup, args.batch)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
     return 0
 
 
