@@ -57,6 +57,29 @@ impl Conv2dShape {
         2.0 * self.output_len() as f64 * (self.in_channels * self.kernel * self.kernel) as f64
     }
 
+    /// Test shorthand, in the order shapes are usually written.
+    #[cfg(test)]
+    pub(crate) fn of(
+        batch: usize,
+        in_channels: usize,
+        (in_h, in_w): (usize, usize),
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Self {
+        Self {
+            batch,
+            in_channels,
+            in_h,
+            in_w,
+            out_channels,
+            kernel,
+            stride,
+            pad,
+        }
+    }
+
     #[track_caller]
     fn validate(&self) {
         assert!(
@@ -781,6 +804,7 @@ mod tests {
     use crate::rng::Rng;
     use crate::testing::{assert_close, assert_gradient, context, dot};
 
+    /// A shape of square maps.
     fn shape(
         batch: usize,
         cin: usize,
@@ -790,16 +814,7 @@ mod tests {
         stride: usize,
         pad: usize,
     ) -> Conv2dShape {
-        Conv2dShape {
-            batch,
-            in_channels: cin,
-            in_h: hw,
-            in_w: hw,
-            out_channels: cout,
-            kernel,
-            stride,
-            pad,
-        }
+        Conv2dShape::of(batch, cin, (hw, hw), cout, kernel, stride, pad)
     }
 
     /// Awkward shapes: kernels 1/3/7, strides 1/2, batch 1 and 3, maps 5x5, 7x7
