@@ -7,6 +7,11 @@
 //! one warm-up run; the figure is the median over the repetitions. The
 //! `infer-cpu` cases time the folded network's CPU path (the browser's
 //! fallback) in this process instead, single-threaded.
+//!
+//! Every repetition of a case is paired with one run of the ceiling's GEMM
+//! just before it, and a case's ratio to the ceiling is the median of the
+//! pairs' ratios: on shared machines throughput drifts by tens of percent
+//! within a minute, and runs seconds apart drift alike.
 
 use engine::layers::conv2d::{self, Conv2dShape};
 use engine::layers::gemm;
@@ -93,6 +98,9 @@ struct ConvResult {
     size: usize,
     median_ms: f64,
     gflops: f64,
+    /// The GEMM's GFLOP/s in the runs paired with this case's.
+    ceiling_gflops: f64,
+    /// Median over the pairs.
     ratio_to_ceiling: f64,
     reps: usize,
 }
@@ -109,6 +117,9 @@ struct ModelResult {
     images_per_s: f64,
     gflop_per_image: f64,
     gflops: f64,
+    /// The GEMM's GFLOP/s in the runs paired with this case's.
+    ceiling_gflops: f64,
+    /// Median over the pairs.
     ceiling_ratio: f64,
     reps: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -160,11 +171,56 @@ struct Report {
 struct Timing {
     median: Duration,
     reps: usize,
+    /// With a paired GEMM: its median time, and the median over the pairs of
+    /// GEMM time / case time.
+    paired: Option<(Duration, f64)>,
 }
 
-/// Median wall-clock time of `submit` (one command buffer) and waiting for it.
-fn time(ctx: &Context, submit: impl Fn(), reps: usize, budget: &Budget) -> anyhow::Result<Timing> {
+impl Timing {
+    /// GFLOP/s of `flops` per run, the paired GEMM's GFLOP/s (the ceiling)
+    /// and the median ratio of the two.
+    fn rates(&self, flops: f64, gemm: &GemmProbe) -> (f64, f64, f64) {
+        let gflops = flops / self.median.as_secs_f64() / 1e9;
+        let (gemm_median, gemm_over_case) = self.paired.expect("a case's timing is paired with the GEMM");
+        let ceiling = gemm.flops / gemm_median.as_secs_f64() / 1e9;
+        (gflops, ceiling, gemm_over_case * flops / gemm.flops)
+    }
+}
+
+/// The dense GEMM whose GFLOP/s are the ceiling, ready to submit.
+struct GemmProbe {
+    dispatches: Vec<Dispatch>,
+    flops: f64,
+    variant: Variant,
+}
+
+impl GemmProbe {
+    fn new(ctx: &Context, kernels: &Kernels) -> anyhow::Result<Self> {
+        let n = GEMM_SIZE;
+        let mut rng = Rng::new(1);
+        let a = random_tensor(ctx, &mut rng, n * n)?;
+        let b = random_tensor(ctx, &mut rng, n * n)?;
+        let c = Tensor::zeros(ctx.device(), &[n * n])?;
+        Ok(Self {
+            dispatches: gemm::matmul(ctx.device(), kernels, n, n, n, &a, &b, &c)?,
+            flops: 2.0 * (n * n * n) as f64,
+            variant: kernels.variant,
+        })
+    }
+
+    fn run(&self, ctx: &Context) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        ctx.run(&self.dispatches.iter().collect::<Vec<_>>());
+        ctx.gpu.wait()?;
+        Ok(start.elapsed())
+    }
+}
+
+/// Median wall-clock time of `submit` (one command buffer) and waiting for
+/// it, each run paired with one of `gemm`.
+fn time(ctx: &Context, gemm: &GemmProbe, submit: impl Fn(), reps: usize, budget: &Budget) -> anyhow::Result<Timing> {
     median_time(
+        Some(&|| gemm.run(ctx)),
         || {
             let start = Instant::now();
             submit();
@@ -176,9 +232,16 @@ fn time(ctx: &Context, submit: impl Fn(), reps: usize, budget: &Budget) -> anyho
     )
 }
 
-/// Median wall-clock time of `work` on this thread.
-fn time_cpu<T>(work: impl Fn() -> T, reps: usize, budget: &Budget) -> anyhow::Result<Timing> {
+/// Median wall-clock time of `work` on this thread, each run paired with one of `gemm`.
+fn time_cpu<T>(
+    ctx: &Context,
+    gemm: &GemmProbe,
+    work: impl Fn() -> T,
+    reps: usize,
+    budget: &Budget,
+) -> anyhow::Result<Timing> {
     median_time(
+        Some(&|| gemm.run(ctx)),
         || {
             let start = Instant::now();
             std::hint::black_box(work());
@@ -189,23 +252,48 @@ fn time_cpu<T>(work: impl Fn() -> T, reps: usize, budget: &Budget) -> anyhow::Re
     )
 }
 
-/// The median of `run`'s measurements after one warm-up run.
-fn median_time(run: impl Fn() -> anyhow::Result<Duration>, reps: usize, budget: &Budget) -> anyhow::Result<Timing> {
-    let warm_up = run()?;
+/// The median of `run`'s measurements after one warm-up run; with a
+/// `baseline` (the ceiling's GEMM), each run follows one of it, and the
+/// baseline's time counts towards the budget.
+fn median_time(
+    baseline: Option<&dyn Fn() -> anyhow::Result<Duration>>,
+    run: impl Fn() -> anyhow::Result<Duration>,
+    reps: usize,
+    budget: &Budget,
+) -> anyhow::Result<Timing> {
+    let pair = || -> anyhow::Result<(Option<Duration>, Duration)> { Ok((baseline.map(|b| b()).transpose()?, run()?)) };
+    let (warm_baseline, warm_run) = pair()?;
+    let warm_up = warm_baseline.unwrap_or_default() + warm_run;
     let affordable = (budget.time.as_secs_f64() / warm_up.as_secs_f64().max(1e-9)) as usize;
     let reps = reps.min(affordable.max(budget.min_reps));
-    let mut times = (0..reps).map(|_| run()).collect::<anyhow::Result<Vec<_>>>()?;
-    times.sort();
+    let mut pairs = (0..reps).map(|_| pair()).collect::<anyhow::Result<Vec<_>>>()?;
+    let paired = pairs
+        .iter()
+        .map(|&(g, t)| g.map(|g| (g.as_secs_f64(), t.as_secs_f64())))
+        .collect::<Option<Vec<_>>>()
+        .map(|pairs| {
+            let baseline_median = median(pairs.iter().map(|(g, _)| *g).collect());
+            let ratio = median(pairs.iter().map(|(g, t)| g / t).collect());
+            (Duration::from_secs_f64(baseline_median), ratio)
+        });
+    pairs.sort_by_key(|&(_, t)| t);
     Ok(Timing {
-        median: times[times.len() / 2],
+        median: pairs[pairs.len() / 2].1,
         reps,
+        paired,
     })
 }
 
-/// Median time of one command buffer of `dispatches`.
-fn time_dispatches(ctx: &Context, dispatches: &[Dispatch], reps: usize) -> anyhow::Result<Timing> {
+/// The upper median.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Median time of one command buffer of `dispatches`, paired with `gemm`.
+fn time_dispatches(ctx: &Context, gemm: &GemmProbe, dispatches: &[Dispatch], reps: usize) -> anyhow::Result<Timing> {
     let refs: Vec<&Dispatch> = dispatches.iter().collect();
-    time(ctx, || ctx.run(&refs), reps, &KERNEL_BUDGET)
+    time(ctx, gemm, || ctx.run(&refs), reps, &KERNEL_BUDGET)
 }
 
 fn random_tensor(ctx: &Context, rng: &mut Rng, len: usize) -> anyhow::Result<Tensor> {
@@ -216,20 +304,14 @@ fn selected(filter: Option<&str>, name: &str) -> bool {
     filter.is_none_or(|f| name.contains(f))
 }
 
-fn bench_gemm(ctx: &Context, kernels: &Kernels, reps: usize) -> anyhow::Result<GemmResult> {
-    let n = GEMM_SIZE;
-    let mut rng = Rng::new(1);
-    let a = random_tensor(ctx, &mut rng, n * n)?;
-    let b = random_tensor(ctx, &mut rng, n * n)?;
-    let c = Tensor::zeros(ctx.device(), &[n * n])?;
-    let dispatches = gemm::matmul(ctx.device(), kernels, n, n, n, &a, &b, &c)?;
-    let timing = time_dispatches(ctx, &dispatches, reps)?;
+fn bench_gemm(ctx: &Context, probe: &GemmProbe, reps: usize) -> anyhow::Result<GemmResult> {
+    let timing = median_time(None, || probe.run(ctx), reps, &KERNEL_BUDGET)?;
     let ms = timing.median.as_secs_f64() * 1e3;
     Ok(GemmResult {
-        variant: format!("{:?}", kernels.variant),
-        size: n,
+        variant: format!("{:?}", probe.variant),
+        size: GEMM_SIZE,
         median_ms: ms,
-        gflops: 2.0 * (n * n * n) as f64 / ms / 1e6,
+        gflops: probe.flops / ms / 1e6,
         reps: timing.reps,
     })
 }
@@ -269,7 +351,7 @@ fn cases() -> Vec<ConvCase> {
     cases
 }
 
-fn bench_conv(ctx: &Context, case: &ConvCase, reps: usize, ceiling: f64) -> anyhow::Result<Vec<ConvResult>> {
+fn bench_conv(ctx: &Context, gemm: &GemmProbe, case: &ConvCase, reps: usize) -> anyhow::Result<Vec<ConvResult>> {
     let s = &case.shape;
     let device = ctx.device();
     let kernels = &ctx.kernels;
@@ -294,18 +376,18 @@ fn bench_conv(ctx: &Context, case: &ConvCase, reps: usize, ceiling: f64) -> anyh
     directions
         .into_iter()
         .map(|(direction, dispatches)| {
-            let timing = time_dispatches(ctx, &dispatches, reps)?;
-            let ms = timing.median.as_secs_f64() * 1e3;
-            let gflops = s.flops() / ms / 1e6;
+            let timing = time_dispatches(ctx, gemm, &dispatches, reps)?;
+            let (gflops, ceiling_gflops, ratio_to_ceiling) = timing.rates(s.flops(), gemm);
             Ok(ConvResult {
                 case: case.name.clone(),
                 direction,
                 batch: s.batch,
                 channels: s.in_channels,
                 size: s.in_h,
-                median_ms: ms,
+                median_ms: timing.median.as_secs_f64() * 1e3,
                 gflops,
-                ratio_to_ceiling: gflops / ceiling,
+                ceiling_gflops,
+                ratio_to_ceiling,
                 reps: timing.reps,
             })
         })
@@ -458,9 +540,9 @@ fn profile_plan(ctx: &Context, plan: &Plan, runs: usize) -> anyhow::Result<Profi
 /// images, written once before timing (nothing is read back).
 fn bench_model(
     ctx: &Context,
+    gemm: &GemmProbe,
     case: &ModelCase,
     reps: usize,
-    ceiling: f64,
     profiled: bool,
 ) -> anyhow::Result<ModelResult> {
     let (device, queue, kernels) = (ctx.device(), ctx.queue(), &ctx.kernels);
@@ -474,7 +556,7 @@ fn bench_model(
     let (timing, profile) = match case.mode {
         Mode::Train => {
             let step = TrainingStep::new(&ctx.gpu, kernels, &case.spec, case.batch)?;
-            let timing = median_time(|| step.run(&ctx.gpu), reps, &MODEL_BUDGET)?;
+            let timing = median_time(Some(&|| gemm.run(ctx)), || step.run(&ctx.gpu), reps, &MODEL_BUDGET)?;
             let profile = profile(step.plan(), &timing)?;
             (timing, profile)
         }
@@ -483,7 +565,7 @@ fn bench_model(
             let graph = case.spec.graph(case.batch)?;
             let plan = Plan::inference(device, kernels, graph, &model.params, &model.running)?;
             plan.write_batch(queue, &images, &[])?;
-            let timing = time(ctx, || plan.step(device, queue), reps, &MODEL_BUDGET)?;
+            let timing = time(ctx, gemm, || plan.step(device, queue), reps, &MODEL_BUDGET)?;
             let profile = profile(&plan, &timing)?;
             (timing, profile)
         }
@@ -491,18 +573,19 @@ fn bench_model(
             let (model, images) = model_and_images()?;
             let plan = InferencePlan::new(device, kernels, &model, case.batch)?;
             plan.write_input(queue, &images)?;
-            (time(ctx, || plan.run(device, queue), reps, &MODEL_BUDGET)?, None)
+            (time(ctx, gemm, || plan.run(device, queue), reps, &MODEL_BUDGET)?, None)
         }
         Mode::InferCpu => {
             let (model, images) = model_and_images()?;
             let net = FoldedNetwork::new(&model, case.batch)?;
-            (time_cpu(|| cpu::infer(&net, &images), reps, &MODEL_BUDGET)?, None)
+            let infer = || cpu::infer(&net, &images);
+            (time_cpu(ctx, gemm, infer, reps, &MODEL_BUDGET)?, None)
         }
     };
     let seconds = timing.median.as_secs_f64();
     let images_per_s = case.batch as f64 / seconds;
     let flops = case.flops_per_image()?;
-    let gflops = flops * images_per_s / 1e9;
+    let (gflops, ceiling_gflops, ceiling_ratio) = timing.rates(flops * case.batch as f64, gemm);
     Ok(ModelResult {
         name: case.name.clone(),
         model: case.spec.architecture.name(),
@@ -512,7 +595,8 @@ fn bench_model(
         images_per_s,
         gflop_per_image: flops / 1e9,
         gflops,
-        ceiling_ratio: gflops / ceiling,
+        ceiling_gflops,
+        ceiling_ratio,
         reps: timing.reps,
         profile,
     })
@@ -534,28 +618,37 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "adapter: {} (backend {}, type {}), {choice}",
         info.name, info.backend, info.device_type
     ));
+    // Both GEMM variants; the faster one is the ceiling, and runs beside every case.
     let mut gemm = Vec::new();
+    let mut probes = Vec::new();
     for variant in [Variant::RegisterTile, Variant::WorkgroupTile] {
-        let result = if variant == ctx.kernels.variant {
-            bench_gemm(&ctx, &ctx.kernels, args.reps)?
+        let probe = if variant == ctx.kernels.variant {
+            GemmProbe::new(&ctx, &ctx.kernels)?
         } else {
-            bench_gemm(&ctx, &Kernels::new(ctx.device(), variant), args.reps)?
+            GemmProbe::new(&ctx, &Kernels::new(ctx.device(), variant))?
         };
+        let result = bench_gemm(&ctx, &probe, args.reps)?;
         say(format!(
             "gemm {0}x{0}x{0} {1:<14} {2:9.2} ms {3:7.2} GFLOP/s ({4} reps)",
             result.size, result.variant, result.median_ms, result.gflops, result.reps
         ));
         gemm.push(result);
+        probes.push(probe);
     }
-    let ceiling = gemm.iter().map(|g| g.gflops).fold(0.0, f64::max);
-    say(format!("gemm ceiling: {ceiling:.2} GFLOP/s"));
+    let fastest = if gemm[0].gflops >= gemm[1].gflops { 0 } else { 1 };
+    let ceiling = gemm[fastest].gflops;
+    let probe = &probes[fastest];
+    say(format!(
+        "gemm ceiling: {ceiling:.2} GFLOP/s ({:?}); every case below is paired run by run with it",
+        probe.variant
+    ));
     let filter = args.filter.as_deref();
     let mut conv = Vec::new();
     for case in cases().into_iter().filter(|case| selected(filter, &case.name)) {
-        for r in bench_conv(&ctx, &case, args.reps, ceiling)? {
+        for r in bench_conv(&ctx, probe, &case, args.reps)? {
             say(format!(
-                "{:<26} {:<16} {:9.2} ms {:7.2} GFLOP/s  {:5.2} of ceiling ({} reps)",
-                r.case, r.direction, r.median_ms, r.gflops, r.ratio_to_ceiling, r.reps
+                "{:<26} {:<16} {:9.2} ms {:7.2} GFLOP/s  {:5.2} of ceiling {:.2} ({} reps)",
+                r.case, r.direction, r.median_ms, r.gflops, r.ratio_to_ceiling, r.ceiling_gflops, r.reps
             ));
             conv.push(r);
         }
@@ -569,10 +662,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         say(format!("whole models ({FLOP_CONVENTION}):"));
     }
     for case in &model_cases {
-        let r = bench_model(&ctx, case, args.reps, ceiling, args.profile)?;
+        let r = bench_model(&ctx, probe, case, args.reps, args.profile)?;
         say(format!(
-            "{:<26} {:9.2} ms {:9.1} img/s {:7.2} GFLOP/s  {:5.2} of ceiling ({} reps)",
-            r.name, r.ms, r.images_per_s, r.gflops, r.ceiling_ratio, r.reps
+            "{:<26} {:9.2} ms {:9.1} img/s {:7.2} GFLOP/s  {:5.2} of ceiling {:.2} ({} reps)",
+            r.name, r.ms, r.images_per_s, r.gflops, r.ceiling_ratio, r.ceiling_gflops, r.reps
         ));
         if let Some(p) = &r.profile {
             say(format!(
@@ -621,6 +714,51 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+
+    /// A closure returning `ms[0]`, `ms[1]`, ... milliseconds, one per call.
+    fn replay(ms: &[u64]) -> impl Fn() -> anyhow::Result<Duration> + '_ {
+        let next = Cell::new(0);
+        move || {
+            next.set(next.get() + 1);
+            Ok(Duration::from_millis(ms[next.get() - 1]))
+        }
+    }
+
+    /// The ratio to the baseline is the median of the pairs' ratios, not the
+    /// ratio of the medians, so drift shared by the two sides cancels.
+    #[test]
+    fn paired_timing_takes_the_median_ratio_of_runs_side_by_side() {
+        let budget = Budget {
+            time: Duration::from_secs(60),
+            min_reps: 1,
+        };
+        // After the warm-up pair: ratios 0.5, 0.5, 0.9, 0.5, 0.1; the medians
+        // of each side alone (20 and 50 ms) would give 0.4.
+        let baseline = replay(&[1, 10, 20, 90, 40, 5]);
+        let run = replay(&[1, 20, 40, 100, 80, 50]);
+        let timing = median_time(Some(&baseline), run, 5, &budget).unwrap();
+        assert_eq!((timing.reps, timing.median), (5, Duration::from_millis(50)));
+        let (baseline_median, ratio) = timing.paired.unwrap();
+        assert_eq!(baseline_median, Duration::from_millis(20));
+        assert!((ratio - 0.5).abs() < 1e-12, "ratio {ratio}");
+        let unpaired = median_time(None, replay(&[1, 30, 10, 20]), 3, &budget).unwrap();
+        assert_eq!((unpaired.median, unpaired.paired), (Duration::from_millis(20), None));
+    }
+
+    /// The warm-up pair (baseline included) sets how many runs fit the budget.
+    #[test]
+    fn paired_timing_cuts_repetitions_to_the_budget() {
+        let budget = Budget {
+            time: Duration::from_secs(3),
+            min_reps: 2,
+        };
+        let baseline = replay(&[500; 11]);
+        let timing = median_time(Some(&baseline), replay(&[500; 11]), 10, &budget).unwrap();
+        assert_eq!(timing.reps, 3);
+        let slow = replay(&[10_000; 11]);
+        assert_eq!(median_time(None, slow, 10, &budget).unwrap().reps, 2);
+    }
 
     fn case(name: &str) -> ModelCase {
         model_cases()
