@@ -14,6 +14,10 @@
 #   4. ResNet-20 cold start in the browser (navigation to the first result, in
 #      a fresh page of an already warm browser, as bench-web.sh measures it):
 #      ORT Web vs our page.
+# Then our wasm CPU path and ORT Web's wasm backend paired in one V8 process
+# (scripts/peers/wasm-paired.mjs in Node: one inference of each in turn, the
+# median of ours / ORT), on ResNet-20 and ResNet-18: a ratio that holds on a
+# loaded machine, printed under the table.
 # Every figure is a median of N runs after warm-up runs (3 for PyTorch, ORT Web
 # and our page; `resnet-native bench` does 1 and may cut N to fit its time
 # budget: results.json has each figure's reps). ORT Web times session.run
@@ -206,6 +210,20 @@ if $browser; then
             note error "ours (web page)" all resnet18-infer-b1 "$(last_lines "$raw/web-resnet18.log")"
         fi
         cat "$raw/web-resnet18.jsonl" >&2
+    fi
+
+    # Both CPU paths side by side in one V8 process (web/pkg is built by now).
+    if $have_models; then
+        say "our wasm CPU path and ORT Web's wasm, paired in Node"
+        for model in resnet20 resnet18; do
+            weights=$([[ $model == resnet20 ]] && echo weights/cifar10-resnet20.safetensors || echo "$out/models/resnet18.safetensors")
+            pairs=$([[ $model == resnet20 ]] && echo "$reps" || echo "$reps18")
+            if ! PEERS=$out node scripts/peers/wasm-paired.mjs "$weights" "$out/models/$model.onnx" "$pairs" \
+                >>"$raw/wasm-paired.jsonl" 2>"$raw/wasm-paired-$model.log"; then
+                note error "ours (web page)" "wasm CPU path" "$model-infer-b1" "paired with ORT in Node: $(last_lines "$raw/wasm-paired-$model.log")"
+            fi
+        done
+        cat "$raw/wasm-paired.jsonl" >&2
     fi
 fi
 

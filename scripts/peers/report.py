@@ -177,7 +177,7 @@ def fmt(value, unit):
     return f"{value:.1f}" if value < 1000 else f"{value:,.0f}"
 
 
-def table(meta, rows):
+def table(meta, rows, paired=()):
     lines = []
     combos = []
     for r in sorted(rows, key=row_order):
@@ -220,6 +220,12 @@ def table(meta, rows):
         text += ("\nSame networks: on PyTorch's check input, ONNX Runtime Web's logits (every EP) differ from "
                  "PyTorch's by at most " + ", ".join(f"{v:.1e} ({m})" for m, v in worst.items()) +
                  "; top-1 " + ("agrees" if all(r.get("check_same_top1") for r in checks) else "DISAGREES somewhere") + ".\n")
+    if paired:
+        text += ("\nPaired in one V8 process (Node " + paired[0]["node"] + ", one thread each; ours as the page's "
+                 "`inferenceMs`, ORT Web " + paired[0]["ort"] + "'s wasm `session.run`, taken in turn), median over "
+                 "the pairs of ours / ORT: " +
+                 ", ".join(f"{p['model']} {p['ours_over_ort']:.2f} ({p['ours_ms']:.1f} vs {p['ort_ms']:.1f} ms, "
+                           f"{p['pairs']} pairs)" for p in paired) + ".\n")
     if notes:
         text += "\n" + "\n".join(f"[{i + 1}] {n.replace(chr(10), ' ')}" for i, n in enumerate(notes)) + "\n"
     return text
@@ -269,10 +275,11 @@ def main():
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     meta, rows = collect(args.raw)
+    paired = load_lines(os.path.join(args.raw, "wasm-paired.jsonl"))
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"meta": meta, "workloads": [{"key": k, "title": t, "unit": u, "higher_is_better": b} for k, t, u, b in WORKLOADS],
-                   "results": rows}, f, indent=1)
-    text = table(meta, rows)
+                   "results": rows, "wasm_paired": paired}, f, indent=1)
+    text = table(meta, rows, paired)
     header = (f"Measured {meta.get('date', '?')} on {meta.get('machine', '?')}; {meta.get('browser', '')}. "
               f"Medians of {meta.get('convention', 'N runs after a warm-up')}.\n\n")
     with open(os.path.join(args.out, "table.md"), "w") as f:
