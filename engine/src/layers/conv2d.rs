@@ -57,9 +57,8 @@ impl Conv2dShape {
         2.0 * self.output_len() as f64 * (self.in_channels * self.kernel * self.kernel) as f64
     }
 
-    /// Test shorthand, in the order shapes are usually written.
-    #[cfg(test)]
-    pub(crate) fn of(
+    /// In the order shapes are usually written.
+    pub fn new(
         batch: usize,
         in_channels: usize,
         (in_h, in_w): (usize, usize),
@@ -814,7 +813,7 @@ mod tests {
         stride: usize,
         pad: usize,
     ) -> Conv2dShape {
-        Conv2dShape::of(batch, cin, (hw, hw), cout, kernel, stride, pad)
+        Conv2dShape::new(batch, cin, (hw, hw), cout, kernel, stride, pad)
     }
 
     /// Awkward shapes: kernels 1/3/7, strides 1/2, batch 1 and 3, maps 5x5, 7x7

@@ -274,16 +274,7 @@ impl GraphBuilder {
         pad: usize,
     ) -> TensorId {
         let [batch, in_channels, in_h, in_w] = self.nchw(x);
-        let shape = Conv2dShape {
-            batch,
-            in_channels,
-            in_h,
-            in_w,
-            out_channels,
-            kernel,
-            stride,
-            pad,
-        };
+        let shape = Conv2dShape::new(batch, in_channels, (in_h, in_w), out_channels, kernel, stride, pad);
         let fan_in = in_channels * kernel * kernel;
         let w = self.param(
             format!("{name}.weight"),

@@ -633,28 +633,28 @@ mod tests {
     fn packed_conv_matches_a_naive_f64_convolution_on_awkward_shapes_in_both_paths() {
         let shapes = [
             // 3x3 stride 1: 5 channels (MR + 1), 7x9 = 63 pixels (8 NR - 1).
-            Conv2dShape::of(2, 3, (7, 9), 5, 3, 1, 1),
+            Conv2dShape::new(2, 3, (7, 9), 5, 3, 1, 1),
             // 3x3 stride 2: 9x9 -> 5x5 = 25 pixels, 10 channels.
-            Conv2dShape::of(2, 6, (9, 9), 10, 3, 2, 1),
+            Conv2dShape::new(2, 6, (9, 9), 10, 3, 2, 1),
             // 1x1 stride-2 projection: 14x14 -> 7x7 = 49 pixels.
-            Conv2dShape::of(2, 8, (14, 14), 12, 1, 2, 0),
+            Conv2dShape::new(2, 8, (14, 14), 12, 1, 2, 0),
             // 1x1 stride 1 on a 6x5 map.
-            Conv2dShape::of(2, 5, (6, 5), 7, 1, 1, 0),
+            Conv2dShape::new(2, 5, (6, 5), 7, 1, 1, 0),
             // The ImageNet stem: 7x7 stride 2 pad 3, 3 input channels, 15x17 -> 8x9.
-            Conv2dShape::of(2, 3, (15, 17), 6, 7, 2, 3),
+            Conv2dShape::new(2, 3, (15, 17), 6, 7, 2, 3),
             // Reductions over more than one block of KC: 630 = 70 * 9 ks
             // unrolled in place, 360 unrolled by im2col, 300 1x1.
-            Conv2dShape::of(2, 70, (5, 6), 9, 3, 1, 1),
-            Conv2dShape::of(2, 40, (7, 7), 6, 3, 2, 1),
-            Conv2dShape::of(1, 300, (3, 3), 5, 1, 1, 0),
+            Conv2dShape::new(2, 70, (5, 6), 9, 3, 1, 1),
+            Conv2dShape::new(2, 40, (7, 7), 6, 3, 2, 1),
+            Conv2dShape::new(1, 300, (3, 3), 5, 1, 1, 0),
             // The unrolled image in blocks of 16 output rows (UNROLLED_BLOCK /
             // 147 / 91, rounded up to a multiple of NR), the last of 4 rows
             // ending in a partial panel: 40x181 -> 20x91.
-            Conv2dShape::of(1, 3, (40, 181), 2, 7, 2, 3),
+            Conv2dShape::new(1, 3, (40, 181), 2, 7, 2, 3),
             // A map smaller than the kernel's reach: 2x3 with 5x5 pad 2.
-            Conv2dShape::of(2, 4, (2, 3), 3, 5, 1, 2),
+            Conv2dShape::new(2, 4, (2, 3), 3, 5, 1, 2),
             // A single pixel and a single channel.
-            Conv2dShape::of(2, 2, (1, 1), 1, 3, 1, 1),
+            Conv2dShape::new(2, 2, (1, 1), 1, 3, 1, 1),
         ];
         let mut rng = Rng::new(11);
         let (mut cols, mut row) = (Vec::new(), Vec::new());
