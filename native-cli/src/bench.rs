@@ -209,27 +209,22 @@ impl GemmProbe {
     }
 
     fn run(&self, ctx: &Context) -> anyhow::Result<Duration> {
-        let start = Instant::now();
-        ctx.run(&self.dispatches.iter().collect::<Vec<_>>());
-        ctx.gpu.wait()?;
-        Ok(start.elapsed())
+        submit_and_wait(ctx, || ctx.run(&self.dispatches.iter().collect::<Vec<_>>()))
     }
 }
 
 /// Median wall-clock time of `submit` (one command buffer) and waiting for
 /// it, each run paired with one of `gemm`.
 fn time(ctx: &Context, gemm: &GemmProbe, submit: impl Fn(), reps: usize, budget: &Budget) -> anyhow::Result<Timing> {
-    median_time(
-        Some(&|| gemm.run(ctx)),
-        || {
-            let start = Instant::now();
-            submit();
-            ctx.gpu.wait()?;
-            Ok(start.elapsed())
-        },
-        reps,
-        budget,
-    )
+    median_time(Some(&|| gemm.run(ctx)), || submit_and_wait(ctx, &submit), reps, budget)
+}
+
+/// Wall-clock time of `submit` (one command buffer) and waiting for the device.
+fn submit_and_wait(ctx: &Context, submit: impl FnOnce()) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    submit();
+    ctx.gpu.wait()?;
+    Ok(start.elapsed())
 }
 
 /// Median wall-clock time of `work` on this thread, each run paired with one of `gemm`.
