@@ -873,16 +873,19 @@ struct WeightGrad {
     // Output rows (of batch * out_h) per chunk.
     rows_per_chunk: u32,
     chunks: u32,
-    // Register tile: blocks of 16 output channels and of 16 input channels.
+    // Blocks of output and input channels, and taps of a kernel row, per
+    // invocation.
     co_blocks: u32,
     ci_blocks: u32,
+    tap_width: u32,
     invocations: u32,
     weight_len: u32,
 }
 
 // What invocation g of a weight-gradient kernel sums: a chunk of output rows
-// (of batch * out_h), one tap (kh, kw), one block of output channels and one of
-// input channels; `base` is where its chunk's partial sum of that tap starts.
+// (of batch * out_h), taps (kh, kw..kw + tap_width - 1), one block of output
+// channels and one of input channels; `base` is where its chunk's partial sum
+// of tap (kh, kw) starts.
 struct WeightGradSlice {
     first_row: u32,
     end_row: u32,
@@ -894,29 +897,38 @@ struct WeightGradSlice {
 }
 
 fn weight_grad_slice(p: WeightGrad, g: u32) -> WeightGradSlice {
-    let taps = p.kernel * p.kernel;
+    let row_blocks = (p.kernel + p.tap_width - 1u) / p.tap_width;
+    let tap_blocks = p.kernel * row_blocks;
     let ci_block = g % p.ci_blocks;
     var rest = g / p.ci_blocks;
     let co_block = rest % p.co_blocks;
     rest /= p.co_blocks;
-    let tap = rest % taps;
-    let chunk = rest / taps;
+    let tap_block = rest % tap_blocks;
+    let chunk = rest / tap_blocks;
     let first_row = chunk * p.rows_per_chunk;
+    let kh = tap_block / row_blocks;
+    let kw = (tap_block % row_blocks) * p.tap_width;
     return WeightGradSlice(
         first_row,
         min(first_row + p.rows_per_chunk, p.batch * p.out_h),
-        tap / p.kernel,
-        tap % p.kernel,
+        kh,
+        kw,
         co_block,
         ci_block,
-        chunk * p.weight_len + tap,
+        chunk * p.weight_len + kh * p.kernel + kw,
     );
 }
 
-// conv2d_weight_grad (register tile): one invocation per (chunk, tap, 16
-// output channels, 16 input channels); per output pixel it loads 16 dy and 16
-// x values (the padding test once, for all 256 products) and accumulates two
-// pixels per update, with the register micro-kernel of the forward pass.
+// conv2d_weight_grad (register tile): one invocation per (chunk, kernel row
+// kh, taps kw..kw + 2 of it, 16 output channels, 8 input channels). On
+// llvmpipe a load from a per-invocation address is gathered lane by lane, so
+// loads are what to save: per pair of output pixels it loads 16 dy per pixel,
+// shared by the 3 taps, and 8 input channels at 5 input columns that serve
+// the 6 (pixel, tap) products at stride 1 or 2: 72 loads for 768
+// multiply-adds, where one tap per invocation (16 x 16 channels) loaded 64 for
+// 512 and ran about 1.2x slower (bench, paired). Taps past the kernel's edge
+// (kernel 1 or 7) read clamped columns and are not stored; strides above 2
+// store one tap per invocation (tap_width 1).
 @group(0) @binding(30) var<uniform> rw_params: WeightGrad;
 @group(0) @binding(31) var<storage, read> rw_x: array<f32>;
 @group(0) @binding(32) var<storage, read> rw_dy: array<f32>;
@@ -938,19 +950,6 @@ fn rw_window(base: u32, lo: vec4<u32>, hi: vec4<u32>, mask: f32) -> Window {
         vec4<f32>(rw_x[base + lo.x], rw_x[base + lo.y], rw_x[base + lo.z], rw_x[base + lo.w]) * mask,
         vec4<f32>(rw_x[base + hi.x], rw_x[base + hi.y], rw_x[base + hi.z], rw_x[base + hi.w]) * mask,
     );
-}
-
-// The dy and x offsets of one output pixel (of a row) for one tap.
-struct RwPixel {
-    dy: u32,
-    x: u32,
-    mask: f32,
-}
-
-fn rw_pixel(p: WeightGrad, dy_row: u32, x_row: u32, row_ok: bool, ow: u32, kw: u32) -> RwPixel {
-    let iw = i32(ow * p.stride + kw) - i32(p.pad);
-    let ok = row_ok & (ow < p.out_w) & (iw >= 0) & (iw < i32(p.in_w));
-    return RwPixel(dy_row + min(ow, p.out_w - 1u), x_row + u32(clamp(iw, 0, i32(p.in_w) - 1)), select(0.0, 1.0, ok));
 }
 
 fn rw_store4(p: WeightGrad, base: u32, co: u32, ci: vec4<u32>, v: vec4<f32>) {
@@ -1002,6 +1001,13 @@ fn rw_store(p: WeightGrad, base: u32, co0: u32, ci_lo: vec4<u32>, ci_hi: vec4<u3
     rw_store4(p, base, co0 + 15u, ci_hi, (*acc)[31]);
 }
 
+// The 8 input channels (offsets lo, hi) at column `col` of an input row (0
+// outside the image).
+fn rw_column(p: WeightGrad, x_row: u32, row_ok: bool, col: i32, lo: vec4<u32>, hi: vec4<u32>) -> Window {
+    let ok = row_ok & (col >= 0) & (col < i32(p.in_w));
+    return rw_window(x_row + u32(clamp(col, 0, i32(p.in_w) - 1)), lo, hi, select(0.0, 1.0, ok));
+}
+
 @compute @workgroup_size(64)
 fn conv2d_weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let p = rw_params;
@@ -1016,7 +1022,7 @@ fn conv2d_weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     let out_plane = p.out_h * p.out_w;
     let iota = vec4<u32>(0u, 1u, 2u, 3u);
     let co0 = slice.co_block * 16u;
-    let ci0 = slice.ci_block * 16u;
+    let ci0 = slice.ci_block * 8u;
     // Channel offsets, clamped to valid channels (their results are not stored).
     let last_co = vec4<u32>(p.out_channels - 1u);
     let last_ci = vec4<u32>(p.in_channels - 1u);
@@ -1024,12 +1030,17 @@ fn conv2d_weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     let d1 = min(co0 + 4u + iota, last_co) * out_plane;
     let d2 = min(co0 + 8u + iota, last_co) * out_plane;
     let d3 = min(co0 + 12u + iota, last_co) * out_plane;
-    let x0 = min(ci0 + iota, last_ci) * in_plane;
-    let x1 = min(ci0 + 4u + iota, last_ci) * in_plane;
-    let x2 = min(ci0 + 8u + iota, last_ci) * in_plane;
-    let x3 = min(ci0 + 12u + iota, last_ci) * in_plane;
+    let x_lo = min(ci0 + iota, last_ci) * in_plane;
+    let x_hi = min(ci0 + 4u + iota, last_ci) * in_plane;
+    let s = i32(p.stride);
+    // Pixel f's first tap reads column c + s: e's second column at stride 1,
+    // its third at stride 2. Larger strides run one tap per invocation
+    // (tap_width 1), so e's second column is free to be c + s.
+    let e_second = select(s, 1, p.stride <= 2u);
+    let f_first_is_e_second = p.stride != 2u;
     var acc0: array<vec4<f32>, 32>;
     var acc1: array<vec4<f32>, 32>;
+    var acc2: array<vec4<f32>, 32>;
     for (var r = slice.first_row; r < slice.end_row; r++) {
         let b = r / p.out_h;
         let oh = r % p.out_h;
@@ -1037,19 +1048,34 @@ fn conv2d_weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
         let row_ok = (ih >= 0) & (ih < i32(p.in_h));
         let x_row = b * p.in_channels * in_plane + u32(clamp(ih, 0, i32(p.in_h) - 1)) * p.in_w;
         let dy_row = b * p.out_channels * out_plane + oh * p.out_w;
-        // Pixel pairs; an odd row's last pair has a masked second pixel.
+        // Pixel pairs (e, f = e + 1); an odd row's last f is masked out.
         for (var ow = 0u; ow < p.out_w; ow += 2u) {
-            let e = rw_pixel(p, dy_row, x_row, row_ok, ow, kw);
-            let f = rw_pixel(p, dy_row, x_row, row_ok, ow + 1u, kw);
-            let dy_e = rw_rows(e.dy, d0, d1, d2, d3);
-            let dy_f = rw_rows(f.dy, d0, d1, d2, d3);
-            outer_product_16x8x2(&acc0, dy_e, rw_window(e.x, x0, x1, e.mask), dy_f, rw_window(f.x, x0, x1, f.mask));
-            outer_product_16x8x2(&acc1, dy_e, rw_window(e.x, x2, x3, e.mask), dy_f, rw_window(f.x, x2, x3, f.mask));
+            let f_mask = select(0.0, 1.0, ow + 1u < p.out_w);
+            let dy_e = rw_rows(dy_row + ow, d0, d1, d2, d3);
+            let f = rw_rows(dy_row + min(ow + 1u, p.out_w - 1u), d0, d1, d2, d3);
+            let dy_f = Rows16(f.a0 * f_mask, f.a1 * f_mask, f.a2 * f_mask, f.a3 * f_mask);
+            // e reads columns c, c + 1, c + 2; f reads c + s, c + s + 1, c + s + 2.
+            let c = i32(ow * p.stride + kw) - i32(p.pad);
+            let x0 = rw_column(p, x_row, row_ok, c, x_lo, x_hi);
+            let x1 = rw_column(p, x_row, row_ok, c + e_second, x_lo, x_hi);
+            let x2 = rw_column(p, x_row, row_ok, c + 2, x_lo, x_hi);
+            let x3 = rw_column(p, x_row, row_ok, c + s + 1, x_lo, x_hi);
+            let x4 = rw_column(p, x_row, row_ok, c + s + 2, x_lo, x_hi);
+            let f0 = Window(select(x2.lo, x1.lo, f_first_is_e_second), select(x2.hi, x1.hi, f_first_is_e_second));
+            outer_product_16x8x2(&acc0, dy_e, x0, dy_f, f0);
+            outer_product_16x8x2(&acc1, dy_e, x1, dy_f, x3);
+            outer_product_16x8x2(&acc2, dy_e, x2, dy_f, x4);
         }
     }
-    let base = slice.base;
-    rw_store(p, base, co0, ci0 + iota, ci0 + 4u + iota, &acc0);
-    rw_store(p, base, co0, ci0 + 8u + iota, ci0 + 12u + iota, &acc1);
+    let ci_lo = ci0 + iota;
+    let ci_hi = ci0 + 4u + iota;
+    rw_store(p, slice.base, co0, ci_lo, ci_hi, &acc0);
+    if (kw + 1u < p.kernel) & (p.tap_width > 1u) {
+        rw_store(p, slice.base + 1u, co0, ci_lo, ci_hi, &acc1);
+    }
+    if (kw + 2u < p.kernel) & (p.tap_width > 2u) {
+        rw_store(p, slice.base + 2u, co0, ci_lo, ci_hi, &acc2);
+    }
 }
 
 // conv2d_weight_grad_tiled (workgroup tile): rows = output channels, columns =

@@ -109,9 +109,11 @@ const REGISTER_ROWS: usize = 16;
 const REGISTER_BLOCKS: usize = 2;
 const REGISTER_BLOCK: usize = 8;
 const REGISTER_WORKGROUP: usize = 64;
-/// Register tile of backward-weight: output and input channels per invocation.
+/// Register tile of backward-weight: output and input channels and taps of a
+/// kernel row per invocation.
 const WEIGHT_GRAD_ROWS: usize = 16;
-const WEIGHT_GRAD_COLUMNS: usize = 16;
+const WEIGHT_GRAD_COLUMNS: usize = 8;
+const WEIGHT_GRAD_TAPS: usize = 3;
 const WEIGHT_GRAD_WORKGROUP: usize = 64;
 /// Compact tile (the implicit GEMM and backward-weight): rows (output
 /// channels) and pixels (input channels) per invocation, invocations per
@@ -318,6 +320,7 @@ struct WeightGradParams {
     chunks: u32,
     co_blocks: u32,
     ci_blocks: u32,
+    tap_width: u32,
     invocations: u32,
     weight_len: u32,
 }
@@ -646,17 +649,21 @@ pub fn conv2d_backward_weight(
     let taps = shape.kernel * shape.kernel;
     let weight_len = shape.weight_len();
     let output_rows = shape.batch * shape.out_h();
-    let (block_rows, block_columns) = match k.variant {
-        Variant::CompactTile => (COMPACT_ROWS, COMPACT_BLOCK),
-        _ => (WEIGHT_GRAD_ROWS, WEIGHT_GRAD_COLUMNS),
+    let (block_rows, block_columns, tap_width) = match k.variant {
+        Variant::CompactTile => (COMPACT_ROWS, COMPACT_BLOCK, 1),
+        // The register tile shares its input columns between taps only up to
+        // stride 2 (see conv2d.wgsl).
+        _ if shape.stride > 2 => (WEIGHT_GRAD_ROWS, WEIGHT_GRAD_COLUMNS, 1),
+        _ => (WEIGHT_GRAD_ROWS, WEIGHT_GRAD_COLUMNS, WEIGHT_GRAD_TAPS),
     };
     let co_blocks = shape.out_channels.div_ceil(block_rows);
     let ci_blocks = shape.in_channels.div_ceil(block_columns);
+    let tap_blocks = shape.kernel * shape.kernel.div_ceil(tap_width);
     // Enough chunks to keep the adapter busy, but no more partials than one
     // binding holds.
     let tiles = match k.variant {
-        Variant::RegisterTile => (taps * co_blocks * ci_blocks, REGISTER_MIN_INVOCATIONS),
-        Variant::CompactTile => (taps * co_blocks * ci_blocks, COMPACT_MIN_INVOCATIONS),
+        Variant::RegisterTile => (tap_blocks * co_blocks * ci_blocks, REGISTER_MIN_INVOCATIONS),
+        Variant::CompactTile => (tap_blocks * co_blocks * ci_blocks, COMPACT_MIN_INVOCATIONS),
         Variant::WorkgroupTile => (
             shape.out_channels.div_ceil(WORKGROUP_TILE) * (shape.in_channels * taps).div_ceil(WORKGROUP_TILE),
             WORKGROUP_MIN_WORKGROUPS,
@@ -683,6 +690,7 @@ pub fn conv2d_backward_weight(
         chunks: chunks as u32,
         co_blocks: co_blocks as u32,
         ci_blocks: ci_blocks as u32,
+        tap_width: tap_width as u32,
         invocations: invocations as u32,
         weight_len: weight_len as u32,
     };
@@ -816,7 +824,7 @@ mod tests {
         Conv2dShape::new(batch, cin, (hw, hw), cout, kernel, stride, pad)
     }
 
-    /// Awkward shapes: kernels 1/3/7, strides 1/2, batch 1 and 3, maps 5x5, 7x7
+    /// Awkward shapes: kernels 1/3/5/7, strides 1 to 4, batch 1 and 3, maps 5x5, 7x7
     /// and 8x8, channel counts 3, 5, 16, 17 and odd Cout, padding 0..3, plus
     /// non-square maps and pads that leave whole phases without taps.
     fn shapes() -> Vec<Conv2dShape> {
@@ -834,6 +842,8 @@ mod tests {
             shape(1, 16, 8, 16, 3, 2, 2),
             shape(1, 3, 5, 5, 7, 1, 3),
             shape(1, 4, 5, 6, 1, 1, 2),
+            shape(2, 5, 11, 6, 3, 3, 1),
+            shape(1, 3, 9, 4, 5, 4, 2),
         ];
         shapes.push(Conv2dShape {
             in_h: 6,
