@@ -21,7 +21,7 @@
 // `conv2d_reduce_partials` sums them in a fixed order (deterministic).
 //
 // Three tilings of each GEMM:
-// - register tile (CPU adapters natively: lavapipe): 16 x 16 outputs per
+// - register tile (CPU adapters natively: lavapipe): 16 x 24 outputs per
 //   invocation, no barriers, no bounds checks in the inner loop (pixels
 //   outside the image or past the end are read at a clamped address and
 //   multiplied by 0, rows and channels past the end are zero padding or
@@ -168,8 +168,8 @@ fn conv2d_transpose_weights(@builtin(global_invocation_id) gid: vec3<u32>, @buil
     }
 }
 
-// conv2d_implicit_gemm (register tile): 16 rows x 16 columns per invocation,
-// the columns being two blocks of 8 consecutive pixels of a destination row
+// conv2d_implicit_gemm (register tile): 16 rows x 24 columns per invocation,
+// the columns being three blocks of 8 consecutive pixels of a destination row
 // (consecutive blocks in (b, qh, qw) order, so narrow maps waste nothing); 64
 // invocations per workgroup. On llvmpipe storage loads dominate (a GEMM with
 // its loads hoisted out of the loop ran 4x faster), so loads are what to save:
@@ -340,29 +340,31 @@ fn rt_blocks(p: ImplicitGemm) -> u32 {
     return p.batch * p.q_h * ((p.q_w + 7u) / 8u);
 }
 
-// Invocations of the register-tile GEMM: (pair of blocks, block of 16 rows),
-// pairs fastest, so that small maps still fill the SIMD lanes with several row
+// Invocations of the register-tile GEMM: (triple of blocks, block of 16 rows),
+// triples fastest, so that small maps still fill the SIMD lanes with several row
 // blocks.
 fn rt_invocations(p: ImplicitGemm) -> u32 {
-    return (rt_blocks(p) + 1u) / 2u * ((p.rows + 15u) / 16u);
+    return (rt_blocks(p) + 2u) / 3u * ((p.rows + 15u) / 16u);
 }
 
-// What invocation g computes: the 16 rows from row0 of two blocks.
+// What invocation g computes: the 16 rows from row0 of three blocks.
 struct RtTile {
     block0: RtBlock,
     block1: RtBlock,
+    block2: RtBlock,
     row0: u32,
 }
 
-// Accumulates the tile of invocation g (< rt_invocations) into acc0 (block0)
-// and acc1 (block1).
-fn rt_gemm(p: ImplicitGemm, g: u32, acc0: ptr<function, array<vec4<f32>, 32>>, acc1: ptr<function, array<vec4<f32>, 32>>) -> RtTile {
+// Accumulates the tile of invocation g (< rt_invocations) into acc0 (block0),
+// acc1 (block1) and acc2 (block2).
+fn rt_gemm(p: ImplicitGemm, g: u32, acc0: ptr<function, array<vec4<f32>, 32>>, acc1: ptr<function, array<vec4<f32>, 32>>, acc2: ptr<function, array<vec4<f32>, 32>>) -> RtTile {
     let blocks = rt_blocks(p);
-    let pairs = (blocks + 1u) / 2u;
-    let pair = g % pairs;
-    let row_block = g / pairs;
-    let block0 = rt_block(p, 2u * pair, blocks);
-    let block1 = rt_block(p, 2u * pair + 1u, blocks);
+    let triples = (blocks + 2u) / 3u;
+    let triple = g % triples;
+    let row_block = g / triples;
+    let block0 = rt_block(p, 3u * triple, blocks);
+    let block1 = rt_block(p, 3u * triple + 1u, blocks);
+    let block2 = rt_block(p, 3u * triple + 2u, blocks);
     let plane = p.src_h * p.src_w;
     // wt in vec4s: a channel step is rows_padded / 4, the row block 4 vec4s.
     let a_step = p.rows_padded / 4u;
@@ -371,10 +373,12 @@ fn rt_gemm(p: ImplicitGemm, g: u32, acc0: ptr<function, array<vec4<f32>, 32>>, a
     let window_shift = select(0, 1 - i32(p.taps_w), p.src_tap_step < 0);
     let col0 = i32(block0.qw0 * p.src_step) + p.src_first_w + window_shift;
     let col1 = i32(block1.qw0 * p.src_step) + p.src_first_w + window_shift;
+    let col2 = i32(block2.qw0 * p.src_step) + p.src_first_w + window_shift;
     let s = i32(p.src_step);
     for (var th = 0u; th < p.taps_h; th++) {
         let row0 = rt_row(p, block0, th);
         let row1 = rt_row(p, block1, th);
+        let row2 = rt_row(p, block2, th);
         let tap_row = (p.kernel_first_h + th * p.kernel_step) * p.kernel;
         // Channels in pairs (c, c + 1); with an odd count the last pair reads
         // channel c twice, against the zero weights of the padding channel.
@@ -386,12 +390,16 @@ fn rt_gemm(p: ImplicitGemm, g: u32, acc0: ptr<function, array<vec4<f32>, 32>>, a
                 var y0 = rt_window(p, row0, y_offset, col0, 1);
                 var x1 = rt_window(p, row1, x_offset, col1, 1);
                 var y1 = rt_window(p, row1, y_offset, col1, 1);
+                var x2 = rt_window(p, row2, x_offset, col2, 1);
+                var y2 = rt_window(p, row2, y_offset, col2, 1);
                 for (var o = 0u; o < p.taps_w; o++) {
                     if o > 0u {
                         x0 = rt_shift(p, x0, row0, x_offset, col0 + 7 + i32(o));
                         y0 = rt_shift(p, y0, row0, y_offset, col0 + 7 + i32(o));
                         x1 = rt_shift(p, x1, row1, x_offset, col1 + 7 + i32(o));
                         y1 = rt_shift(p, y1, row1, y_offset, col1 + 7 + i32(o));
+                        x2 = rt_shift(p, x2, row2, x_offset, col2 + 7 + i32(o));
+                        y2 = rt_shift(p, y2, row2, y_offset, col2 + 7 + i32(o));
                     }
                     let tw = select(o, p.taps_w - 1u - o, p.src_tap_step < 0);
                     let a = ((tap_row + p.kernel_first_w + tw * p.kernel_step) * p.channels_padded + c) * a_step + a_block;
@@ -399,6 +407,7 @@ fn rt_gemm(p: ImplicitGemm, g: u32, acc0: ptr<function, array<vec4<f32>, 32>>, a
                     let rows_y = rt_rows(a + a_step);
                     outer_product_16x8x2(acc0, rows_x, x0, rows_y, y0);
                     outer_product_16x8x2(acc1, rows_x, x1, rows_y, y1);
+                    outer_product_16x8x2(acc2, rows_x, x2, rows_y, y2);
                 }
             } else {
                 for (var tw = 0u; tw < p.taps_w; tw++) {
@@ -407,13 +416,15 @@ fn rt_gemm(p: ImplicitGemm, g: u32, acc0: ptr<function, array<vec4<f32>, 32>>, a
                     let rows_y = rt_rows(a + a_step);
                     let c0 = col0 + i32(tw);
                     let c1 = col1 + i32(tw);
+                    let c2 = col2 + i32(tw);
                     outer_product_16x8x2(acc0, rows_x, rt_window(p, row0, x_offset, c0, s), rows_y, rt_window(p, row0, y_offset, c0, s));
                     outer_product_16x8x2(acc1, rows_x, rt_window(p, row1, x_offset, c1, s), rows_y, rt_window(p, row1, y_offset, c1, s));
+                    outer_product_16x8x2(acc2, rows_x, rt_window(p, row2, x_offset, c2, s), rows_y, rt_window(p, row2, y_offset, c2, s));
                 }
             }
         }
     }
-    return RtTile(block0, block1, row_block * 16u);
+    return RtTile(block0, block1, block2, row_block * 16u);
 }
 
 @compute @workgroup_size(64)
@@ -425,9 +436,11 @@ fn conv2d_implicit_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
     }
     var acc0: array<vec4<f32>, 32>;
     var acc1: array<vec4<f32>, 32>;
-    let tile = rt_gemm(p, g, &acc0, &acc1);
+    var acc2: array<vec4<f32>, 32>;
+    let tile = rt_gemm(p, g, &acc0, &acc1, &acc2);
     rt_store(p, tile.block0, tile.row0, &acc0);
     rt_store(p, tile.block1, tile.row0, &acc1);
+    rt_store(p, tile.block2, tile.row0, &acc2);
 }
 
 // The epilogue of row row0 + i of a block, in place: acc[2i] and acc[2i + 1]
@@ -484,11 +497,14 @@ fn conv2d_implicit_gemm_fused(@builtin(global_invocation_id) gid: vec3<u32>, @bu
     }
     var acc0: array<vec4<f32>, 32>;
     var acc1: array<vec4<f32>, 32>;
-    let tile = rt_gemm(p, g, &acc0, &acc1);
+    var acc2: array<vec4<f32>, 32>;
+    let tile = rt_gemm(p, g, &acc0, &acc1, &acc2);
     rt_epilogue(p, tile.block0, tile.row0, &acc0);
     rt_epilogue(p, tile.block1, tile.row0, &acc1);
+    rt_epilogue(p, tile.block2, tile.row0, &acc2);
     rt_store(p, tile.block0, tile.row0, &acc0);
     rt_store(p, tile.block1, tile.row0, &acc1);
+    rt_store(p, tile.block2, tile.row0, &acc2);
 }
 
 // Workgroup-memory tiles shared by the two tiled kernels: 16 deep x 64 wide,

@@ -106,7 +106,7 @@ fn check_len(what: &str, tensor: &Tensor, len: usize, shape: &Conv2dShape) {
 /// consecutive pixels of a destination row per invocation and their width,
 /// invocations per workgroup.
 const REGISTER_ROWS: usize = 16;
-const REGISTER_BLOCKS: usize = 2;
+const REGISTER_BLOCKS: usize = 3;
 const REGISTER_BLOCK: usize = 8;
 const REGISTER_WORKGROUP: usize = 64;
 /// Register tile of backward-weight: output and input channels and taps of a
