@@ -66,6 +66,9 @@ struct ImplicitGemm {
     channels_padded: u32,
     // EPILOGUE_* flags, read by the fused entry points only (they always add the bias).
     epilogue: u32,
+    // Register tile: invocations per block of 16 rows, at least the triples of
+    // pixel blocks (see rt_gemm).
+    row_block_stride: u32,
 }
 
 const EPILOGUE_RESIDUAL: u32 = 1u;
@@ -191,10 +194,6 @@ struct Rows16 {
     a1: vec4<f32>,
     a2: vec4<f32>,
     a3: vec4<f32>,
-}
-
-fn rt_rows(index: u32) -> Rows16 {
-    return Rows16(rt_wt[index], rt_wt[index + 1u], rt_wt[index + 2u], rt_wt[index + 3u]);
 }
 
 // 8 source pixels of one channel for the 8 columns of a block.
@@ -340,13 +339,6 @@ fn rt_blocks(p: ImplicitGemm) -> u32 {
     return p.batch * p.q_h * ((p.q_w + 7u) / 8u);
 }
 
-// Invocations of the register-tile GEMM: (triple of blocks, block of 16 rows),
-// triples fastest, so that small maps still fill the SIMD lanes with several row
-// blocks.
-fn rt_invocations(p: ImplicitGemm) -> u32 {
-    return (rt_blocks(p) + 2u) / 3u * ((p.rows + 15u) / 16u);
-}
-
 // What invocation g computes: the 16 rows from row0 of three blocks.
 struct RtTile {
     block0: RtBlock,
@@ -355,13 +347,19 @@ struct RtTile {
     row0: u32,
 }
 
-// Accumulates the tile of invocation g (< rt_invocations) into acc0 (block0),
-// acc1 (block1) and acc2 (block2).
-fn rt_gemm(p: ImplicitGemm, g: u32, acc0: ptr<function, array<vec4<f32>, 32>>, acc1: ptr<function, array<vec4<f32>, 32>>, acc2: ptr<function, array<vec4<f32>, 32>>) -> RtTile {
+// Accumulates the tile of an invocation into acc0 (block0), acc1 (block1) and
+// acc2 (block2). Invocation g takes triple g % row_block_stride of pixel
+// blocks and row block g / row_block_stride: with subgroup weight loads the
+// engine pads the stride to whole workgroups, so that a workgroup shares one
+// row block's weights. Past the last triple or row block an invocation
+// computes a clamped block and stores nothing.
+fn rt_gemm(p: ImplicitGemm, ids: Ids, acc0: ptr<function, array<vec4<f32>, 32>>, acc1: ptr<function, array<vec4<f32>, 32>>, acc2: ptr<function, array<vec4<f32>, 32>>) -> RtTile {
     let blocks = rt_blocks(p);
-    let triples = (blocks + 2u) / 3u;
-    let triple = g % triples;
-    let row_block = g / triples;
+    let g = ids.global.x + ids.global.y * ids.groups.x * 8u;
+    let row_blocks = (p.rows + 15u) / 16u;
+    let row_block = min(g / p.row_block_stride, row_blocks - 1u);
+    let triple = select(blocks, g % p.row_block_stride, g / p.row_block_stride < row_blocks);
+    let lane = subgroup_lane(ids);
     let block0 = rt_block(p, 3u * triple, blocks);
     let block1 = rt_block(p, 3u * triple + 1u, blocks);
     let block2 = rt_block(p, 3u * triple + 2u, blocks);
@@ -403,8 +401,8 @@ fn rt_gemm(p: ImplicitGemm, g: u32, acc0: ptr<function, array<vec4<f32>, 32>>, a
                     }
                     let tw = select(o, p.taps_w - 1u - o, p.src_tap_step < 0);
                     let a = ((tap_row + p.kernel_first_w + tw * p.kernel_step) * p.channels_padded + c) * a_step + a_block;
-                    let rows_x = rt_rows(a);
-                    let rows_y = rt_rows(a + a_step);
+                    let rows_x = rt_rows(a, lane);
+                    let rows_y = rt_rows(a + a_step, lane);
                     outer_product_16x8x2(acc0, rows_x, x0, rows_y, y0);
                     outer_product_16x8x2(acc1, rows_x, x1, rows_y, y1);
                     outer_product_16x8x2(acc2, rows_x, x2, rows_y, y2);
@@ -412,8 +410,8 @@ fn rt_gemm(p: ImplicitGemm, g: u32, acc0: ptr<function, array<vec4<f32>, 32>>, a
             } else {
                 for (var tw = 0u; tw < p.taps_w; tw++) {
                     let a = ((tap_row + p.kernel_first_w + tw * p.kernel_step) * p.channels_padded + c) * a_step + a_block;
-                    let rows_x = rt_rows(a);
-                    let rows_y = rt_rows(a + a_step);
+                    let rows_x = rt_rows(a, lane);
+                    let rows_y = rt_rows(a + a_step, lane);
                     let c0 = col0 + i32(tw);
                     let c1 = col1 + i32(tw);
                     let c2 = col2 + i32(tw);
@@ -427,17 +425,15 @@ fn rt_gemm(p: ImplicitGemm, g: u32, acc0: ptr<function, array<vec4<f32>, 32>>, a
     return RtTile(block0, block1, block2, row_block * 16u);
 }
 
-@compute @workgroup_size(64)
-fn conv2d_implicit_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+// No early return before the GEMM: with subgroups every invocation of the
+// workgroup takes part in the broadcasts.
+@compute @workgroup_size(8)
+fn conv2d_implicit_gemm(ids: Ids) {
     let p = rt_params;
-    let g = gid.x + gid.y * groups.x * 64u;
-    if g >= rt_invocations(p) {
-        return;
-    }
     var acc0: array<vec4<f32>, 32>;
     var acc1: array<vec4<f32>, 32>;
     var acc2: array<vec4<f32>, 32>;
-    let tile = rt_gemm(p, g, &acc0, &acc1, &acc2);
+    let tile = rt_gemm(p, ids, &acc0, &acc1, &acc2);
     rt_store(p, tile.block0, tile.row0, &acc0);
     rt_store(p, tile.block1, tile.row0, &acc1);
     rt_store(p, tile.block2, tile.row0, &acc2);
@@ -488,17 +484,13 @@ fn rt_epilogue(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<function, ar
 }
 
 // conv2d_implicit_gemm_fused: the forward GEMM, then the epilogue.
-@compute @workgroup_size(64)
-fn conv2d_implicit_gemm_fused(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+@compute @workgroup_size(8)
+fn conv2d_implicit_gemm_fused(ids: Ids) {
     let p = rt_params;
-    let g = gid.x + gid.y * groups.x * 64u;
-    if g >= rt_invocations(p) {
-        return;
-    }
     var acc0: array<vec4<f32>, 32>;
     var acc1: array<vec4<f32>, 32>;
     var acc2: array<vec4<f32>, 32>;
-    let tile = rt_gemm(p, g, &acc0, &acc1, &acc2);
+    let tile = rt_gemm(p, ids, &acc0, &acc1, &acc2);
     rt_epilogue(p, tile.block0, tile.row0, &acc0);
     rt_epilogue(p, tile.block1, tile.row0, &acc1);
     rt_epilogue(p, tile.block2, tile.row0, &acc2);
@@ -666,22 +658,31 @@ struct Rows8 {
     hi: vec4<f32>,
 }
 
-// BEGIN compact weight loads. Where the device has subgroups the engine swaps
-// this block for `COMPACT_SUBGROUP_LOADS` (conv2d.rs): lane l of a subgroup
-// loads one vec4 and the subgroup broadcasts both, instead of every
-// invocation loading the same 8 weights.
-struct CtIds {
+// BEGIN weight loads of the register and compact tiles. Where the device has
+// subgroups the engine swaps this block for `SUBGROUP_WEIGHT_LOADS`
+// (conv2d.rs): the invocations of a workgroup share their weights, so lane l
+// of a subgroup loads one vec4 and the subgroup broadcasts them, instead of
+// every invocation loading the same 8 or 16 weights.
+struct Ids {
     @builtin(global_invocation_id) global: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(workgroup_id) workgroup: vec3<u32>,
-    // Unused here; the subgroup invocation id in the subgroup version.
-    @builtin(local_invocation_index) lane: u32,
+}
+
+// The invocation's lane in its subgroup (unused without subgroups).
+fn subgroup_lane(ids: Ids) -> u32 {
+    return 0u;
 }
 
 fn ct_rows(index: u32, lane: u32) -> Rows8 {
     return Rows8(ct_wt[index], ct_wt[index + 1u]);
 }
-// END compact weight loads.
+
+// 16 consecutive rows of wt (one tap and channel).
+fn rt_rows(index: u32, lane: u32) -> Rows16 {
+    return Rows16(rt_wt[index], rt_wt[index + 1u], rt_wt[index + 2u], rt_wt[index + 3u]);
+}
+// END weight loads.
 
 // acc[2i + h] += a_i * x_h: 8 rows a with 8 pixels x (lo: 0..3, hi: 4..7).
 fn ct_outer_product(acc: ptr<function, array<vec4<f32>, 16>>, a: Rows8, x: Window) {
@@ -788,7 +789,7 @@ fn ct_gemm(p: ImplicitGemm, block: RtBlock, row_block: u32, lane: u32, acc: ptr<
 }
 
 // Block index of an invocation: blocks over x and y, 8 per workgroup.
-fn ct_block_index(ids: CtIds) -> u32 {
+fn ct_block_index(ids: Ids) -> u32 {
     return ids.global.x + ids.global.y * ids.groups.x * 8u;
 }
 
@@ -816,12 +817,12 @@ fn ct_store_row(p: ImplicitGemm, block: RtBlock, row: u32, lo: vec4<f32>, hi: ve
 // workgroup takes part in the broadcasts (blocks past the end compute a
 // clamped block and store nothing).
 @compute @workgroup_size(8)
-fn conv2d_implicit_gemm_compact(ids: CtIds) {
+fn conv2d_implicit_gemm_compact(ids: Ids) {
     let p = ct_params;
     let block = ct_block(p, ct_block_index(ids));
     let row0 = ids.workgroup.z * 8u;
     var acc: array<vec4<f32>, 16>;
-    ct_gemm(p, block, ids.workgroup.z, ids.lane, &acc);
+    ct_gemm(p, block, ids.workgroup.z, subgroup_lane(ids), &acc);
     ct_store_row(p, block, row0, acc[0], acc[1]);
     ct_store_row(p, block, row0 + 1u, acc[2], acc[3]);
     ct_store_row(p, block, row0 + 2u, acc[4], acc[5]);
@@ -857,12 +858,12 @@ fn ct_epilogue_row(p: ImplicitGemm, block: RtBlock, row0: u32, i: u32, lo: vec4<
 
 // conv2d_implicit_gemm_compact_fused: the forward GEMM, then the epilogue.
 @compute @workgroup_size(8)
-fn conv2d_implicit_gemm_compact_fused(ids: CtIds) {
+fn conv2d_implicit_gemm_compact_fused(ids: Ids) {
     let p = ct_params;
     let block = ct_block(p, ct_block_index(ids));
     let row0 = ids.workgroup.z * 8u;
     var acc: array<vec4<f32>, 16>;
-    ct_gemm(p, block, ids.workgroup.z, ids.lane, &acc);
+    ct_gemm(p, block, ids.workgroup.z, subgroup_lane(ids), &acc);
     ct_epilogue_row(p, block, row0, 0u, acc[0], acc[1]);
     ct_epilogue_row(p, block, row0, 1u, acc[2], acc[3]);
     ct_epilogue_row(p, block, row0, 2u, acc[4], acc[5]);

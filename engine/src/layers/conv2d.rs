@@ -108,7 +108,7 @@ fn check_len(what: &str, tensor: &Tensor, len: usize, shape: &Conv2dShape) {
 const REGISTER_ROWS: usize = 16;
 const REGISTER_BLOCKS: usize = 3;
 const REGISTER_BLOCK: usize = 8;
-const REGISTER_WORKGROUP: usize = 64;
+const REGISTER_WORKGROUP: usize = 8;
 /// Register tile of backward-weight: output and input channels and taps of a
 /// kernel row per invocation.
 const WEIGHT_GRAD_ROWS: usize = 16;
@@ -132,28 +132,36 @@ const WORKGROUP_MIN_WORKGROUPS: usize = 512;
 
 pub struct Conv2dKernels {
     variant: Variant,
-    /// The compact kernels load weights through subgroups.
+    /// The register or compact kernels load weights through subgroups.
     subgroup_loads: bool,
     transpose_weights: Kernel,
     implicit_gemm: Kernel,
     implicit_gemm_fused: Kernel,
+    /// Register tile with subgroup loads: `implicit_gemm` and
+    /// `implicit_gemm_fused` without them, for small maps (see [`launch`]).
+    implicit_gemm_packed: Option<[Kernel; 2]>,
     weight_grad: Kernel,
     reduce_partials: Kernel,
 }
 
-/// The compact kernels' weight loads where the device has subgroups, in place
-/// of the block between `// BEGIN compact weight loads` and `// END compact
-/// weight loads` in conv2d.wgsl. All invocations of a workgroup work on the
-/// same 8 rows, so lanes 0 to 3 of any subgroup (WebGPU's have at least 4)
-/// can load the 8 weights every lane needs, two each, and broadcast them:
-/// SwiftShader, whose every load is a 4-lane gather, then loads each weight
-/// once per 4 invocations instead of 4 times, and ResNet-20's convolutions
-/// take 0.6x the time.
-const COMPACT_SUBGROUP_LOADS: &str = "struct CtIds {
+/// The register and compact kernels' weight loads where the device has
+/// subgroups, in place of the block between `// BEGIN weight loads` and `//
+/// END weight loads.` in conv2d.wgsl. All invocations of a workgroup work on
+/// the same rows, so lanes 0 to 3 of any subgroup (WebGPU's have at least 4)
+/// can load the weights every lane needs and broadcast them. SwiftShader,
+/// whose every load is a 4-lane gather, then loads each weight once per 4
+/// invocations instead of 4 times, and ResNet-20's convolutions take 0.6x the
+/// time with the compact kernels; llvmpipe gathers lane by lane, and the
+/// register kernels load 4 times fewer weights.
+const SUBGROUP_WEIGHT_LOADS: &str = "struct Ids {
     @builtin(global_invocation_id) global: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
+}
+
+fn subgroup_lane(ids: Ids) -> u32 {
+    return ids.lane;
 }
 
 fn ct_rows(index: u32, lane: u32) -> Rows8 {
@@ -165,42 +173,41 @@ fn ct_rows(index: u32, lane: u32) -> Rows8 {
         vec4<f32>(subgroupBroadcast(hi, 0u), subgroupBroadcast(hi, 1u), subgroupBroadcast(hi, 2u), subgroupBroadcast(hi, 3u)),
     );
 }
+
+fn rt_rows(index: u32, lane: u32) -> Rows16 {
+    let v = rt_wt[index + lane % 4u];
+    return Rows16(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
+}
 ";
 
-/// conv2d.wgsl, with subgroup weight loads in the compact kernels when
-/// `subgroups` (the device must have WebGPU's `subgroups` feature, with
-/// subgroups of at least 4 invocations). Browsers
-/// need the WGSL `enable` directive for them, naga rejects it (it allows
-/// subgroup operations by device feature alone).
+/// conv2d.wgsl, with subgroup weight loads in the register and compact
+/// kernels when `subgroups` (the device must have WebGPU's `subgroups`
+/// feature, with subgroups of at least 4 invocations). Browsers need the WGSL
+/// `enable` directive for them, naga rejects it (it allows subgroup operations
+/// by device feature alone).
 pub fn conv2d_source(subgroups: bool) -> String {
     let source = include_str!("../../../shaders/conv2d.wgsl");
     if !subgroups {
         return source.to_string();
     }
-    const BEGIN: &str = "// BEGIN compact weight loads";
-    const END: &str = "// END compact weight loads.";
-    let begin = source.find(BEGIN).expect("conv2d.wgsl marks the compact weight loads");
-    let block = begin
-        + source[begin..]
-            .find("struct CtIds")
-            .expect("the block starts with CtIds");
-    let end = begin
-        + source[begin..]
-            .find(END)
-            .expect("conv2d.wgsl ends the compact weight loads");
+    const BEGIN: &str = "// BEGIN weight loads";
+    const END: &str = "// END weight loads.";
+    let begin = source.find(BEGIN).expect("conv2d.wgsl marks the weight loads");
+    let block = begin + source[begin..].find("struct Ids").expect("the block starts with Ids");
+    let end = begin + source[begin..].find(END).expect("conv2d.wgsl ends the weight loads");
     let enable = if cfg!(target_arch = "wasm32") {
         "enable subgroups;\n"
     } else {
         ""
     };
-    format!("{enable}{}{COMPACT_SUBGROUP_LOADS}{}", &source[..block], &source[end..])
+    format!("{enable}{}{SUBGROUP_WEIGHT_LOADS}{}", &source[..block], &source[end..])
 }
 
 impl Conv2dKernels {
     /// Creates the kernels of `variant` only; `subgroups` (the device has the
-    /// feature) gives the compact kernels subgroup weight loads.
+    /// feature) gives the register and compact kernels subgroup weight loads.
     pub fn new(device: &wgpu::Device, variant: Variant, subgroups: bool) -> Self {
-        let subgroup_loads = subgroups && variant == Variant::CompactTile;
+        let subgroup_loads = subgroups && variant != Variant::WorkgroupTile;
         let source = conv2d_source(subgroup_loads);
         let module = shader_module(device, "conv2d", &source);
         let (implicit_gemm, implicit_gemm_fused, weight_grad) = match variant {
@@ -220,12 +227,20 @@ impl Conv2dKernels {
                 Kernel::new(device, &module, "conv2d_weight_grad_compact", 70),
             ),
         };
+        let implicit_gemm_packed = (variant == Variant::RegisterTile && subgroup_loads).then(|| {
+            let plain = shader_module(device, "conv2d (packed)", &conv2d_source(false));
+            [
+                Kernel::new(device, &plain, "conv2d_implicit_gemm", 10),
+                Kernel::new(device, &plain, "conv2d_implicit_gemm_fused", 10),
+            ]
+        });
         Self {
             variant,
             subgroup_loads,
             transpose_weights: Kernel::new(device, &module, "conv2d_transpose_weights", 0),
             implicit_gemm,
             implicit_gemm_fused,
+            implicit_gemm_packed,
             weight_grad,
             reduce_partials: Kernel::new(device, &module, "conv2d_reduce_partials", 50),
         }
@@ -241,6 +256,18 @@ impl Conv2dKernels {
     /// [`Kernels::prepare_inference`]).
     pub fn prepare_fused(&self, device: &wgpu::Device) {
         self.implicit_gemm_fused.prepare(device);
+        if let Some([_, fused]) = &self.implicit_gemm_packed {
+            fused.prepare(device);
+        }
+    }
+
+    /// The plain (`fused` false) or fused implicit GEMM kernel of a launch.
+    fn implicit_gemm_kernel(&self, launch: &Launch, fused: bool) -> &Kernel {
+        let [plain, with_epilogue] = match (&self.implicit_gemm_packed, launch.packed) {
+            (Some(packed), true) => [&packed[0], &packed[1]],
+            _ => [&self.implicit_gemm, &self.implicit_gemm_fused],
+        };
+        if fused { with_epilogue } else { plain }
     }
 }
 
@@ -289,6 +316,8 @@ struct ImplicitGemmParams {
     channels_padded: u32,
     /// `EPILOGUE_*` flags of the fused forward; 0 elsewhere.
     epilogue: u32,
+    /// Register tile: invocations per block of rows (set by [`launch`]).
+    row_block_stride: u32,
 }
 
 impl ImplicitGemmParams {
@@ -438,19 +467,40 @@ fn forward_params(shape: &Conv2dShape, wt_shape: &[usize], epilogue: u32) -> Imp
         kernel_step: 1,
         columns: (shape.batch * oh * ow) as u32,
         epilogue,
+        row_block_stride: 0,
     }
 }
 
-/// Workgroups of one implicit GEMM (plain or fused).
-fn implicit_gemm_grid(kernels: &Conv2dKernels, params: &ImplicitGemmParams) -> [u32; 3] {
+/// How one implicit GEMM (plain or fused) runs: its parameters completed,
+/// its workgroups, and whether it takes the packed register-tile kernels.
+struct Launch {
+    params: ImplicitGemmParams,
+    grid: [u32; 3],
+    packed: bool,
+}
+
+/// Register tile: a workgroup shares its weights through subgroups only if
+/// all its invocations work on one block of rows, so each row block's
+/// triples of pixel blocks are padded to whole workgroups; where that would
+/// leave more than a quarter of the invocations idle (small maps at small
+/// batches), the packed kernels (no subgroups) run instead.
+fn launch(kernels: &Conv2dKernels, params: &ImplicitGemmParams) -> Launch {
     let rows = params.rows as usize;
-    match kernels.variant {
+    let mut params = *params;
+    let mut packed = false;
+    let grid = match kernels.variant {
         Variant::RegisterTile => {
             let blocks = (params.batch * params.q_h) as usize * (params.q_w as usize).div_ceil(REGISTER_BLOCK);
-            grid_1d(
-                blocks.div_ceil(REGISTER_BLOCKS) * rows.div_ceil(REGISTER_ROWS),
-                REGISTER_WORKGROUP as u32,
-            )
+            let triples = blocks.div_ceil(REGISTER_BLOCKS);
+            let padded = triples.next_multiple_of(REGISTER_WORKGROUP);
+            packed = kernels.implicit_gemm_packed.is_some() && (padded - triples) * 4 > padded;
+            let stride = if kernels.subgroup_loads && !packed {
+                padded
+            } else {
+                triples
+            };
+            params.row_block_stride = stride as u32;
+            grid_1d(stride * rows.div_ceil(REGISTER_ROWS), REGISTER_WORKGROUP as u32)
         }
         Variant::WorkgroupTile => grid_2d(
             (params.columns as usize).div_ceil(WORKGROUP_TILE),
@@ -462,7 +512,8 @@ fn implicit_gemm_grid(kernels: &Conv2dKernels, params: &ImplicitGemmParams) -> [
             let [x, y, _] = grid_1d(blocks, COMPACT_WORKGROUP as u32);
             [x, y, rows.div_ceil(COMPACT_ROWS) as u32]
         }
-    }
+    };
+    Launch { params, grid, packed }
 }
 
 fn implicit_gemm(
@@ -473,10 +524,10 @@ fn implicit_gemm(
     src: &Tensor,
     dst: &Tensor,
 ) -> Dispatch {
-    let grid = implicit_gemm_grid(kernels, params);
+    let launch = launch(kernels, params);
     kernels
-        .implicit_gemm
-        .bind(device, params, &[wt, src, dst], grid)
+        .implicit_gemm_kernel(&launch, false)
+        .bind(device, &launch.params, &[wt, src, dst], launch.grid)
         .with_flops(params.flops())
 }
 
@@ -533,13 +584,9 @@ pub fn conv2d_forward_fused(
     // Without a residual the binding still needs a buffer: the (small,
     // read-only) bias stands in, and the shader does not read it.
     let residual = residual.unwrap_or(bias);
-    k.implicit_gemm_fused
-        .bind(
-            device,
-            &params,
-            &[wt, x, y, bias, residual],
-            implicit_gemm_grid(k, &params),
-        )
+    let launch = launch(k, &params);
+    k.implicit_gemm_kernel(&launch, true)
+        .bind(device, &launch.params, &[wt, x, y, bias, residual], launch.grid)
         .with_flops(params.flops())
 }
 
@@ -625,6 +672,7 @@ pub fn conv2d_backward_data(
                 kernel_step: s as u32,
                 columns: columns as u32,
                 epilogue: 0,
+                row_block_stride: 0,
             };
             dispatches.push(implicit_gemm(device, k, &params, &wt, dy, dx));
         }
@@ -932,9 +980,32 @@ mod tests {
     }
 
     #[test]
-    fn conv2d_register_tile_matches_reference_in_all_directions() {
+    fn conv2d_register_tile_matches_reference_in_all_directions_with_and_without_subgroups() {
         let Some(ctx) = context() else { return };
-        check_variant(&Kernels::new(ctx.device(), Variant::RegisterTile));
+        for kernels in with_and_without_subgroups(ctx.device(), Variant::RegisterTile) {
+            check_variant(&kernels);
+        }
+    }
+
+    /// Which register-tile launches share weights through subgroups: the
+    /// awkward shapes take both paths (so the tests above check both), as do
+    /// ResNet-20 training (shared) and ResNet-18's last stage at batch 1
+    /// (packed).
+    #[test]
+    fn conv2d_register_tile_shares_weights_on_large_maps_and_packs_small_ones() {
+        let Some(ctx) = context() else { return };
+        if !ctx.device().features().contains(wgpu::Features::SUBGROUP) {
+            eprintln!("this adapter has no subgroups: nothing to choose");
+            return;
+        }
+        let kernels = Kernels::with_subgroups(ctx.device(), Variant::RegisterTile, true);
+        let packed = |s: &Conv2dShape| {
+            let wt = transposed_shape(s.kernel * s.kernel, s.out_channels, s.in_channels);
+            launch(&kernels.conv2d, &forward_params(s, &wt, 0)).packed
+        };
+        assert!(!packed(&shape(128, 16, 32, 16, 3, 1, 1)));
+        assert!(packed(&shape(1, 512, 7, 512, 3, 1, 1)));
+        assert!(shapes().iter().any(packed) && !shapes().iter().all(packed));
     }
 
     #[test]
@@ -943,30 +1014,30 @@ mod tests {
         check_variant(&Kernels::new(ctx.device(), Variant::WorkgroupTile));
     }
 
-    /// The compact kernels with and without subgroup weight loads (with
+    /// The kernels of `variant` with and without subgroup weight loads (with
     /// them only where the test device has subgroups: lavapipe does).
-    fn compact_kernels(device: &wgpu::Device) -> Vec<Kernels> {
+    fn with_and_without_subgroups(device: &wgpu::Device, variant: Variant) -> Vec<Kernels> {
         let has_subgroups = device.features().contains(wgpu::Features::SUBGROUP);
         if !has_subgroups {
-            eprintln!("this adapter has no subgroups: the compact kernels are tested without them only");
+            eprintln!("this adapter has no subgroups: the {variant:?} kernels are tested without them only");
         }
         [false, true]
             .into_iter()
             .filter(|&subgroups| !subgroups || has_subgroups)
-            .map(|subgroups| Kernels::with_subgroups(device, Variant::CompactTile, subgroups))
+            .map(|subgroups| Kernels::with_subgroups(device, variant, subgroups))
             .collect()
     }
 
     #[test]
     fn conv2d_compact_tile_matches_reference_in_all_directions_with_and_without_subgroups() {
         let Some(ctx) = context() else { return };
-        for kernels in compact_kernels(ctx.device()) {
+        for kernels in with_and_without_subgroups(ctx.device(), Variant::CompactTile) {
             check_variant(&kernels);
         }
     }
 
     #[test]
-    fn conv2d_compact_subgroup_source_validates_with_the_subgroups_feature() {
+    fn conv2d_subgroup_source_validates_with_the_subgroups_feature() {
         let source = conv2d_source(true);
         assert!(source.contains("subgroupBroadcast") && !source.contains("enable subgroups"));
         let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{}", e.emit_to_string(&source)));
@@ -1021,7 +1092,9 @@ mod tests {
     #[test]
     fn conv2d_fused_forward_register_tile_adds_bias_residual_and_relu_as_the_reference() {
         let Some(ctx) = context() else { return };
-        check_fused(&Kernels::new(ctx.device(), Variant::RegisterTile));
+        for kernels in with_and_without_subgroups(ctx.device(), Variant::RegisterTile) {
+            check_fused(&kernels);
+        }
     }
 
     #[test]
@@ -1033,7 +1106,7 @@ mod tests {
     #[test]
     fn conv2d_fused_forward_compact_tile_adds_bias_residual_and_relu_as_the_reference() {
         let Some(ctx) = context() else { return };
-        for kernels in compact_kernels(ctx.device()) {
+        for kernels in with_and_without_subgroups(ctx.device(), Variant::CompactTile) {
             check_fused(&kernels);
         }
     }
