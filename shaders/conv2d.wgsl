@@ -658,11 +658,12 @@ struct Rows8 {
     hi: vec4<f32>,
 }
 
-// BEGIN weight loads of the register and compact tiles. Where the device has
-// subgroups the engine swaps this block for `SUBGROUP_WEIGHT_LOADS`
-// (conv2d.rs): the invocations of a workgroup share their weights, so lane l
-// of a subgroup loads one vec4 and the subgroup broadcasts them, instead of
-// every invocation loading the same 8 or 16 weights.
+// BEGIN plain loads: the weights of the register and compact tiles. Where
+// the device has subgroups the engine swaps this block for
+// `SUBGROUP_WEIGHT_LOADS` (conv2d.rs): the invocations of a workgroup share
+// their weights, so lane l of a subgroup loads one vec4 and the subgroup
+// broadcasts them, instead of every invocation loading the same 8 or 16
+// weights.
 struct Ids {
     @builtin(global_invocation_id) global: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
@@ -682,7 +683,7 @@ fn ct_rows(index: u32, lane: u32) -> Rows8 {
 fn rt_rows(index: u32, lane: u32) -> Rows16 {
     return Rows16(rt_wt[index], rt_wt[index + 1u], rt_wt[index + 2u], rt_wt[index + 3u]);
 }
-// END weight loads.
+// END plain loads.
 
 // acc[2i + h] += a_i * x_h: 8 rows a with 8 pixels x (lo: 0..3, hi: 4..7).
 fn ct_outer_product(acc: ptr<function, array<vec4<f32>, 16>>, a: Rows8, x: Window) {

@@ -71,8 +71,35 @@ struct Panel {
     b3: vec4<f32>,
 }
 
-fn register_panel(a: u32, b: u32) -> Panel {
-    return Panel(register_at[a], register_at[a + 1u], register_at[a + 2u], register_at[a + 3u], register_bp[b], register_bp[b + 1u], register_bp[b + 2u], register_bp[b + 3u]);
+// 16 rows of A at one k, the same for every invocation of a workgroup.
+struct RowsA {
+    a0: vec4<f32>,
+    a1: vec4<f32>,
+    a2: vec4<f32>,
+    a3: vec4<f32>,
+}
+
+// BEGIN plain loads. Where the device has subgroups the engine swaps this
+// block for `SUBGROUP_LOADS` (gemm.rs): lanes 0 to 3 of a subgroup load A's
+// 4 vec4s and the subgroup broadcasts them.
+struct GemmIds {
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+}
+
+// The invocation's lane in its subgroup (unused without subgroups).
+fn gemm_lane(ids: GemmIds) -> u32 {
+    return 0u;
+}
+
+fn register_rows(a: u32, lane: u32) -> RowsA {
+    return RowsA(register_at[a], register_at[a + 1u], register_at[a + 2u], register_at[a + 3u]);
+}
+// END plain loads.
+
+fn register_panel(a: u32, b: u32, lane: u32) -> Panel {
+    let rows = register_rows(a, lane);
+    return Panel(rows.a0, rows.a1, rows.a2, rows.a3, register_bp[b], register_bp[b + 1u], register_bp[b + 2u], register_bp[b + 3u]);
 }
 
 // acc[4i + j] += sum over the 4 panels of a_i * b_j. Summing 4 k per update
@@ -165,27 +192,25 @@ fn register_store(p: Matmul, row: u32, col: u32, v: vec4<f32>) {
     if n > 3u { register_c[base + 3u] = v.w; }
 }
 
+// No early return before the K loop: with subgroups every invocation of the
+// workgroup takes part in the broadcasts (columns past N read the last
+// columns and store nothing).
 @compute @workgroup_size(64)
-fn matmul_register(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
+fn matmul_register(ids: GemmIds) {
     let p = register_params;
-    let col0 = (wg.x * 64u + lid) * 16u;
-    if col0 >= p.n {
-        return;
-    }
-    let row0 = wg.y * 16u;
+    let col0 = (ids.wg.x * 64u + ids.lid) * 16u;
+    let row0 = ids.wg.y * 16u;
+    let lane = gemm_lane(ids);
     // Row strides of the packed operands, in vec4s.
     let m4 = ((p.m + 15u) / 16u) * 4u;
     let n4 = ((p.n + 15u) / 16u) * 4u;
     var acc: array<vec4<f32>, 64>;
     var a = row0 / 4u;
-    var b = col0 / 4u;
+    var b = min(col0 / 4u, n4 - 4u);
     let k4 = (p.k + 3u) / 4u;
     // The packed K is a multiple of 4.
     for (var kk = 0u; kk < k4; kk++) {
-        outer_product_16x16x4(&acc, register_panel(a, b), register_panel(a + m4, b + n4), register_panel(a + 2u * m4, b + 2u * n4), register_panel(a + 3u * m4, b + 3u * n4));
+        outer_product_16x16x4(&acc, register_panel(a, b, lane), register_panel(a + m4, b + n4, lane), register_panel(a + 2u * m4, b + 2u * n4, lane), register_panel(a + 3u * m4, b + 3u * n4, lane));
         a += 4u * m4;
         b += 4u * n4;
     }

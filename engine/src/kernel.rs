@@ -34,6 +34,32 @@ pub fn shader_module(device: &wgpu::Device, label: &str, source: &str) -> wgpu::
     })
 }
 
+/// `source` with the block between its `// BEGIN plain loads` paragraph and
+/// `// END plain loads.` replaced by `subgroup_loads`: the kernels' loads
+/// through subgroup broadcasts, for devices with WebGPU's `subgroups` feature
+/// (subgroups of at least 4 invocations). Browsers need the WGSL `enable`
+/// directive for them; naga rejects it (it allows subgroup operations by
+/// device feature alone).
+pub fn with_subgroup_loads(source: &str, subgroup_loads: &str) -> String {
+    const BEGIN: &str = "// BEGIN plain loads";
+    const END: &str = "// END plain loads.";
+    let begin = source.find(BEGIN).expect("the shader marks its plain loads");
+    // The block starts after the BEGIN comment, which stays.
+    let block = begin
+        + source[begin..]
+            .split_inclusive('\n')
+            .take_while(|line| line.starts_with("//"))
+            .map(str::len)
+            .sum::<usize>();
+    let end = begin + source[begin..].find(END).expect("the shader ends its plain loads");
+    let enable = if cfg!(target_arch = "wasm32") {
+        "enable subgroups;\n"
+    } else {
+        ""
+    };
+    format!("{enable}{}{subgroup_loads}{}", &source[..block], &source[end..])
+}
+
 #[derive(Clone, Debug)]
 pub struct Kernel {
     module: wgpu::ShaderModule,

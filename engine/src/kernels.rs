@@ -106,7 +106,7 @@ impl Kernels {
             relu: ReluKernels::new(device),
             batch_norm: BatchNormKernels::new(device),
             conv2d: Conv2dKernels::new(device, variant, subgroups),
-            gemm: GemmKernels::new(device, variant),
+            gemm: GemmKernels::new(device, variant, subgroups),
             residual: ResidualKernels::new(device),
             pool: PoolKernels::new(device),
             linear: LinearKernels::new(device),

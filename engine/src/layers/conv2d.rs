@@ -15,7 +15,7 @@
 //! into the weights and a bias, then residual and ReLU in the GEMM's epilogue,
 //! over weights transposed once at load ([`upload_forward_weights`]).
 
-use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, grid_1d, shader_module};
+use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, grid_1d, shader_module, with_subgroup_loads};
 use crate::{Dispatch, EngineError, Kernels, Tensor, Variant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,10 +145,9 @@ pub struct Conv2dKernels {
 }
 
 /// The register and compact kernels' weight loads where the device has
-/// subgroups, in place of the block between `// BEGIN weight loads` and `//
-/// END weight loads.` in conv2d.wgsl. All invocations of a workgroup work on
-/// the same rows, so lanes 0 to 3 of any subgroup (WebGPU's have at least 4)
-/// can load the weights every lane needs and broadcast them. SwiftShader,
+/// subgroups, in place of conv2d.wgsl's plain loads. All invocations of a
+/// workgroup work on the same rows, so lanes 0 to 3 of any subgroup (WebGPU's
+/// have at least 4) can load the weights every lane needs and broadcast them. SwiftShader,
 /// whose every load is a 4-lane gather, then loads each weight once per 4
 /// invocations instead of 4 times, and ResNet-20's convolutions take 0.6x the
 /// time with the compact kernels; llvmpipe gathers lane by lane, and the
@@ -181,26 +180,14 @@ fn rt_rows(index: u32, lane: u32) -> Rows16 {
 ";
 
 /// conv2d.wgsl, with subgroup weight loads in the register and compact
-/// kernels when `subgroups` (the device must have WebGPU's `subgroups`
-/// feature, with subgroups of at least 4 invocations). Browsers need the WGSL
-/// `enable` directive for them, naga rejects it (it allows subgroup operations
-/// by device feature alone).
+/// kernels when `subgroups` (see [`with_subgroup_loads`]).
 pub fn conv2d_source(subgroups: bool) -> String {
     let source = include_str!("../../../shaders/conv2d.wgsl");
-    if !subgroups {
-        return source.to_string();
-    }
-    const BEGIN: &str = "// BEGIN weight loads";
-    const END: &str = "// END weight loads.";
-    let begin = source.find(BEGIN).expect("conv2d.wgsl marks the weight loads");
-    let block = begin + source[begin..].find("struct Ids").expect("the block starts with Ids");
-    let end = begin + source[begin..].find(END).expect("conv2d.wgsl ends the weight loads");
-    let enable = if cfg!(target_arch = "wasm32") {
-        "enable subgroups;\n"
+    if subgroups {
+        with_subgroup_loads(source, SUBGROUP_WEIGHT_LOADS)
     } else {
-        ""
-    };
-    format!("{enable}{}{SUBGROUP_WEIGHT_LOADS}{}", &source[..block], &source[end..])
+        source.to_string()
+    }
 }
 
 impl Conv2dKernels {

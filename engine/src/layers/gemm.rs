@@ -1,7 +1,7 @@
 //! Dense f32 matrix product `C[M,N] = A[M,K] B[K,N]` (row-major): the adapter's
 //! GEMM ceiling, against which `resnet-native bench` measures the convolutions.
 
-use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, grid_1d, shader_module};
+use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, grid_1d, shader_module, with_subgroup_loads};
 use crate::{Dispatch, EngineError, Kernels, Tensor, Variant};
 
 pub struct GemmKernels {
@@ -10,10 +10,38 @@ pub struct GemmKernels {
     matmul: Kernel,
 }
 
+/// The register tile's loads of A where the device has subgroups, in place of
+/// gemm.wgsl's plain loads: a workgroup computes one block of 16 rows, so
+/// lanes 0 to 3 of a subgroup load A's 16 values at each k and broadcast them,
+/// as the convolutions' register tile does with its weights (the ceiling
+/// should have every trick the convolutions have).
+const SUBGROUP_LOADS: &str = "struct GemmIds {
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+}
+
+fn gemm_lane(ids: GemmIds) -> u32 {
+    return ids.lane;
+}
+
+fn register_rows(a: u32, lane: u32) -> RowsA {
+    let v = register_at[a + lane % 4u];
+    return RowsA(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
+}
+";
+
 impl GemmKernels {
-    /// Creates the pipelines of `variant` only.
-    pub fn new(device: &wgpu::Device, variant: Variant) -> Self {
-        let module = shader_module(device, "gemm", include_str!("../../../shaders/gemm.wgsl"));
+    /// Creates the pipelines of `variant` only; `subgroups` (the device has
+    /// the feature) gives the register tile subgroup loads.
+    pub fn new(device: &wgpu::Device, variant: Variant, subgroups: bool) -> Self {
+        let source = include_str!("../../../shaders/gemm.wgsl");
+        let source = if subgroups && variant != Variant::WorkgroupTile {
+            with_subgroup_loads(source, SUBGROUP_LOADS)
+        } else {
+            source.to_string()
+        };
+        let module = shader_module(device, "gemm", &source);
         // The compact tile has no GEMM of its own (the network needs none):
         // it measures the register tile's.
         let matmul = match variant {
@@ -155,12 +183,21 @@ mod tests {
     use crate::testing::{assert_close, context};
 
     #[test]
-    fn matmul_matches_reference_in_both_variants_on_awkward_sizes() {
+    fn matmul_matches_reference_in_both_variants_with_and_without_subgroups_on_awkward_sizes() {
         let Some(ctx) = context() else { return };
         let (device, queue) = (ctx.device(), ctx.queue());
         let mut rng = Rng::new(11);
-        for variant in [Variant::RegisterTile, Variant::WorkgroupTile] {
-            let kernels = Kernels::new(device, variant);
+        let has_subgroups = device.features().contains(wgpu::Features::SUBGROUP);
+        if !has_subgroups {
+            eprintln!("this adapter has no subgroups: the register tile is tested without them only");
+        }
+        let cases = [
+            (Variant::RegisterTile, false),
+            (Variant::RegisterTile, true),
+            (Variant::WorkgroupTile, false),
+        ];
+        for (variant, subgroups) in cases.into_iter().filter(|&(_, s)| !s || has_subgroups) {
+            let kernels = Kernels::with_subgroups(device, variant, subgroups);
             for (m, n, k) in [
                 (1, 1, 1),
                 (17, 33, 5),
@@ -180,7 +217,7 @@ mod tests {
                 // Sums of up to 128 products of magnitude < 1 in f32: rounding
                 // error ~1e-6, far below a misplaced term (~0.1).
                 assert_close(
-                    &format!("matmul {variant:?} {m}x{n}x{k}"),
+                    &format!("matmul {variant:?} (subgroups {subgroups}) {m}x{n}x{k}"),
                     &ct.read_blocking(device, queue).unwrap(),
                     &cpu::matmul(m, n, k, &a, &b),
                     1e-4,
