@@ -683,6 +683,16 @@ fn ct_rows(index: u32, lane: u32) -> Rows8 {
 fn rt_rows(index: u32, lane: u32) -> Rows16 {
     return Rows16(rt_wt[index], rt_wt[index + 1u], rt_wt[index + 2u], rt_wt[index + 3u]);
 }
+
+// dy at `base` (one pixel) for 16 output channels.
+fn rw_rows(base: u32, d: DyChannels) -> Rows16 {
+    return Rows16(
+        vec4<f32>(rw_dy[base + d.d0.x], rw_dy[base + d.d0.y], rw_dy[base + d.d0.z], rw_dy[base + d.d0.w]),
+        vec4<f32>(rw_dy[base + d.d1.x], rw_dy[base + d.d1.y], rw_dy[base + d.d1.z], rw_dy[base + d.d1.w]),
+        vec4<f32>(rw_dy[base + d.d2.x], rw_dy[base + d.d2.y], rw_dy[base + d.d2.z], rw_dy[base + d.d2.w]),
+        vec4<f32>(rw_dy[base + d.d3.x], rw_dy[base + d.d3.y], rw_dy[base + d.d3.z], rw_dy[base + d.d3.w]),
+    );
+}
 // END plain loads.
 
 // acc[2i + h] += a_i * x_h: 8 rows a with 8 pixels x (lo: 0..3, hi: 4..7).
@@ -898,6 +908,10 @@ struct WeightGrad {
     tap_width: u32,
     invocations: u32,
     weight_len: u32,
+    // Invocations per (chunk, block of output channels): at least
+    // ci_blocks x tap blocks, padded to whole workgroups where the register
+    // tile shares dy through subgroups.
+    combo_stride: u32,
 }
 
 // What invocation g of a weight-gradient kernel sums: a chunk of output rows
@@ -905,6 +919,9 @@ struct WeightGrad {
 // channels and one of input channels; `base` is where its chunk's partial sum
 // of tap (kh, kw) starts.
 struct WeightGradSlice {
+    // False for the padding of combo_stride (computes a clamped slice and
+    // stores nothing).
+    live: bool,
     first_row: u32,
     end_row: u32,
     kh: u32,
@@ -917,16 +934,17 @@ struct WeightGradSlice {
 fn weight_grad_slice(p: WeightGrad, g: u32) -> WeightGradSlice {
     let row_blocks = (p.kernel + p.tap_width - 1u) / p.tap_width;
     let tap_blocks = p.kernel * row_blocks;
-    let ci_block = g % p.ci_blocks;
-    var rest = g / p.ci_blocks;
+    let combo = g % p.combo_stride;
+    let rest = g / p.combo_stride;
+    let ci_block = combo % p.ci_blocks;
+    let tap_block = min(combo / p.ci_blocks, tap_blocks - 1u);
     let co_block = rest % p.co_blocks;
-    rest /= p.co_blocks;
-    let tap_block = rest % tap_blocks;
-    let chunk = rest / tap_blocks;
+    let chunk = rest / p.co_blocks;
     let first_row = chunk * p.rows_per_chunk;
     let kh = tap_block / row_blocks;
     let kw = (tap_block % row_blocks) * p.tap_width;
     return WeightGradSlice(
+        combo < p.ci_blocks * tap_blocks,
         first_row,
         min(first_row + p.rows_per_chunk, p.batch * p.out_h),
         kh,
@@ -946,20 +964,22 @@ fn weight_grad_slice(p: WeightGrad, g: u32) -> WeightGradSlice {
 // multiply-adds, where one tap per invocation (16 x 16 channels) loaded 64 for
 // 512 and ran about 1.2x slower (bench, paired). Taps past the kernel's edge
 // (kernel 1 or 7) read clamped columns and are not stored; strides above 2
-// store one tap per invocation (tap_width 1).
+// store one tap per invocation (tap_width 1). The invocations of a workgroup
+// share their chunk and output channels, so with subgroups lanes 0 to 3 load
+// the 16 dy of a pixel and broadcast them (rw_rows).
 @group(0) @binding(30) var<uniform> rw_params: WeightGrad;
 @group(0) @binding(31) var<storage, read> rw_x: array<f32>;
 @group(0) @binding(32) var<storage, read> rw_dy: array<f32>;
 @group(0) @binding(33) var<storage, read_write> rw_partials: array<f32>;
 
-// dy at `base` for 16 output channels at offsets c0..c3.
-fn rw_rows(base: u32, c0: vec4<u32>, c1: vec4<u32>, c2: vec4<u32>, c3: vec4<u32>) -> Rows16 {
-    return Rows16(
-        vec4<f32>(rw_dy[base + c0.x], rw_dy[base + c0.y], rw_dy[base + c0.z], rw_dy[base + c0.w]),
-        vec4<f32>(rw_dy[base + c1.x], rw_dy[base + c1.y], rw_dy[base + c1.z], rw_dy[base + c1.w]),
-        vec4<f32>(rw_dy[base + c2.x], rw_dy[base + c2.y], rw_dy[base + c2.z], rw_dy[base + c2.w]),
-        vec4<f32>(rw_dy[base + c3.x], rw_dy[base + c3.y], rw_dy[base + c3.z], rw_dy[base + c3.w]),
-    );
+// Offsets in dy of 16 output channels' planes, 4 per vec4, and the 4 that
+// this invocation's lane loads for its subgroup (subgroup loads only).
+struct DyChannels {
+    d0: vec4<u32>,
+    d1: vec4<u32>,
+    d2: vec4<u32>,
+    d3: vec4<u32>,
+    lane: vec4<u32>,
 }
 
 // x at `base` for 8 input channels at offsets lo, hi, times mask (0 in the padding).
@@ -1026,14 +1046,15 @@ fn rw_column(p: WeightGrad, x_row: u32, row_ok: bool, col: i32, lo: vec4<u32>, h
     return rw_window(x_row + u32(clamp(col, 0, i32(p.in_w) - 1)), lo, hi, select(0.0, 1.0, ok));
 }
 
-@compute @workgroup_size(64)
-fn conv2d_weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+// No early return before the loops: with subgroups every invocation of the
+// workgroup takes part in the broadcasts (one past the end computes the last
+// one's slice and stores nothing).
+@compute @workgroup_size(8)
+fn conv2d_weight_grad(ids: Ids) {
     let p = rw_params;
-    let g = gid.x + gid.y * groups.x * 64u;
-    if g >= p.invocations {
-        return;
-    }
-    let slice = weight_grad_slice(p, g);
+    let index = ids.global.x + ids.global.y * ids.groups.x * 8u;
+    let slice = weight_grad_slice(p, min(index, p.invocations - 1u));
+    let live = slice.live & (index < p.invocations);
     let kh = slice.kh;
     let kw = slice.kw;
     let in_plane = p.in_h * p.in_w;
@@ -1048,6 +1069,8 @@ fn conv2d_weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     let d1 = min(co0 + 4u + iota, last_co) * out_plane;
     let d2 = min(co0 + 8u + iota, last_co) * out_plane;
     let d3 = min(co0 + 12u + iota, last_co) * out_plane;
+    let k = subgroup_lane(ids) % 4u;
+    let dy_channels = DyChannels(d0, d1, d2, d3, select(select(d0, d1, k == 1u), select(d2, d3, k == 3u), k >= 2u));
     let x_lo = min(ci0 + iota, last_ci) * in_plane;
     let x_hi = min(ci0 + 4u + iota, last_ci) * in_plane;
     let s = i32(p.stride);
@@ -1069,8 +1092,8 @@ fn conv2d_weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
         // Pixel pairs (e, f = e + 1); an odd row's last f is masked out.
         for (var ow = 0u; ow < p.out_w; ow += 2u) {
             let f_mask = select(0.0, 1.0, ow + 1u < p.out_w);
-            let dy_e = rw_rows(dy_row + ow, d0, d1, d2, d3);
-            let f = rw_rows(dy_row + min(ow + 1u, p.out_w - 1u), d0, d1, d2, d3);
+            let dy_e = rw_rows(dy_row + ow, dy_channels);
+            let f = rw_rows(dy_row + min(ow + 1u, p.out_w - 1u), dy_channels);
             let dy_f = Rows16(f.a0 * f_mask, f.a1 * f_mask, f.a2 * f_mask, f.a3 * f_mask);
             // e reads columns c, c + 1, c + 2; f reads c + s, c + s + 1, c + s + 2.
             let c = i32(ow * p.stride + kw) - i32(p.pad);
@@ -1087,11 +1110,13 @@ fn conv2d_weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     }
     let ci_lo = ci0 + iota;
     let ci_hi = ci0 + 4u + iota;
-    rw_store(p, slice.base, co0, ci_lo, ci_hi, &acc0);
-    if (kw + 1u < p.kernel) & (p.tap_width > 1u) {
+    if live {
+        rw_store(p, slice.base, co0, ci_lo, ci_hi, &acc0);
+    }
+    if live & (kw + 1u < p.kernel) & (p.tap_width > 1u) {
         rw_store(p, slice.base + 1u, co0, ci_lo, ci_hi, &acc1);
     }
-    if (kw + 2u < p.kernel) & (p.tap_width > 2u) {
+    if live & (kw + 2u < p.kernel) & (p.tap_width > 2u) {
         rw_store(p, slice.base + 2u, co0, ci_lo, ci_hi, &acc2);
     }
 }

@@ -114,7 +114,6 @@ const REGISTER_WORKGROUP: usize = 8;
 const WEIGHT_GRAD_ROWS: usize = 16;
 const WEIGHT_GRAD_COLUMNS: usize = 8;
 const WEIGHT_GRAD_TAPS: usize = 3;
-const WEIGHT_GRAD_WORKGROUP: usize = 64;
 /// Compact tile (the implicit GEMM and backward-weight): rows (output
 /// channels) and pixels (input channels) per invocation, invocations per
 /// workgroup.
@@ -130,6 +129,13 @@ const REGISTER_MIN_INVOCATIONS: usize = 2048;
 const COMPACT_MIN_INVOCATIONS: usize = 512;
 const WORKGROUP_MIN_WORKGROUPS: usize = 512;
 
+/// The register tile's kernels without subgroup loads.
+struct PackedKernels {
+    implicit_gemm: Kernel,
+    implicit_gemm_fused: Kernel,
+    weight_grad: Kernel,
+}
+
 pub struct Conv2dKernels {
     variant: Variant,
     /// The register or compact kernels load weights through subgroups.
@@ -137,9 +143,9 @@ pub struct Conv2dKernels {
     transpose_weights: Kernel,
     implicit_gemm: Kernel,
     implicit_gemm_fused: Kernel,
-    /// Register tile with subgroup loads: `implicit_gemm` and
-    /// `implicit_gemm_fused` without them, for small maps (see [`launch`]).
-    implicit_gemm_packed: Option<[Kernel; 2]>,
+    /// Register tile with subgroup loads: its kernels without them, for small
+    /// launches (see [`subgroup_stride`]).
+    packed: Option<PackedKernels>,
     weight_grad: Kernel,
     reduce_partials: Kernel,
 }
@@ -175,6 +181,11 @@ fn ct_rows(index: u32, lane: u32) -> Rows8 {
 
 fn rt_rows(index: u32, lane: u32) -> Rows16 {
     let v = rt_wt[index + lane % 4u];
+    return Rows16(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
+}
+
+fn rw_rows(base: u32, d: DyChannels) -> Rows16 {
+    let v = vec4<f32>(rw_dy[base + d.lane.x], rw_dy[base + d.lane.y], rw_dy[base + d.lane.z], rw_dy[base + d.lane.w]);
     return Rows16(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
 }
 ";
@@ -214,12 +225,13 @@ impl Conv2dKernels {
                 Kernel::new(device, &module, "conv2d_weight_grad_compact", 70),
             ),
         };
-        let implicit_gemm_packed = (variant == Variant::RegisterTile && subgroup_loads).then(|| {
+        let packed = (variant == Variant::RegisterTile && subgroup_loads).then(|| {
             let plain = shader_module(device, "conv2d (packed)", &conv2d_source(false));
-            [
-                Kernel::new(device, &plain, "conv2d_implicit_gemm", 10),
-                Kernel::new(device, &plain, "conv2d_implicit_gemm_fused", 10),
-            ]
+            PackedKernels {
+                implicit_gemm: Kernel::new(device, &plain, "conv2d_implicit_gemm", 10),
+                implicit_gemm_fused: Kernel::new(device, &plain, "conv2d_implicit_gemm_fused", 10),
+                weight_grad: Kernel::new(device, &plain, "conv2d_weight_grad", 30),
+            }
         });
         Self {
             variant,
@@ -227,7 +239,7 @@ impl Conv2dKernels {
             transpose_weights: Kernel::new(device, &module, "conv2d_transpose_weights", 0),
             implicit_gemm,
             implicit_gemm_fused,
-            implicit_gemm_packed,
+            packed,
             weight_grad,
             reduce_partials: Kernel::new(device, &module, "conv2d_reduce_partials", 50),
         }
@@ -243,15 +255,15 @@ impl Conv2dKernels {
     /// [`Kernels::prepare_inference`]).
     pub fn prepare_fused(&self, device: &wgpu::Device) {
         self.implicit_gemm_fused.prepare(device);
-        if let Some([_, fused]) = &self.implicit_gemm_packed {
-            fused.prepare(device);
+        if let Some(packed) = &self.packed {
+            packed.implicit_gemm_fused.prepare(device);
         }
     }
 
     /// The plain (`fused` false) or fused implicit GEMM kernel of a launch.
     fn implicit_gemm_kernel(&self, launch: &Launch, fused: bool) -> &Kernel {
-        let [plain, with_epilogue] = match (&self.implicit_gemm_packed, launch.packed) {
-            (Some(packed), true) => [&packed[0], &packed[1]],
+        let [plain, with_epilogue] = match (&self.packed, launch.packed) {
+            (Some(packed), true) => [&packed.implicit_gemm, &packed.implicit_gemm_fused],
             _ => [&self.implicit_gemm, &self.implicit_gemm_fused],
         };
         if fused { with_epilogue } else { plain }
@@ -339,6 +351,7 @@ struct WeightGradParams {
     tap_width: u32,
     invocations: u32,
     weight_len: u32,
+    combo_stride: u32,
 }
 
 #[repr(C)]
@@ -466,11 +479,22 @@ struct Launch {
     packed: bool,
 }
 
-/// Register tile: a workgroup shares its weights through subgroups only if
-/// all its invocations work on one block of rows, so each row block's
-/// triples of pixel blocks are padded to whole workgroups; where that would
-/// leave more than a quarter of the invocations idle (small maps at small
-/// batches), the packed kernels (no subgroups) run instead.
+/// Register tile: invocations that share loads through subgroups must fill
+/// whole workgroups, so `n` of them (a row block's triples of pixel blocks,
+/// or a weight-gradient slice's channel blocks and taps) are padded to a
+/// multiple of the workgroup; where that would leave more than a quarter of
+/// the invocations idle (small maps at small batches), the packed kernels (no
+/// subgroups) run the `n` unpadded instead. Returns (stride, packed).
+fn subgroup_stride(kernels: &Conv2dKernels, n: usize) -> (usize, bool) {
+    let padded = n.next_multiple_of(REGISTER_WORKGROUP);
+    match kernels.packed {
+        Some(_) if (padded - n) * 4 > padded => (n, true),
+        Some(_) => (padded, false),
+        None => (n, false),
+    }
+}
+
+/// How one implicit GEMM runs (see [`subgroup_stride`]).
 fn launch(kernels: &Conv2dKernels, params: &ImplicitGemmParams) -> Launch {
     let rows = params.rows as usize;
     let mut params = *params;
@@ -478,14 +502,8 @@ fn launch(kernels: &Conv2dKernels, params: &ImplicitGemmParams) -> Launch {
     let grid = match kernels.variant {
         Variant::RegisterTile => {
             let blocks = (params.batch * params.q_h) as usize * (params.q_w as usize).div_ceil(REGISTER_BLOCK);
-            let triples = blocks.div_ceil(REGISTER_BLOCKS);
-            let padded = triples.next_multiple_of(REGISTER_WORKGROUP);
-            packed = kernels.implicit_gemm_packed.is_some() && (padded - triples) * 4 > padded;
-            let stride = if kernels.subgroup_loads && !packed {
-                padded
-            } else {
-                triples
-            };
+            let (stride, pack) = subgroup_stride(kernels, blocks.div_ceil(REGISTER_BLOCKS));
+            packed = pack;
             params.row_block_stride = stride as u32;
             grid_1d(stride * rows.div_ceil(REGISTER_ROWS), REGISTER_WORKGROUP as u32)
         }
@@ -696,8 +714,14 @@ pub fn conv2d_backward_weight(
     let tap_blocks = shape.kernel * shape.kernel.div_ceil(tap_width);
     // Enough chunks to keep the adapter busy, but no more partials than one
     // binding holds.
+    // Per (chunk, block of output channels): the input-channel blocks and tap
+    // blocks, which share dy (padded where they share it through subgroups).
+    let (combo_stride, packed) = match k.variant {
+        Variant::RegisterTile => subgroup_stride(k, ci_blocks * tap_blocks),
+        _ => (ci_blocks * tap_blocks, false),
+    };
     let tiles = match k.variant {
-        Variant::RegisterTile => (tap_blocks * co_blocks * ci_blocks, REGISTER_MIN_INVOCATIONS),
+        Variant::RegisterTile => (combo_stride * co_blocks, REGISTER_MIN_INVOCATIONS),
         Variant::CompactTile => (tap_blocks * co_blocks * ci_blocks, COMPACT_MIN_INVOCATIONS),
         Variant::WorkgroupTile => (
             shape.out_channels.div_ceil(WORKGROUP_TILE) * (shape.in_channels * taps).div_ceil(WORKGROUP_TILE),
@@ -728,9 +752,10 @@ pub fn conv2d_backward_weight(
         tap_width: tap_width as u32,
         invocations: invocations as u32,
         weight_len: weight_len as u32,
+        combo_stride: combo_stride as u32,
     };
     let grid = match k.variant {
-        Variant::RegisterTile => grid_1d(invocations, WEIGHT_GRAD_WORKGROUP as u32),
+        Variant::RegisterTile => grid_1d(invocations, REGISTER_WORKGROUP as u32),
         Variant::CompactTile => grid_1d(invocations, COMPACT_WORKGROUP as u32),
         Variant::WorkgroupTile => [
             (shape.in_channels * taps).div_ceil(WORKGROUP_TILE) as u32,
@@ -738,8 +763,11 @@ pub fn conv2d_backward_weight(
             chunks as u32,
         ],
     };
-    let gradient = k
-        .weight_grad
+    let weight_grad = match (&k.packed, packed) {
+        (Some(kernels), true) => &kernels.weight_grad,
+        _ => &k.weight_grad,
+    };
+    let gradient = weight_grad
         .bind(device, &params, &[x, dy, &partials], grid)
         .with_flops(shape.flops());
     let reduce = k.reduce_partials.bind(
