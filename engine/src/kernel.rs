@@ -39,7 +39,11 @@ pub fn shader_module(device: &wgpu::Device, label: &str, source: &str) -> wgpu::
 /// through subgroup broadcasts, for devices with WebGPU's `subgroups` feature
 /// (subgroups of at least 4 invocations). Browsers need the WGSL `enable`
 /// directive for them; naga rejects it (it allows subgroup operations by
-/// device feature alone).
+/// device feature alone). Browsers also check that broadcasts sit in
+/// uniform control flow, and some sit in loops whose bounds come from the
+/// invocation id: uniform over each workgroup by construction (its
+/// invocations share the bounds), which the analysis cannot see, so that
+/// check is turned off.
 pub fn with_subgroup_loads(source: &str, subgroup_loads: &str) -> String {
     const BEGIN: &str = "// BEGIN plain loads";
     const END: &str = "// END plain loads.";
@@ -53,7 +57,7 @@ pub fn with_subgroup_loads(source: &str, subgroup_loads: &str) -> String {
             .sum::<usize>();
     let end = begin + source[begin..].find(END).expect("the shader ends its plain loads");
     let enable = if cfg!(target_arch = "wasm32") {
-        "enable subgroups;\n"
+        "enable subgroups;\ndiagnostic(off, subgroup_uniformity);\n"
     } else {
         ""
     };
