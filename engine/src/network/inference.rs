@@ -348,11 +348,17 @@ impl InferencePlan {
         queue: &wgpu::Queue,
         images: &[f32],
     ) -> Result<Vec<f32>, EngineError> {
+        // A shader or pipeline the device rejected (a browser only logs it to
+        // the console) would otherwise come back as logits of zeros.
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         self.write_input(queue, images)?;
         let mut encoder = device.create_command_encoder(&Default::default());
         self.record(&mut encoder.begin_compute_pass(&Default::default()));
-        let words = read_tensors_after(device, queue, encoder, &[&self.logits], &self.staging).await?;
-        Ok(bytemuck::cast_slice(&words).to_vec())
+        let words = read_tensors_after(device, queue, encoder, &[&self.logits], &self.staging).await;
+        if let Some(rejected) = scope.pop().await {
+            return Err(EngineError::Device(rejected.to_string()));
+        }
+        Ok(bytemuck::cast_slice(&words?).to_vec())
     }
 }
 
