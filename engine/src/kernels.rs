@@ -15,7 +15,8 @@ use crate::{AdapterSummary, Dispatch, EngineError, Gpu};
 /// How the heavy kernels (GEMM, convolutions) are tiled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
-    /// Large per-invocation register tiles (16x16 outputs), no barriers: CPU
+    /// Large per-invocation register tiles (16x24 outputs), no barriers,
+    /// weights shared through subgroups where the device has them: CPU
     /// adapters natively (lavapipe), where `workgroupBarrier()` is very
     /// expensive.
     RegisterTile,
