@@ -173,12 +173,13 @@ fn conv2d_transpose_weights(@builtin(global_invocation_id) gid: vec3<u32>, @buil
 
 // conv2d_implicit_gemm (register tile): 16 rows x 24 columns per invocation,
 // the columns being three blocks of 8 consecutive pixels of a destination row
-// (consecutive blocks in (b, qh, qw) order, so narrow maps waste nothing); 64
-// invocations per workgroup. On llvmpipe storage loads dominate (a GEMM with
-// its loads hoisted out of the loop ran 4x faster), so loads are what to save:
-// with a source stride of 1 the taps of one kernel row read overlapping
-// windows, so each channel loads 8 pixels per block once and then one more per
-// tap, shifting the window (stride 2 reloads 8 pixels per tap).
+// (consecutive blocks in (b, qh, qw) order, so narrow maps waste nothing); 8
+// invocations per workgroup (see rt_gemm). On llvmpipe storage loads
+// dominate (a GEMM with its loads hoisted out of the loop ran 4x faster), so
+// loads are what to save: with a source stride of 1 the taps of one kernel
+// row read overlapping windows, so each channel loads 8 pixels per block once
+// and then one more per tap, shifting the window (stride 2 reloads 8 pixels
+// per tap).
 @group(0) @binding(10) var<uniform> rt_params: ImplicitGemm;
 @group(0) @binding(11) var<storage, read> rt_wt: array<vec4<f32>>;
 @group(0) @binding(12) var<storage, read> rt_src: array<f32>;
