@@ -129,11 +129,40 @@ const REGISTER_MIN_INVOCATIONS: usize = 2048;
 const COMPACT_MIN_INVOCATIONS: usize = 512;
 const WORKGROUP_MIN_WORKGROUPS: usize = 512;
 
-/// The register tile's kernels without subgroup loads.
-struct PackedKernels {
+/// The implicit GEMMs (plain and fused) and backward-weight of one variant,
+/// from one shader module.
+struct ConvGemms {
     implicit_gemm: Kernel,
     implicit_gemm_fused: Kernel,
     weight_grad: Kernel,
+}
+
+impl ConvGemms {
+    fn new(device: &wgpu::Device, module: &wgpu::ShaderModule, variant: Variant) -> Self {
+        let [implicit_gemm, implicit_gemm_fused, weight_grad] = match variant {
+            Variant::RegisterTile => [
+                ("conv2d_implicit_gemm", 10),
+                ("conv2d_implicit_gemm_fused", 10),
+                ("conv2d_weight_grad", 30),
+            ],
+            Variant::WorkgroupTile => [
+                ("conv2d_implicit_gemm_tiled", 20),
+                ("conv2d_implicit_gemm_tiled_fused", 20),
+                ("conv2d_weight_grad_tiled", 40),
+            ],
+            Variant::CompactTile => [
+                ("conv2d_implicit_gemm_compact", 60),
+                ("conv2d_implicit_gemm_compact_fused", 60),
+                ("conv2d_weight_grad_compact", 70),
+            ],
+        }
+        .map(|(entry_point, first_binding)| Kernel::new(device, module, entry_point, first_binding));
+        Self {
+            implicit_gemm,
+            implicit_gemm_fused,
+            weight_grad,
+        }
+    }
 }
 
 pub struct Conv2dKernels {
@@ -141,12 +170,10 @@ pub struct Conv2dKernels {
     /// The register or compact kernels load weights through subgroups.
     subgroup_loads: bool,
     transpose_weights: Kernel,
-    implicit_gemm: Kernel,
-    implicit_gemm_fused: Kernel,
-    /// Register tile with subgroup loads: its kernels without them, for small
+    gemms: ConvGemms,
+    /// Register tile with subgroup loads: its GEMMs without them, for small
     /// launches (see [`subgroup_stride`]).
-    packed: Option<PackedKernels>,
-    weight_grad: Kernel,
+    packed: Option<ConvGemms>,
     reduce_partials: Kernel,
 }
 
@@ -179,14 +206,17 @@ fn ct_rows(index: u32, lane: u32) -> Rows8 {
     );
 }
 
-fn rt_rows(index: u32, lane: u32) -> Rows16 {
-    let v = rt_wt[index + lane % 4u];
+// The 16 values that lanes 0 to 3 hold in v, 4 each.
+fn broadcast_rows16(v: vec4<f32>) -> Rows16 {
     return Rows16(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
 }
 
+fn rt_rows(index: u32, lane: u32) -> Rows16 {
+    return broadcast_rows16(rt_wt[index + lane % 4u]);
+}
+
 fn rw_rows(base: u32, d: DyChannels) -> Rows16 {
-    let v = vec4<f32>(rw_dy[base + d.lane.x], rw_dy[base + d.lane.y], rw_dy[base + d.lane.z], rw_dy[base + d.lane.w]);
-    return Rows16(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
+    return broadcast_rows16(vec4<f32>(rw_dy[base + d.lane.x], rw_dy[base + d.lane.y], rw_dy[base + d.lane.z], rw_dy[base + d.lane.w]));
 }
 ";
 
@@ -208,45 +238,22 @@ impl Conv2dKernels {
         let subgroup_loads = subgroups && variant != Variant::WorkgroupTile;
         let source = conv2d_source(subgroup_loads);
         let module = shader_module(device, "conv2d", &source);
-        let (implicit_gemm, implicit_gemm_fused, weight_grad) = match variant {
-            Variant::RegisterTile => (
-                Kernel::new(device, &module, "conv2d_implicit_gemm", 10),
-                Kernel::new(device, &module, "conv2d_implicit_gemm_fused", 10),
-                Kernel::new(device, &module, "conv2d_weight_grad", 30),
-            ),
-            Variant::WorkgroupTile => (
-                Kernel::new(device, &module, "conv2d_implicit_gemm_tiled", 20),
-                Kernel::new(device, &module, "conv2d_implicit_gemm_tiled_fused", 20),
-                Kernel::new(device, &module, "conv2d_weight_grad_tiled", 40),
-            ),
-            Variant::CompactTile => (
-                Kernel::new(device, &module, "conv2d_implicit_gemm_compact", 60),
-                Kernel::new(device, &module, "conv2d_implicit_gemm_compact_fused", 60),
-                Kernel::new(device, &module, "conv2d_weight_grad_compact", 70),
-            ),
-        };
         let packed = (variant == Variant::RegisterTile && subgroup_loads).then(|| {
             let plain = shader_module(device, "conv2d (packed)", &conv2d_source(false));
-            PackedKernels {
-                implicit_gemm: Kernel::new(device, &plain, "conv2d_implicit_gemm", 10),
-                implicit_gemm_fused: Kernel::new(device, &plain, "conv2d_implicit_gemm_fused", 10),
-                weight_grad: Kernel::new(device, &plain, "conv2d_weight_grad", 30),
-            }
+            ConvGemms::new(device, &plain, variant)
         });
         Self {
             variant,
             subgroup_loads,
             transpose_weights: Kernel::new(device, &module, "conv2d_transpose_weights", 0),
-            implicit_gemm,
-            implicit_gemm_fused,
+            gemms: ConvGemms::new(device, &module, variant),
             packed,
-            weight_grad,
             reduce_partials: Kernel::new(device, &module, "conv2d_reduce_partials", 50),
         }
     }
 
-    /// Whether the kernels use subgroup operations (the compact tile's weight
-    /// loads on a device with subgroups).
+    /// Whether the kernels use subgroup operations (the register and compact
+    /// tiles' loads on a device with subgroups).
     pub fn subgroup_loads(&self) -> bool {
         self.subgroup_loads
     }
@@ -254,19 +261,18 @@ impl Conv2dKernels {
     /// Creates the pipeline of [`conv2d_forward_fused`] now (see
     /// [`Kernels::prepare_inference`]).
     pub fn prepare_fused(&self, device: &wgpu::Device) {
-        self.implicit_gemm_fused.prepare(device);
-        if let Some(packed) = &self.packed {
-            packed.implicit_gemm_fused.prepare(device);
+        for gemms in std::iter::once(&self.gemms).chain(&self.packed) {
+            gemms.implicit_gemm_fused.prepare(device);
         }
     }
 
-    /// The plain (`fused` false) or fused implicit GEMM kernel of a launch.
-    fn implicit_gemm_kernel(&self, launch: &Launch, fused: bool) -> &Kernel {
-        let [plain, with_epilogue] = match (&self.packed, launch.packed) {
-            (Some(packed), true) => [&packed.implicit_gemm, &packed.implicit_gemm_fused],
-            _ => [&self.implicit_gemm, &self.implicit_gemm_fused],
-        };
-        if fused { with_epilogue } else { plain }
+    /// The GEMMs of a launch: the packed ones where [`subgroup_stride`] chose
+    /// them (it does only where they exist).
+    fn gemms(&self, packed: bool) -> &ConvGemms {
+        match &self.packed {
+            Some(gemms) if packed => gemms,
+            _ => &self.gemms,
+        }
     }
 }
 
@@ -531,7 +537,8 @@ fn implicit_gemm(
 ) -> Dispatch {
     let launch = launch(kernels, params);
     kernels
-        .implicit_gemm_kernel(&launch, false)
+        .gemms(launch.packed)
+        .implicit_gemm
         .bind(device, &launch.params, &[wt, src, dst], launch.grid)
         .with_flops(params.flops())
 }
@@ -590,7 +597,8 @@ pub fn conv2d_forward_fused(
     // read-only) bias stands in, and the shader does not read it.
     let residual = residual.unwrap_or(bias);
     let launch = launch(k, &params);
-    k.implicit_gemm_kernel(&launch, true)
+    k.gemms(launch.packed)
+        .implicit_gemm_fused
         .bind(device, &launch.params, &[wt, x, y, bias, residual], launch.grid)
         .with_flops(params.flops())
 }
@@ -763,11 +771,9 @@ pub fn conv2d_backward_weight(
             chunks as u32,
         ],
     };
-    let weight_grad = match (&k.packed, packed) {
-        (Some(kernels), true) => &kernels.weight_grad,
-        _ => &k.weight_grad,
-    };
-    let gradient = weight_grad
+    let gradient = k
+        .gemms(packed)
+        .weight_grad
         .bind(device, &params, &[x, dy, &partials], grid)
         .with_flops(shape.flops());
     let reduce = k.reduce_partials.bind(
