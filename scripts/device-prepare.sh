@@ -32,11 +32,12 @@ strip "$dir"/resnet-native "$dir"/engine-*
 # The tests read their fixtures through the path they were built at.
 pwd >"$dir/source-root"
 
-# The Vulkan loader (the NVIDIA driver's ICD is mounted there, the loader not).
+# The Vulkan loader and the GL vendor-neutral dispatch libraries that the
+# NVIDIA driver's ICD (mounted there) links against; that machine lacks both.
 lists=$(mktemp -d)
 mkdir -p "$lists/partial"
 apt=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 "-oDir::State::Lists=$lists")
 apt-get "${apt[@]}" update >/dev/null
-(cd "$dir/debs" && apt-get "${apt[@]}" download libvulkan1 2>/dev/null)
+(cd "$dir/debs" && apt-get "${apt[@]}" download libvulkan1 libglvnd0 libegl1 libgl1 libglx0 libopengl0 libgles2 2>/dev/null)
 rm -rf "$lists"
 du -sh "$dir"
