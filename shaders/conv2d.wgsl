@@ -31,11 +31,16 @@
 // - compact tile (CPU adapters in browsers: SwiftShader): 8 x 8 outputs per
 //   invocation, no barriers, no branches in loops, quick to compile.
 //
-// Inference runs the forward GEMM with an epilogue (`*_fused` entry points):
-// y = relu?(conv + bias[co] + residual?), batch norm being folded into the
-// weights and bias at load. They share the helpers and bindings of the plain
-// entry points and add bias and residual after them, so the training kernels
-// bind and read nothing more.
+// The `*_fused` entry points run a GEMM with an epilogue:
+// dst = relu?(gemm + bias[row] + residual?), zeroed where mask <= 0 (MASK).
+// - inference: the forward, batch norm folded into the weights and bias at
+//   load, with the block's residual add and ReLU;
+// - training: backward-data (zero bias), where the input it differentiates
+//   is a ReLU's output: masked by that output it is the ReLU's backward, and
+//   with the residual (the shortcut's gradient) the backward of the sum the
+//   ReLU read, so neither runs as a pass of its own.
+// They share the helpers and bindings of the plain entry points and add the
+// epilogue after them, so the plain kernels bind and read nothing more.
 
 struct ImplicitGemm {
     batch: u32,
@@ -73,6 +78,7 @@ struct ImplicitGemm {
 
 const EPILOGUE_RESIDUAL: u32 = 1u;
 const EPILOGUE_RELU: u32 = 2u;
+const EPILOGUE_MASK: u32 = 4u;
 
 // Four consecutive columns of an implicit GEMM: where they read and write.
 struct Columns4 {
@@ -184,10 +190,11 @@ fn conv2d_transpose_weights(@builtin(global_invocation_id) gid: vec3<u32>, @buil
 @group(0) @binding(11) var<storage, read> rt_wt: array<vec4<f32>>;
 @group(0) @binding(12) var<storage, read> rt_src: array<f32>;
 @group(0) @binding(13) var<storage, read_write> rt_dst: array<f32>;
-// conv2d_implicit_gemm_fused only: bias [rows] and residual (shaped like dst;
-// any small buffer when the epilogue has no residual).
+// conv2d_implicit_gemm_fused only: bias [rows], residual and mask (shaped
+// like dst; any small buffer when the epilogue has none).
 @group(0) @binding(14) var<storage, read> rt_bias: array<f32>;
 @group(0) @binding(15) var<storage, read> rt_residual: array<f32>;
+@group(0) @binding(16) var<storage, read> rt_mask: array<f32>;
 
 // 16 consecutive rows of wt (one tap and channel).
 struct Rows16 {
@@ -449,17 +456,21 @@ fn rt_epilogue_row(p: ImplicitGemm, block: RtBlock, row0: u32, i: u32, acc: ptr<
     let bias = rt_bias[row];
     var lo = (*acc)[2u * i] + bias;
     var hi = (*acc)[2u * i + 1u] + bias;
+    let base = rt_dst_index(p, block, row);
+    let last = vec4<u32>(p.q_w - 1u - block.qw0);
+    let a = base + min(vec4<u32>(0u, 1u, 2u, 3u), last) * p.dst_step;
+    let b = base + min(vec4<u32>(4u, 5u, 6u, 7u), last) * p.dst_step;
     if (p.epilogue & EPILOGUE_RESIDUAL) != 0u {
-        let base = rt_dst_index(p, block, row);
-        let last = vec4<u32>(p.q_w - 1u - block.qw0);
-        let a = base + min(vec4<u32>(0u, 1u, 2u, 3u), last) * p.dst_step;
-        let b = base + min(vec4<u32>(4u, 5u, 6u, 7u), last) * p.dst_step;
         lo += vec4<f32>(rt_residual[a.x], rt_residual[a.y], rt_residual[a.z], rt_residual[a.w]);
         hi += vec4<f32>(rt_residual[b.x], rt_residual[b.y], rt_residual[b.z], rt_residual[b.w]);
     }
     if (p.epilogue & EPILOGUE_RELU) != 0u {
         lo = max(lo, vec4<f32>(0.0));
         hi = max(hi, vec4<f32>(0.0));
+    }
+    if (p.epilogue & EPILOGUE_MASK) != 0u {
+        lo = select(vec4<f32>(0.0), lo, vec4<f32>(rt_mask[a.x], rt_mask[a.y], rt_mask[a.z], rt_mask[a.w]) > vec4<f32>(0.0));
+        hi = select(vec4<f32>(0.0), hi, vec4<f32>(rt_mask[b.x], rt_mask[b.y], rt_mask[b.z], rt_mask[b.w]) > vec4<f32>(0.0));
     }
     (*acc)[2u * i] = lo;
     (*acc)[2u * i + 1u] = hi;
@@ -484,7 +495,7 @@ fn rt_epilogue(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<function, ar
     rt_epilogue_row(p, block, row0, 15u, acc);
 }
 
-// conv2d_implicit_gemm_fused: the forward GEMM, then the epilogue.
+// conv2d_implicit_gemm_fused: the GEMM, then the epilogue.
 @compute @workgroup_size(8)
 fn conv2d_implicit_gemm_fused(ids: Ids) {
     let p = rt_params;
@@ -523,9 +534,10 @@ fn accumulate_tiles(acc: ptr<function, array<vec4<f32>, 4>>, tx: u32, ty: u32) {
 @group(0) @binding(21) var<storage, read> wt_wt: array<vec4<f32>>;
 @group(0) @binding(22) var<storage, read> wt_src: array<f32>;
 @group(0) @binding(23) var<storage, read_write> wt_dst: array<f32>;
-// conv2d_implicit_gemm_tiled_fused only, as rt_bias and rt_residual.
+// conv2d_implicit_gemm_tiled_fused only, as rt_bias, rt_residual and rt_mask.
 @group(0) @binding(24) var<storage, read> wt_bias: array<f32>;
 @group(0) @binding(25) var<storage, read> wt_residual: array<f32>;
+@group(0) @binding(26) var<storage, read> wt_mask: array<f32>;
 
 fn wt_store_row(p: ImplicitGemm, cols: Columns4, row: u32, v: vec4<f32>) {
     if row >= p.rows {
@@ -570,17 +582,20 @@ fn wt_gemm(p: ImplicitGemm, col0: u32, row0: u32, local: vec3<u32>, lid: u32, ac
     }
 }
 
-// y = relu?(v + bias + residual?) for 4 columns of a row; rows past the end
-// read clamped addresses (valid, and not stored), as do dead columns.
+// The epilogue for 4 columns of a row; rows past the end read clamped
+// addresses (valid, and not stored), as do dead columns.
 fn wt_epilogue(p: ImplicitGemm, cols: Columns4, row: u32, v: vec4<f32>) -> vec4<f32> {
     let r = min(row, p.rows - 1u);
     var out = v + wt_bias[r];
+    let at = cols.dst + r * p.dst_h * p.dst_w;
     if (p.epilogue & EPILOGUE_RESIDUAL) != 0u {
-        let at = cols.dst + r * p.dst_h * p.dst_w;
         out += vec4<f32>(wt_residual[at.x], wt_residual[at.y], wt_residual[at.z], wt_residual[at.w]);
     }
     if (p.epilogue & EPILOGUE_RELU) != 0u {
         out = max(out, vec4<f32>(0.0));
+    }
+    if (p.epilogue & EPILOGUE_MASK) != 0u {
+        out = select(vec4<f32>(0.0), out, vec4<f32>(wt_mask[at.x], wt_mask[at.y], wt_mask[at.z], wt_mask[at.w]) > vec4<f32>(0.0));
     }
     return out;
 }
@@ -608,7 +623,7 @@ fn conv2d_implicit_gemm_tiled(
     wt_store_row(p, cols, row + 3u, acc[3]);
 }
 
-// conv2d_implicit_gemm_tiled_fused: the forward GEMM, then the epilogue.
+// conv2d_implicit_gemm_tiled_fused: the GEMM, then the epilogue.
 @compute @workgroup_size(16, 16)
 fn conv2d_implicit_gemm_tiled_fused(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -649,9 +664,10 @@ fn conv2d_implicit_gemm_tiled_fused(
 @group(0) @binding(61) var<storage, read> ct_wt: array<vec4<f32>>;
 @group(0) @binding(62) var<storage, read> ct_src: array<f32>;
 @group(0) @binding(63) var<storage, read_write> ct_dst: array<f32>;
-// conv2d_implicit_gemm_compact_fused only, as rt_bias and rt_residual.
+// conv2d_implicit_gemm_compact_fused only, as rt_bias, rt_residual and rt_mask.
 @group(0) @binding(64) var<storage, read> ct_bias: array<f32>;
 @group(0) @binding(65) var<storage, read> ct_residual: array<f32>;
+@group(0) @binding(66) var<storage, read> ct_mask: array<f32>;
 
 // 8 consecutive rows of wt (one tap and channel).
 struct Rows8 {
@@ -845,19 +861,18 @@ fn conv2d_implicit_gemm_compact(ids: Ids) {
     ct_store_row(p, block, row0 + 7u, acc[14], acc[15]);
 }
 
-// Row row0 + i of the fused epilogue, stored: relu?(v + bias + residual?).
-// Rows past the end read clamped addresses (valid, and not stored), as do
-// pixels past the end of the block.
+// Row row0 + i of the fused epilogue, stored. Rows past the end read clamped
+// addresses (valid, and not stored), as do pixels past the end of the block.
 fn ct_epilogue_row(p: ImplicitGemm, block: RtBlock, row0: u32, i: u32, lo: vec4<f32>, hi: vec4<f32>) {
     let row = min(row0 + i, p.rows - 1u);
     let bias = ct_bias[row];
     var x = lo + bias;
     var y = hi + bias;
+    let base = rt_dst_index(p, block, row);
+    let last = vec4<u32>(max(block.live, 1u) - 1u);
+    let a = base + min(vec4<u32>(0u, 1u, 2u, 3u), last) * p.dst_step;
+    let b = base + min(vec4<u32>(4u, 5u, 6u, 7u), last) * p.dst_step;
     if (p.epilogue & EPILOGUE_RESIDUAL) != 0u {
-        let base = rt_dst_index(p, block, row);
-        let last = vec4<u32>(max(block.live, 1u) - 1u);
-        let a = base + min(vec4<u32>(0u, 1u, 2u, 3u), last) * p.dst_step;
-        let b = base + min(vec4<u32>(4u, 5u, 6u, 7u), last) * p.dst_step;
         x += vec4<f32>(ct_residual[a.x], ct_residual[a.y], ct_residual[a.z], ct_residual[a.w]);
         y += vec4<f32>(ct_residual[b.x], ct_residual[b.y], ct_residual[b.z], ct_residual[b.w]);
     }
@@ -865,10 +880,14 @@ fn ct_epilogue_row(p: ImplicitGemm, block: RtBlock, row0: u32, i: u32, lo: vec4<
         x = max(x, vec4<f32>(0.0));
         y = max(y, vec4<f32>(0.0));
     }
+    if (p.epilogue & EPILOGUE_MASK) != 0u {
+        x = select(vec4<f32>(0.0), x, vec4<f32>(ct_mask[a.x], ct_mask[a.y], ct_mask[a.z], ct_mask[a.w]) > vec4<f32>(0.0));
+        y = select(vec4<f32>(0.0), y, vec4<f32>(ct_mask[b.x], ct_mask[b.y], ct_mask[b.z], ct_mask[b.w]) > vec4<f32>(0.0));
+    }
     ct_store_row(p, block, row0 + i, x, y);
 }
 
-// conv2d_implicit_gemm_compact_fused: the forward GEMM, then the epilogue.
+// conv2d_implicit_gemm_compact_fused: the GEMM, then the epilogue.
 @compute @workgroup_size(8)
 fn conv2d_implicit_gemm_compact_fused(ids: Ids) {
     let p = ct_params;

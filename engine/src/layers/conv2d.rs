@@ -319,7 +319,7 @@ struct ImplicitGemmParams {
     kernel_step: u32,
     columns: u32,
     channels_padded: u32,
-    /// `EPILOGUE_*` flags of the fused forward; 0 elsewhere.
+    /// `EPILOGUE_*` flags of the fused entry points; 0 elsewhere.
     epilogue: u32,
     /// Register tile: invocations per block of rows (set by [`launch`]).
     row_block_stride: u32,
@@ -336,6 +336,7 @@ impl ImplicitGemmParams {
 /// Epilogue flags (`EPILOGUE_*` in the shader).
 const EPILOGUE_RESIDUAL: u32 = 1;
 const EPILOGUE_RELU: u32 = 2;
+const EPILOGUE_MASK: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -444,7 +445,7 @@ pub fn upload_forward_weights(device: &wgpu::Device, shape: &Conv2dShape, w: &[f
 }
 
 /// The forward GEMM of `shape` over transposed weights of shape `wt_shape`.
-fn forward_params(shape: &Conv2dShape, wt_shape: &[usize], epilogue: u32) -> ImplicitGemmParams {
+fn forward_params(shape: &Conv2dShape, wt_shape: &[usize]) -> ImplicitGemmParams {
     let (oh, ow) = (shape.out_h(), shape.out_w());
     ImplicitGemmParams {
         batch: shape.batch as u32,
@@ -472,7 +473,7 @@ fn forward_params(shape: &Conv2dShape, wt_shape: &[usize], epilogue: u32) -> Imp
         kernel_first_w: 0,
         kernel_step: 1,
         columns: (shape.batch * oh * ow) as u32,
-        epilogue,
+        epilogue: 0,
         row_block_stride: 0,
     }
 }
@@ -527,6 +528,26 @@ fn launch(kernels: &Conv2dKernels, params: &ImplicitGemmParams) -> Launch {
     Launch { params, grid, packed }
 }
 
+/// What the fused entry points add after the GEMM (see conv2d.wgsl): `bias`
+/// (one value per row), then `residual` (shaped like the destination), ReLU,
+/// and zeros where `mask` is not positive.
+struct Epilogue<'a> {
+    bias: &'a Tensor,
+    residual: Option<&'a Tensor>,
+    relu: bool,
+    mask: Option<&'a Tensor>,
+}
+
+impl Epilogue<'_> {
+    fn flags(&self) -> u32 {
+        let flag = |on: bool, flag: u32| if on { flag } else { 0 };
+        flag(self.residual.is_some(), EPILOGUE_RESIDUAL)
+            | flag(self.relu, EPILOGUE_RELU)
+            | flag(self.mask.is_some(), EPILOGUE_MASK)
+    }
+}
+
+/// One implicit GEMM, plain or, with an epilogue, fused.
 fn implicit_gemm(
     device: &wgpu::Device,
     kernels: &Conv2dKernels,
@@ -534,13 +555,32 @@ fn implicit_gemm(
     wt: &Tensor,
     src: &Tensor,
     dst: &Tensor,
+    epilogue: Option<&Epilogue>,
 ) -> Dispatch {
-    let launch = launch(kernels, params);
-    kernels
-        .gemms(launch.packed)
-        .implicit_gemm
-        .bind(device, &launch.params, &[wt, src, dst], launch.grid)
-        .with_flops(params.flops())
+    let params = ImplicitGemmParams {
+        epilogue: epilogue.map_or(0, Epilogue::flags),
+        ..*params
+    };
+    let launch = launch(kernels, &params);
+    let gemms = kernels.gemms(launch.packed);
+    match epilogue {
+        None => gemms
+            .implicit_gemm
+            .bind(device, &launch.params, &[wt, src, dst], launch.grid),
+        Some(e) => {
+            // Bindings the epilogue does not read still need a buffer: the
+            // (small, read-only) bias stands in.
+            let residual = e.residual.unwrap_or(e.bias);
+            let mask = e.mask.unwrap_or(e.bias);
+            gemms.implicit_gemm_fused.bind(
+                device,
+                &launch.params,
+                &[wt, src, dst, e.bias, residual, mask],
+                launch.grid,
+            )
+        }
+    }
+    .with_flops(params.flops())
 }
 
 /// `y = conv2d(x, w)`.
@@ -558,8 +598,8 @@ pub fn conv2d_forward(
     check_len("y", y, shape.output_len(), shape);
     let k = &kernels.conv2d;
     let (wt, transpose) = transposed_weights(device, k, shape, w, true)?;
-    let params = forward_params(shape, &wt.shape, 0);
-    Ok(vec![transpose, implicit_gemm(device, k, &params, &wt, x, y)])
+    let params = forward_params(shape, &wt.shape);
+    Ok(vec![transpose, implicit_gemm(device, k, &params, &wt, x, y, None)])
 }
 
 /// `y = relu?(conv2d(x, w) + bias[co] + residual?)`, the inference forward:
@@ -590,17 +630,14 @@ pub fn conv2d_forward_fused(
     if let Some(r) = residual {
         check_len("residual", r, shape.output_len(), shape);
     }
-    let epilogue = if residual.is_some() { EPILOGUE_RESIDUAL } else { 0 } | if relu { EPILOGUE_RELU } else { 0 };
-    let k = &kernels.conv2d;
-    let params = forward_params(shape, &wt.shape, epilogue);
-    // Without a residual the binding still needs a buffer: the (small,
-    // read-only) bias stands in, and the shader does not read it.
-    let residual = residual.unwrap_or(bias);
-    let launch = launch(k, &params);
-    k.gemms(launch.packed)
-        .implicit_gemm_fused
-        .bind(device, &launch.params, &[wt, x, y, bias, residual], launch.grid)
-        .with_flops(params.flops())
+    let epilogue = Epilogue {
+        bias,
+        residual,
+        relu,
+        mask: None,
+    };
+    let params = forward_params(shape, &wt.shape);
+    implicit_gemm(device, &kernels.conv2d, &params, wt, x, y, Some(&epilogue))
 }
 
 /// One dimension of a backward-data stride phase: the input positions
@@ -640,6 +677,48 @@ pub fn conv2d_backward_data(
     dy: &Tensor,
     w: &Tensor,
     dx: &Tensor,
+) -> Result<Vec<Dispatch>, EngineError> {
+    backward_data(device, kernels, shape, dy, w, dx, None)
+}
+
+/// Where the convolution's input `x` is a ReLU's output `relu_output`, the
+/// gradient of that ReLU's input in the same pass: `dx = (dL/dx + residual?)`
+/// where `relu_output > 0`, else 0; with `residual` (the gradient that the
+/// ReLU's output gets from its other reader, e.g. a residual block's
+/// shortcut) the ReLU backward of the summed gradient. Overwrites `dx`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_data_relu(
+    device: &wgpu::Device,
+    kernels: &Kernels,
+    shape: &Conv2dShape,
+    dy: &Tensor,
+    w: &Tensor,
+    residual: Option<&Tensor>,
+    relu_output: &Tensor,
+    dx: &Tensor,
+) -> Result<Vec<Dispatch>, EngineError> {
+    check_len("relu_output", relu_output, shape.input_len(), shape);
+    if let Some(r) = residual {
+        check_len("residual", r, shape.input_len(), shape);
+    }
+    let bias = Tensor::zeros(device, &[shape.in_channels])?;
+    let epilogue = Epilogue {
+        bias: &bias,
+        residual,
+        relu: false,
+        mask: Some(relu_output),
+    };
+    backward_data(device, kernels, shape, dy, w, dx, Some(&epilogue))
+}
+
+fn backward_data(
+    device: &wgpu::Device,
+    kernels: &Kernels,
+    shape: &Conv2dShape,
+    dy: &Tensor,
+    w: &Tensor,
+    dx: &Tensor,
+    epilogue: Option<&Epilogue>,
 ) -> Result<Vec<Dispatch>, EngineError> {
     shape.validate();
     check_len("dy", dy, shape.output_len(), shape);
@@ -687,7 +766,7 @@ pub fn conv2d_backward_data(
                 epilogue: 0,
                 row_block_stride: 0,
             };
-            dispatches.push(implicit_gemm(device, k, &params, &wt, dy, dx));
+            dispatches.push(implicit_gemm(device, k, &params, &wt, dy, dx, epilogue));
         }
     }
     Ok(dispatches)
@@ -1022,7 +1101,7 @@ mod tests {
         let kernels = Kernels::with_subgroups(ctx.device(), Variant::RegisterTile, true);
         let packed = |s: &Conv2dShape| {
             let wt = transposed_shape(s.kernel * s.kernel, s.out_channels, s.in_channels);
-            launch(&kernels.conv2d, &forward_params(s, &wt, 0)).packed
+            launch(&kernels.conv2d, &forward_params(s, &wt)).packed
         };
         assert!(!packed(&shape(128, 16, 32, 16, 3, 1, 1)));
         assert!(packed(&shape(1, 512, 7, 512, 3, 1, 1)));
@@ -1072,8 +1151,11 @@ mod tests {
             .unwrap_or_else(|e| panic!("{}", e.emit_to_string(&source)));
     }
 
-    /// The fused inference forward on the awkward shapes, each with and without
-    /// residual and ReLU, over weights transposed at load.
+    /// The fused epilogues on the awkward shapes: the inference forward, with
+    /// and without residual and ReLU, over weights transposed at load; and
+    /// backward-data fused with the backward of a ReLU that produced x (its
+    /// output, half of it negative, is the mask), with and without the
+    /// residual gradient, against the reference's backward-data, sum and mask.
     fn check_fused(kernels: &Kernels) {
         let Some(ctx) = context() else { return };
         let (device, queue) = (ctx.device(), ctx.queue());
@@ -1107,11 +1189,39 @@ mod tests {
                     1e-4,
                 );
             }
+            let dy = rng.vec(s.output_len(), -1.0, 1.0);
+            let relu_output = rng.vec(s.input_len(), -1.0, 1.0);
+            let residual = rng.vec(s.input_len(), -1.0, 1.0);
+            let dyt = Tensor::from_f64(device, &[s.output_len()], &dy).unwrap();
+            let wflat = Tensor::from_f64(device, &[s.weight_len()], &w).unwrap();
+            let mask = Tensor::from_f64(device, &[s.input_len()], &relu_output).unwrap();
+            let rt = Tensor::from_f64(device, &[s.input_len()], &residual).unwrap();
+            let plain = cpu::conv2d_backward_data(&s, &dy, &w);
+            for with_residual in [false, true] {
+                let len = s.input_len();
+                let dxt = Tensor::from_slice(device, &[len], &vec![f32::NAN; len]).unwrap();
+                let r = with_residual.then_some(&rt);
+                let dispatches = conv2d_backward_data_relu(device, kernels, &s, &dyt, &wflat, r, &mask, &dxt).unwrap();
+                crate::kernel::submit(device, queue, &dispatches.iter().collect::<Vec<_>>());
+                let want: Vec<f64> = (0..len)
+                    .map(|i| {
+                        let sum = plain[i] + if with_residual { residual[i] } else { 0.0 };
+                        if relu_output[i] > 0.0 { sum } else { 0.0 }
+                    })
+                    .collect();
+                assert_close(
+                    &format!("relu dx {} residual {with_residual} {s:?}", describe(kernels)),
+                    &dxt.read_blocking(device, queue).unwrap(),
+                    &want,
+                    1e-4,
+                    1e-4,
+                );
+            }
         }
     }
 
     #[test]
-    fn conv2d_fused_forward_register_tile_adds_bias_residual_and_relu_as_the_reference() {
+    fn conv2d_fused_register_tile_epilogues_match_the_reference_forward_and_relu_backward() {
         let Some(ctx) = context() else { return };
         for kernels in with_and_without_subgroups(ctx.device(), Variant::RegisterTile) {
             check_fused(&kernels);
@@ -1119,13 +1229,13 @@ mod tests {
     }
 
     #[test]
-    fn conv2d_fused_forward_workgroup_tile_adds_bias_residual_and_relu_as_the_reference() {
+    fn conv2d_fused_workgroup_tile_epilogues_match_the_reference_forward_and_relu_backward() {
         let Some(ctx) = context() else { return };
         check_fused(&Kernels::new(ctx.device(), Variant::WorkgroupTile));
     }
 
     #[test]
-    fn conv2d_fused_forward_compact_tile_adds_bias_residual_and_relu_as_the_reference() {
+    fn conv2d_fused_compact_tile_epilogues_match_the_reference_forward_and_relu_backward() {
         let Some(ctx) = context() else { return };
         for kernels in with_and_without_subgroups(ctx.device(), Variant::CompactTile) {
             check_fused(&kernels);

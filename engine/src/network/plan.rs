@@ -2,9 +2,9 @@
 //! dispatch built once, so a training step or an inference only writes its
 //! input, records the same dispatches into one command buffer and submits it.
 
-use super::graph::{BN_EPS, BN_MOMENTUM, GradStep, Graph, Op, TensorId};
+use super::graph::{BN_EPS, BN_MOMENTUM, GradId, GradStep, Graph, Op, TensorId};
 use crate::layers::batch_norm::{Epilogue, batch_norm_backward, batch_norm_forward_eval, batch_norm_forward_train};
-use crate::layers::conv2d::{conv2d_backward_data, conv2d_backward_weight, conv2d_forward};
+use crate::layers::conv2d::{conv2d_backward_data, conv2d_backward_data_relu, conv2d_backward_weight, conv2d_forward};
 use crate::layers::linear::{linear_backward_data, linear_backward_weight, linear_forward};
 use crate::layers::loss::{LossShape, softmax_cross_entropy_backward, softmax_cross_entropy_forward, top_k_correct};
 use crate::layers::pool::{global_avg_pool_backward, global_avg_pool_forward, max_pool_backward, max_pool_forward};
@@ -226,14 +226,25 @@ impl Plan {
                     &labels,
                     &grads[schedule.logits_grad],
                 )];
-                for step in &schedule.steps {
-                    match step {
-                        GradStep::Accumulate { a, b, y } => {
+                let relu_fusions = relu_backward_fusions(&graph, &schedule.steps);
+                for (index, step) in schedule.steps.iter().enumerate() {
+                    match (step, &relu_fusions[index]) {
+                        (_, Some(ReluBackwardFusion::Absorbed)) => {}
+                        (GradStep::Accumulate { a, b, y }, None) => {
                             backward.push(add_forward(device, kernels, &grads[*a], &grads[*b], &grads[*y]))
                         }
-                        GradStep::Op { op, dy, dx } => {
-                            let dy = &grads[*dy];
-                            let dx = dx[0].map(|g| &grads[g]);
+                        (GradStep::Op { op, dy, dx }, fusion) => {
+                            let (dx, relu) = match fusion {
+                                &Some(ReluBackwardFusion::IntoConv {
+                                    residual,
+                                    relu_output,
+                                    dx,
+                                }) => (
+                                    Some(&grads[dx]),
+                                    Some((residual.map(|g| &grads[g]), &acts[relu_output])),
+                                ),
+                                _ => (dx[0].map(|g| &grads[g]), None),
+                            };
                             backward.extend(op_backward(
                                 device,
                                 kernels,
@@ -242,10 +253,12 @@ impl Plan {
                                 saved_stats[*op].as_ref(),
                                 &|id| param(&params, id),
                                 &|id| param(&param_grads, id),
-                                dy,
+                                &grads[*dy],
                                 dx,
+                                relu,
                             )?);
                         }
+                        (GradStep::Accumulate { .. }, Some(_)) => unreachable!("fusions go into convolutions"),
                     }
                 }
                 let velocity = Tensor::zeros(device, &[flat_len])?;
@@ -496,6 +509,88 @@ pub(crate) fn batch_norm_fusions(graph: &Graph) -> Vec<Option<BatchNormFusion>> 
     fusions
 }
 
+/// How a backward step runs when ReLU backwards are fused into convolutions'
+/// backward-data (see [`relu_backward_fusions`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum ReluBackwardFusion {
+    /// A convolution's step whose backward-data also runs the ReLU's backward:
+    /// it writes `dx`, the gradient of the ReLU's input, masked by the ReLU's
+    /// output `relu_output`, after adding `residual`.
+    IntoConv {
+        residual: Option<GradId>,
+        relu_output: TensorId,
+        dx: GradId,
+    },
+    /// A ReLU backward, or the sum of its gradient, that a convolution's step runs.
+    Absorbed,
+}
+
+/// For each backward step, the fusion it takes part in. A ReLU's backward
+/// reads the gradient of its output; where a convolution's backward-data
+/// writes that gradient, or one of the two that an [`GradStep::Accumulate`]
+/// sums into it (the other written earlier, e.g. by a residual block's
+/// shortcut), the convolution's epilogue adds the other and applies the mask,
+/// and neither the sum nor the ReLU runs as a pass of its own.
+pub(crate) fn relu_backward_fusions(graph: &Graph, steps: &[GradStep]) -> Vec<Option<ReluBackwardFusion>> {
+    let mut writer = std::collections::HashMap::new();
+    for (index, step) in steps.iter().enumerate() {
+        match step {
+            GradStep::Op { dx, .. } => writer.extend(dx.iter().flatten().map(|&g| (g, index))),
+            GradStep::Accumulate { y, .. } => {
+                writer.insert(*y, index);
+            }
+        }
+    }
+    // The step of a convolution whose backward-data writes g.
+    let conv_writing = |g: GradId| {
+        writer.get(&g).copied().filter(|&w| {
+            matches!(steps[w], GradStep::Op { op, ref dx, .. }
+                if matches!(graph.ops[op], Op::Conv2d { .. }) && dx[0] == Some(g))
+        })
+    };
+    let mut fusions = vec![None; steps.len()];
+    for (index, step) in steps.iter().enumerate() {
+        let GradStep::Op { op, dy, ref dx } = *step else {
+            continue;
+        };
+        let (Op::Relu { y: relu_output, .. }, Some(relu_dx)) = (graph.ops[op], dx[0]) else {
+            continue;
+        };
+        let (conv, residual, sum) = match conv_writing(dy) {
+            Some(conv) => (conv, None, None),
+            None => {
+                let Some(&sum) = writer.get(&dy) else { continue };
+                let GradStep::Accumulate { a, b, .. } = steps[sum] else {
+                    continue;
+                };
+                // The convolution must write the later addend: the other one
+                // has to exist when the convolution's epilogue reads it.
+                let Some((conv, other)) = [(b, a), (a, b)]
+                    .into_iter()
+                    .find_map(|(g, other)| conv_writing(g).map(|conv| (conv, other)))
+                    .filter(|&(conv, other)| writer.get(&other).is_some_and(|&w| w < conv))
+                else {
+                    continue;
+                };
+                (conv, Some(other), Some(sum))
+            }
+        };
+        if fusions[conv].is_some() {
+            continue;
+        }
+        fusions[conv] = Some(ReluBackwardFusion::IntoConv {
+            residual,
+            relu_output,
+            dx: relu_dx,
+        });
+        fusions[index] = Some(ReluBackwardFusion::Absorbed);
+        if let Some(sum) = sum {
+            fusions[sum] = Some(ReluBackwardFusion::Absorbed);
+        }
+    }
+    fusions
+}
+
 /// PyTorch's initial running statistics: mean 0, variance 1.
 pub fn fresh_running_stats(graph: &Graph) -> Vec<(Vec<f32>, Vec<f32>)> {
     graph
@@ -507,6 +602,8 @@ pub fn fresh_running_stats(graph: &Graph) -> Vec<(Vec<f32>, Vec<f32>)> {
 
 /// The backward dispatches of one op: parameter gradients into their views of
 /// the flat gradient buffer, and the input gradient into `dx` when wanted.
+/// A convolution given `relu` (residual gradient, ReLU output) also runs the
+/// backward of the ReLU that produced its input (see [`relu_backward_fusions`]).
 #[allow(clippy::too_many_arguments)]
 fn op_backward(
     device: &wgpu::Device,
@@ -518,13 +615,25 @@ fn op_backward(
     grad: &dyn Fn(usize) -> Tensor,
     dy: &Tensor,
     dx: Option<&Tensor>,
+    relu: Option<(Option<&Tensor>, &Tensor)>,
 ) -> Result<Vec<Dispatch>, EngineError> {
     let mut out = Vec::new();
     match *op {
         Op::Conv2d { shape, x, w, .. } => {
             out.extend(conv2d_backward_weight(device, kernels, &shape, &acts[x], dy, &grad(w))?);
-            if let Some(dx) = dx {
-                out.extend(conv2d_backward_data(device, kernels, &shape, dy, &param(w), dx)?);
+            match (dx, relu) {
+                (Some(dx), Some((residual, relu_output))) => out.extend(conv2d_backward_data_relu(
+                    device,
+                    kernels,
+                    &shape,
+                    dy,
+                    &param(w),
+                    residual,
+                    relu_output,
+                    dx,
+                )?),
+                (Some(dx), None) => out.extend(conv2d_backward_data(device, kernels, &shape, dy, &param(w), dx)?),
+                (None, _) => {}
             }
         }
         Op::BatchNorm {

@@ -1,9 +1,9 @@
 //! Whole-network tests: the GPU plan against the CPU reference, and training.
 
 use super::cpu::{self, RunningStats};
-use super::graph::Op;
+use super::graph::{GradStep, Op};
 use super::inference::{self, FoldedNetwork, FoldedOp, InferencePlan};
-use super::plan::batch_norm_fusions;
+use super::plan::{ReluBackwardFusion, batch_norm_fusions, relu_backward_fusions};
 use super::resnet::{BottleneckStride, Shortcut, imagenet_resnet};
 use super::{Plan, cifar_resnet};
 use crate::layers::sgd::SgdParams;
@@ -225,6 +225,32 @@ fn resnet20_batch_norms_fuse_every_relu_and_residual_add() {
         .filter(|op| matches!(op, Op::Relu { .. } | Op::Add { .. }))
         .count();
     assert_eq!(absorbed, relus_and_adds);
+}
+
+/// ResNet-20's backward runs every ReLU's backward (and every gradient sum
+/// of a block's input) in a convolution's backward-data epilogue, except the
+/// last block's, whose gradient comes from the pooling.
+#[test]
+fn resnet20_backward_fuses_every_relu_but_the_last_and_every_sum_into_convolutions() {
+    let graph = cifar_resnet(2, 3, true, 10);
+    let steps = graph.backward_schedule().steps;
+    let fusions = relu_backward_fusions(&graph, &steps);
+    let count = |f: &dyn Fn(&GradStep, &Option<ReluBackwardFusion>) -> bool| {
+        steps.iter().zip(&fusions).filter(|(s, fusion)| f(s, fusion)).count()
+    };
+    let is_relu = |s: &GradStep| matches!(s, GradStep::Op { op, .. } if matches!(graph.ops[*op], Op::Relu { .. }));
+    let absorbed = |f: &Option<ReluBackwardFusion>| *f == Some(ReluBackwardFusion::Absorbed);
+    assert_eq!(count(&|s, _| is_relu(s)), 19);
+    assert_eq!(count(&|s, f| is_relu(s) && absorbed(f)), 18);
+    assert_eq!(count(&|s, _| matches!(s, GradStep::Accumulate { .. })), 9);
+    assert_eq!(
+        count(&|s, f| matches!(s, GradStep::Accumulate { .. }) && absorbed(f)),
+        9
+    );
+    let into_conv = |residual: bool| {
+        count(&|_, f| matches!(f, Some(ReluBackwardFusion::IntoConv { residual: r, .. }) if r.is_some() == residual))
+    };
+    assert_eq!((into_conv(false), into_conv(true)), (9, 9));
 }
 
 #[test]
