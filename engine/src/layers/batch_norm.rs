@@ -14,21 +14,29 @@ use crate::{Dispatch, Kernels, Tensor};
 /// Values per invocation of the element-wise passes (`RUN` in the WGSL).
 const RUN: usize = 16;
 
+/// The four passes, each as a scalar kernel and a `_vec4` twin that binds
+/// the same tensors and serves planes of a multiple of 4 values.
 pub struct BatchNormKernels {
-    statistics: Kernel,
-    normalize: Kernel,
-    backward_reduce: Kernel,
-    backward_data: Kernel,
+    statistics: [Kernel; 2],
+    normalize: [Kernel; 2],
+    backward_reduce: [Kernel; 2],
+    backward_data: [Kernel; 2],
 }
 
 impl BatchNormKernels {
     pub fn new(device: &wgpu::Device) -> Self {
         let module = shader_module(device, "batch_norm", include_str!("../../../shaders/batch_norm.wgsl"));
+        let pair = |entry_point: &'static str, vec4_entry_point: &'static str, first_binding| {
+            [
+                Kernel::new(device, &module, entry_point, first_binding),
+                Kernel::new(device, &module, vec4_entry_point, first_binding),
+            ]
+        };
         Self {
-            statistics: Kernel::new(device, &module, "batch_norm_statistics", 0),
-            normalize: Kernel::new(device, &module, "batch_norm_normalize", 10),
-            backward_reduce: Kernel::new(device, &module, "batch_norm_backward_reduce", 20),
-            backward_data: Kernel::new(device, &module, "batch_norm_backward_data", 30),
+            statistics: pair("batch_norm_statistics", "batch_norm_statistics_vec4", 0),
+            normalize: pair("batch_norm_normalize", "batch_norm_normalize_vec4", 10),
+            backward_reduce: pair("batch_norm_backward_reduce", "batch_norm_backward_reduce_vec4", 20),
+            backward_data: pair("batch_norm_backward_data", "batch_norm_backward_data_vec4", 30),
         }
     }
 }
@@ -100,6 +108,11 @@ impl BatchNormShape {
 
     fn planes(&self) -> usize {
         self.batch * self.channels
+    }
+
+    /// Of a scalar kernel and its `_vec4` twin, the one for this shape.
+    fn pick<'k>(&self, kernels: &'k [Kernel; 2]) -> &'k Kernel {
+        &kernels[usize::from(self.spatial % 4 == 0)]
     }
 
     fn runs_per_plane(&self) -> usize {
@@ -216,7 +229,7 @@ fn normalize(
     // Without a residual the binding still needs a buffer: `x` (read-only)
     // stands in, and the shader does not read it.
     let residual = epilogue.residual.unwrap_or(x);
-    kernels.batch_norm.normalize.bind(
+    shape.pick(&kernels.batch_norm.normalize).bind(
         device,
         &params,
         &[x, mean, spread.1, gamma, beta, residual, y],
@@ -259,7 +272,7 @@ pub fn batch_norm_forward_train(
         momentum,
         unbiased_factor: shape.unbiased_factor() as f32,
     };
-    let statistics = kernels.batch_norm.statistics.bind(
+    let statistics = shape.pick(&kernels.batch_norm.statistics).bind(
         device,
         &params,
         &[x, running_mean, running_var, saved_mean, saved_inv_std],
@@ -343,7 +356,7 @@ pub fn batch_norm_backward(
         channels: shape.channels as u32,
         spatial: shape.spatial as u32,
     };
-    let reduce = kernels.batch_norm.backward_reduce.bind(
+    let reduce = shape.pick(&kernels.batch_norm.backward_reduce).bind(
         device,
         &reduce_params,
         &[x, dy, saved_mean, saved_inv_std, dgamma, dbeta],
@@ -356,7 +369,7 @@ pub fn batch_norm_backward(
         planes: shape.planes() as u32,
         inv_count: (1.0 / shape.count() as f64) as f32,
     };
-    let data = kernels.batch_norm.backward_data.bind(
+    let data = shape.pick(&kernels.batch_norm.backward_data).bind(
         device,
         &data_params,
         &[x, dy, gamma, saved_mean, saved_inv_std, dgamma, dbeta, dx],
@@ -514,8 +527,10 @@ mod tests {
 
     /// (batch, channels, H*W) of the GPU tests: odd channel counts and maps,
     /// batch 1 and 3, one value per channel, per-invocation shares that cross
-    /// planes (37x49 and 300x1 values per channel), ResNet-20's largest activation.
-    const SHAPES: [(usize, usize, usize); 8] = [
+    /// planes (37x49 and 300x1 values per channel), ResNet-20's largest
+    /// activation; planes of a multiple of 4 values (the `_vec4` kernels) in
+    /// shares of 4 values that cross planes (37x6x6) and of one vec4 (1x2x4).
+    const SHAPES: [(usize, usize, usize); 10] = [
         (1, 3, 25),
         (3, 7, 49),
         (2, 16, 64),
@@ -524,6 +539,8 @@ mod tests {
         (37, 5, 49),
         (300, 3, 1),
         (128, 16, 1024),
+        (37, 5, 36),
+        (1, 2, 4),
     ];
 
     fn shapes() -> impl Iterator<Item = BatchNormShape> {
@@ -692,16 +709,22 @@ mod tests {
     }
 
     /// The fused epilogues, in both modes, against the reference batch norm
-    /// followed by the residual add and the ReLU.
+    /// followed by the residual add and the ReLU; with 7x7 and 6x6 maps (the
+    /// scalar and `_vec4` kernels).
     #[test]
     fn batch_norm_epilogues_match_reference_batch_norm_then_add_then_relu() {
+        for spatial in [49, 36] {
+            check_epilogues(BatchNormShape {
+                batch: 3,
+                channels: 5,
+                spatial,
+            });
+        }
+    }
+
+    fn check_epilogues(shape: BatchNormShape) {
         let Some(ctx) = context() else { return };
         let (device, queue) = (ctx.device(), ctx.queue());
-        let shape = BatchNormShape {
-            batch: 3,
-            channels: 5,
-            spatial: 49,
-        };
         let mut rng = Rng::new(7);
         let inp = inputs(&mut rng, shape, 0.0, 1.0);
         let shortcut = rng.vec(shape.len(), -1.0, 1.0);
@@ -765,7 +788,7 @@ mod tests {
                 EPS as f32,
             ));
             ctx.run(&dispatches.iter().collect::<Vec<_>>());
-            let what = |mode: &str| format!("{mode} residual {with_residual} relu {relu}");
+            let what = |mode: &str| format!("{mode} residual {with_residual} relu {relu} {shape:?}");
             let read = |t: &Tensor| t.read_blocking(device, queue).unwrap();
             assert_close(&what("train"), &read(&y_train), &reference(&train), 2e-5, 2e-5);
             assert_close(&what("eval"), &read(&y_eval), &reference(&eval), 2e-5, 2e-5);
