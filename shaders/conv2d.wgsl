@@ -26,8 +26,10 @@
 //   outside the image or past the end are read at a clamped address and
 //   multiplied by 0, rows and channels past the end are zero padding or
 //   clamped and not stored);
-// - workgroup tile (GPUs): 64x64 outputs per 16x16 workgroup, staged through
-//   workgroup memory 16 deep, 4x4 outputs per invocation;
+// - workgroup tile (GPUs): 4096 outputs per 16x16 workgroup, 4x4 per
+//   invocation, staged through workgroup memory: 64x64, or 32x128 and 16x256
+//   where the GEMM has few rows (ResNet's 16 and 32 channels), so that no
+//   invocation computes padding rows;
 // - compact tile (CPU adapters in browsers: SwiftShader): 8 x 8 outputs per
 //   invocation, no barriers, no branches in loops, quick to compile.
 //
@@ -74,6 +76,8 @@ struct ImplicitGemm {
     // Register tile: invocations per block of 16 rows, at least the triples of
     // pixel blocks (see rt_gemm).
     row_block_stride: u32,
+    // Workgroup tile: its rows in vec4s, R = 4, 8 or 16 (see wt_gemm).
+    tile_row_quads: u32,
 }
 
 const EPILOGUE_RESIDUAL: u32 = 1u;
@@ -511,16 +515,17 @@ fn conv2d_implicit_gemm_fused(ids: Ids) {
     rt_store(p, tile.block2, tile.row0, &acc2);
 }
 
-// Workgroup-memory tiles shared by the two tiled kernels: 16 deep x 64 wide,
-// as vec4s of 4 consecutive rows (a) or columns (b).
+// Workgroup-memory tiles shared by the two tiled kernels, as vec4s of 4
+// consecutive rows (a: `depth` x `a_width`) or columns (b: `depth` x
+// `b_width`), k-major.
 var<workgroup> tile_a: array<vec4<f32>, 256>;
 var<workgroup> tile_b: array<vec4<f32>, 256>;
 
 // Multiplies the staged tiles into this invocation's 4x4 outputs: rows 4 ty.., columns 4 tx...
-fn accumulate_tiles(acc: ptr<function, array<vec4<f32>, 4>>, tx: u32, ty: u32) {
-    for (var k = 0u; k < 16u; k++) {
-        let a = tile_a[k * 16u + ty];
-        let b = tile_b[k * 16u + tx];
+fn accumulate_tiles(acc: ptr<function, array<vec4<f32>, 4>>, tx: u32, ty: u32, depth: u32, a_width: u32, b_width: u32) {
+    for (var k = 0u; k < depth; k++) {
+        let a = tile_a[k * a_width + ty];
+        let b = tile_b[k * b_width + tx];
         (*acc)[0] += a.x * b;
         (*acc)[1] += a.y * b;
         (*acc)[2] += a.z * b;
@@ -528,8 +533,9 @@ fn accumulate_tiles(acc: ptr<function, array<vec4<f32>, 4>>, tx: u32, ty: u32) {
     }
 }
 
-// conv2d_implicit_gemm_tiled (workgroup tile): each invocation stages 4 rows
-// and 4 columns at depth lid / 16 of every 16-deep slice.
+// conv2d_implicit_gemm_tiled (workgroup tile): a workgroup computes R x 256/R
+// vec4s of rows x columns (R = tile_row_quads) in slices R deep. Each
+// invocation stages 4 columns of a slice, and the first R x R 4 rows.
 @group(0) @binding(20) var<uniform> wt_params: ImplicitGemm;
 @group(0) @binding(21) var<storage, read> wt_wt: array<vec4<f32>>;
 @group(0) @binding(22) var<storage, read> wt_src: array<f32>;
@@ -550,34 +556,57 @@ fn wt_store_row(p: ImplicitGemm, cols: Columns4, row: u32, v: vec4<f32>) {
     if cols.live.w { wt_dst[cols.dst.w + offset] = v.w; }
 }
 
-// Accumulates this invocation's 4x4 outputs of the workgroup's 64x64 tile at
-// (row0, col0). Has barriers: call it in uniform control flow.
-fn wt_gemm(p: ImplicitGemm, col0: u32, row0: u32, local: vec3<u32>, lid: u32, acc: ptr<function, array<vec4<f32>, 4>>) {
+// The workgroup's tile: its first row and column, and this invocation's
+// outputs, rows 4 ty.. and columns 4 tx.. of it.
+struct WtTile {
+    row0: u32,
+    col0: u32,
+    tx: u32,
+    ty: u32,
+}
+
+fn wt_tile(p: ImplicitGemm, wg: vec3<u32>, groups: vec3<u32>, lid: u32) -> WtTile {
+    let col_quads = 256u / p.tile_row_quads;
+    return WtTile(wg.z * p.tile_row_quads * 4u, (wg.x + wg.y * groups.x) * col_quads * 4u, lid % col_quads, lid / col_quads);
+}
+
+// The GEMM's k = (tap, channel): its weight tap and channel.
+fn wt_depth(p: ImplicitGemm, k: u32) -> vec3<u32> {
+    let t = k / p.channels;
+    return vec3<u32>(t / p.taps_w, t % p.taps_w, k % p.channels);
+}
+
+// Accumulates this invocation's 4x4 outputs of the workgroup's tile. Has
+// barriers: call it in uniform control flow.
+fn wt_gemm(p: ImplicitGemm, tile: WtTile, lid: u32, acc: ptr<function, array<vec4<f32>, 4>>) {
+    let r = p.tile_row_quads;
+    let col_quads = 256u / r;
     let depth = p.taps_h * p.taps_w * p.channels;
     let plane = p.src_h * p.src_w;
-    let stage_k = lid / 16u;
-    let stage_row = row0 + (lid % 16u) * 4u;
-    let stage_cols = columns4(p, col0 + (lid % 16u) * 4u);
-    for (var k0 = 0u; k0 < depth; k0 += 16u) {
-        let k = k0 + stage_k;
-        var a = vec4<f32>(0.0);
-        var b = vec4<f32>(0.0);
-        if k < depth {
-            let t = k / p.channels;
-            let c = k % p.channels;
-            let th = t / p.taps_w;
-            let tw = t % p.taps_w;
-            if stage_row < p.rows_padded {
-                a = wt_wt[((weight_tap(p, th, tw) * p.channels_padded + c) * p.rows_padded + stage_row) / 4u];
+    let stages_a = lid < r * r;
+    let stage_row = tile.row0 + (lid % r) * 4u;
+    let stage_cols = columns4(p, tile.col0 + (lid % col_quads) * 4u);
+    for (var k0 = 0u; k0 < depth; k0 += r) {
+        let ka = k0 + lid / r;
+        if stages_a {
+            var a = vec4<f32>(0.0);
+            if ka < depth && stage_row < p.rows_padded {
+                let d = wt_depth(p, ka);
+                a = wt_wt[((weight_tap(p, d.x, d.y) * p.channels_padded + d.z) * p.rows_padded + stage_row) / 4u];
             }
-            let tap = tap4(p, stage_cols, th, tw);
-            let s = c * plane;
+            tile_a[lid] = a;
+        }
+        let kb = k0 + lid / col_quads;
+        var b = vec4<f32>(0.0);
+        if kb < depth {
+            let d = wt_depth(p, kb);
+            let tap = tap4(p, stage_cols, d.x, d.y);
+            let s = d.z * plane;
             b = vec4<f32>(wt_src[tap.offset.x + s], wt_src[tap.offset.y + s], wt_src[tap.offset.z + s], wt_src[tap.offset.w + s]) * tap.mask;
         }
-        tile_a[lid] = a;
         tile_b[lid] = b;
         workgroupBarrier();
-        accumulate_tiles(acc, local.x, local.y);
+        accumulate_tiles(acc, tile.tx, tile.ty, r, r, col_quads);
         workgroupBarrier();
     }
 }
@@ -600,23 +629,22 @@ fn wt_epilogue(p: ImplicitGemm, cols: Columns4, row: u32, v: vec4<f32>) -> vec4<
     return out;
 }
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(256)
 fn conv2d_implicit_gemm_tiled(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_id) local: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
     let p = wt_params;
-    let col0 = (wg.x + wg.y * groups.x) * 64u;
+    let tile = wt_tile(p, wg, groups, lid);
     // Uniform per workgroup, so the barriers in wt_gemm stay in uniform control flow.
-    if col0 >= p.columns {
+    if tile.col0 >= p.columns {
         return;
     }
     var acc: array<vec4<f32>, 4>;
-    wt_gemm(p, col0, wg.z * 64u, local, lid, &acc);
-    let cols = columns4(p, col0 + local.x * 4u);
-    let row = wg.z * 64u + local.y * 4u;
+    wt_gemm(p, tile, lid, &acc);
+    let cols = columns4(p, tile.col0 + tile.tx * 4u);
+    let row = tile.row0 + tile.ty * 4u;
     wt_store_row(p, cols, row, acc[0]);
     wt_store_row(p, cols, row + 1u, acc[1]);
     wt_store_row(p, cols, row + 2u, acc[2]);
@@ -624,22 +652,21 @@ fn conv2d_implicit_gemm_tiled(
 }
 
 // conv2d_implicit_gemm_tiled_fused: the GEMM, then the epilogue.
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(256)
 fn conv2d_implicit_gemm_tiled_fused(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_id) local: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
     let p = wt_params;
-    let col0 = (wg.x + wg.y * groups.x) * 64u;
-    if col0 >= p.columns {
+    let tile = wt_tile(p, wg, groups, lid);
+    if tile.col0 >= p.columns {
         return;
     }
     var acc: array<vec4<f32>, 4>;
-    wt_gemm(p, col0, wg.z * 64u, local, lid, &acc);
-    let cols = columns4(p, col0 + local.x * 4u);
-    let row = wg.z * 64u + local.y * 4u;
+    wt_gemm(p, tile, lid, &acc);
+    let cols = columns4(p, tile.col0 + tile.tx * 4u);
+    let row = tile.row0 + tile.ty * 4u;
     wt_store_row(p, cols, row, wt_epilogue(p, cols, row, acc[0]));
     wt_store_row(p, cols, row + 1u, wt_epilogue(p, cols, row + 1u, acc[1]));
     wt_store_row(p, cols, row + 2u, wt_epilogue(p, cols, row + 2u, acc[2]));
@@ -932,6 +959,8 @@ struct WeightGrad {
     // ci_blocks x tap blocks, padded to whole workgroups where the register
     // tile shares dy through subgroups.
     combo_stride: u32,
+    // Workgroup tile: rows (output channels) of a tile in vec4s.
+    tile_row_quads: u32,
 }
 
 // What invocation g of a weight-gradient kernel sums: a chunk of output rows
@@ -1143,34 +1172,42 @@ fn conv2d_weight_grad(ids: Ids) {
 
 // conv2d_weight_grad_tiled (workgroup tile): rows = output channels, columns =
 // (ci, kh, kw) flattened, depth = the chunk's pixels (b, oh, ow) flattened;
-// workgroup_id.z is the chunk.
+// workgroup_id.z is the chunk. Tiles as conv2d_implicit_gemm_tiled's: R x
+// 256/R vec4s of rows x columns (R = tile_row_quads), in slices R deep.
 @group(0) @binding(40) var<uniform> ww_params: WeightGrad;
 @group(0) @binding(41) var<storage, read> ww_x: array<f32>;
 @group(0) @binding(42) var<storage, read> ww_dy: array<f32>;
 @group(0) @binding(43) var<storage, read_write> ww_partials: array<f32>;
 
-@compute @workgroup_size(16, 16)
-fn conv2d_weight_grad_tiled(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_id) local: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
+// Depth k of the GEMM: the output pixel's image, its index in the plane, and
+// its row and column.
+fn ww_pixel(p: WeightGrad, k: u32) -> vec4<u32> {
+    let out_plane = p.out_h * p.out_w;
+    let pixel = k % out_plane;
+    return vec4<u32>(k / out_plane, pixel, pixel / p.out_w, pixel % p.out_w);
+}
+
+@compute @workgroup_size(256)
+fn conv2d_weight_grad_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let p = ww_params;
+    let r = p.tile_row_quads;
+    let col_quads = 256u / r;
     let taps = p.kernel * p.kernel;
     let columns = p.in_channels * taps;
-    let col0 = wg.x * 64u;
-    let row0 = wg.y * 64u;
+    let col0 = wg.x * col_quads * 4u;
+    let row0 = wg.y * r * 4u;
     let in_plane = p.in_h * p.in_w;
     let out_plane = p.out_h * p.out_w;
     let first = wg.z * p.rows_per_chunk * p.out_w;
     let end = min((wg.z + 1u) * p.rows_per_chunk, p.batch * p.out_h) * p.out_w;
     let iota = vec4<u32>(0u, 1u, 2u, 3u);
-    let stage_k = lid / 16u;
-    // The 4 output channels and the 4 (ci, kh, kw) columns this invocation stages.
-    let stage_co = row0 + (lid % 16u) * 4u + iota;
+    // The 4 output channels (the first R x R invocations) and the 4 (ci, kh,
+    // kw) columns this invocation stages.
+    let stages_a = lid < r * r;
+    let stage_co = row0 + (lid % r) * 4u + iota;
     let co_live = stage_co < vec4<u32>(p.out_channels);
     let dy_channel = min(stage_co, vec4<u32>(p.out_channels - 1u)) * out_plane;
-    let stage_col = col0 + (lid % 16u) * 4u + iota;
+    let stage_col = col0 + (lid % col_quads) * 4u + iota;
     let col_live = stage_col < vec4<u32>(columns);
     let col = min(stage_col, vec4<u32>(columns - 1u));
     let ci = col / taps;
@@ -1178,38 +1215,41 @@ fn conv2d_weight_grad_tiled(
     let kw = vec4<i32>(col % p.kernel);
     let x_channel = ci * in_plane;
     var acc: array<vec4<f32>, 4>;
-    for (var k0 = first; k0 < end; k0 += 16u) {
-        let k = k0 + stage_k;
-        var a = vec4<f32>(0.0);
+    for (var k0 = first; k0 < end; k0 += r) {
+        let ka = k0 + lid / r;
+        if stages_a {
+            var a = vec4<f32>(0.0);
+            if ka < end {
+                let px = ww_pixel(p, ka);
+                let dyo = px.x * p.out_channels * out_plane + px.y;
+                a = select(vec4<f32>(0.0), vec4<f32>(ww_dy[dyo + dy_channel.x], ww_dy[dyo + dy_channel.y], ww_dy[dyo + dy_channel.z], ww_dy[dyo + dy_channel.w]), co_live);
+            }
+            tile_a[lid] = a;
+        }
+        let kb = k0 + lid / col_quads;
         var b = vec4<f32>(0.0);
-        if k < end {
-            let bi = k / out_plane;
-            let pixel = k % out_plane;
-            let oh = pixel / p.out_w;
-            let ow = pixel % p.out_w;
-            let dyo = bi * p.out_channels * out_plane + pixel;
-            a = select(vec4<f32>(0.0), vec4<f32>(ww_dy[dyo + dy_channel.x], ww_dy[dyo + dy_channel.y], ww_dy[dyo + dy_channel.z], ww_dy[dyo + dy_channel.w]), co_live);
-            let ih = vec4<i32>(i32(oh * p.stride) - i32(p.pad)) + kh;
-            let iw = vec4<i32>(i32(ow * p.stride) - i32(p.pad)) + kw;
+        if kb < end {
+            let px = ww_pixel(p, kb);
+            let ih = vec4<i32>(i32(px.z * p.stride) - i32(p.pad)) + kh;
+            let iw = vec4<i32>(i32(px.w * p.stride) - i32(p.pad)) + kw;
             let h = i32(p.in_h);
             let w = i32(p.in_w);
             let ok = col_live & (ih >= vec4<i32>(0)) & (ih < vec4<i32>(h)) & (iw >= vec4<i32>(0)) & (iw < vec4<i32>(w));
-            let xo = bi * p.in_channels * in_plane + x_channel
+            let xo = px.x * p.in_channels * in_plane + x_channel
                 + vec4<u32>(clamp(ih, vec4<i32>(0), vec4<i32>(h - 1))) * p.in_w
                 + vec4<u32>(clamp(iw, vec4<i32>(0), vec4<i32>(w - 1)));
             b = select(vec4<f32>(0.0), vec4<f32>(ww_x[xo.x], ww_x[xo.y], ww_x[xo.z], ww_x[xo.w]), ok);
         }
-        tile_a[lid] = a;
         tile_b[lid] = b;
         workgroupBarrier();
-        accumulate_tiles(&acc, local.x, local.y);
+        accumulate_tiles(&acc, lid % col_quads, lid / col_quads, r, r, col_quads);
         workgroupBarrier();
     }
-    let out_col = col0 + local.x * 4u + iota;
+    let out_col = col0 + (lid % col_quads) * 4u + iota;
     let out_live = out_col < vec4<u32>(columns);
     let base = wg.z * p.weight_len;
     for (var i = 0u; i < 4u; i++) {
-        let co = row0 + local.y * 4u + i;
+        let co = row0 + (lid / col_quads) * 4u + i;
         if co < p.out_channels {
             let row = base + co * columns;
             let v = acc[i];

@@ -112,7 +112,7 @@ impl BatchNormShape {
 
     /// Of a scalar kernel and its `_vec4` twin, the one for this shape.
     fn pick<'k>(&self, kernels: &'k [Kernel; 2]) -> &'k Kernel {
-        &kernels[usize::from(self.spatial % 4 == 0)]
+        &kernels[usize::from(self.spatial.is_multiple_of(4))]
     }
 
     fn runs_per_plane(&self) -> usize {

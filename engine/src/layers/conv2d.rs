@@ -323,6 +323,8 @@ struct ImplicitGemmParams {
     epilogue: u32,
     /// Register tile: invocations per block of rows (set by [`launch`]).
     row_block_stride: u32,
+    /// Workgroup tile: rows of a tile in vec4s (set by [`launch`]).
+    tile_row_quads: u32,
 }
 
 impl ImplicitGemmParams {
@@ -359,6 +361,7 @@ struct WeightGradParams {
     invocations: u32,
     weight_len: u32,
     combo_stride: u32,
+    tile_row_quads: u32,
 }
 
 #[repr(C)]
@@ -475,6 +478,35 @@ fn forward_params(shape: &Conv2dShape, wt_shape: &[usize]) -> ImplicitGemmParams
         columns: (shape.batch * oh * ow) as u32,
         epilogue: 0,
         row_block_stride: 0,
+        tile_row_quads: 0,
+    }
+}
+
+/// The workgroup tile of a GEMM with `rows` rows: 4096 outputs, 64 x 64, or
+/// 32 x 128 and 16 x 256 where there are few rows (ResNet's 16 and 32
+/// channels), so that no invocation computes only padding rows.
+struct WorkgroupTile {
+    row_quads: usize,
+}
+
+impl WorkgroupTile {
+    fn for_rows(rows: usize) -> Self {
+        Self {
+            row_quads: rows.div_ceil(4).next_power_of_two().clamp(4, WORKGROUP_TILE / 4),
+        }
+    }
+
+    fn rows(&self) -> usize {
+        4 * self.row_quads
+    }
+
+    fn columns(&self) -> usize {
+        WORKGROUP_TILE * WORKGROUP_TILE / self.rows()
+    }
+
+    /// Workgroups for a rows x columns output.
+    fn count(&self, rows: usize, columns: usize) -> usize {
+        rows.div_ceil(self.rows()) * columns.div_ceil(self.columns())
     }
 }
 
@@ -514,10 +546,14 @@ fn launch(kernels: &Conv2dKernels, params: &ImplicitGemmParams) -> Launch {
             params.row_block_stride = stride as u32;
             grid_1d(stride * rows.div_ceil(REGISTER_ROWS), REGISTER_WORKGROUP as u32)
         }
-        Variant::WorkgroupTile => grid_2d(
-            (params.columns as usize).div_ceil(WORKGROUP_TILE),
-            rows.div_ceil(WORKGROUP_TILE),
-        ),
+        Variant::WorkgroupTile => {
+            let tile = WorkgroupTile::for_rows(rows);
+            params.tile_row_quads = tile.row_quads as u32;
+            grid_2d(
+                (params.columns as usize).div_ceil(tile.columns()),
+                rows.div_ceil(tile.rows()),
+            )
+        }
         // The row block in z: uniform over a workgroup.
         Variant::CompactTile => {
             let blocks = (params.batch * params.q_h) as usize * (params.q_w as usize).div_ceil(COMPACT_BLOCK);
@@ -765,6 +801,7 @@ fn backward_data(
                 columns: columns as u32,
                 epilogue: 0,
                 row_block_stride: 0,
+                tile_row_quads: 0,
             };
             dispatches.push(implicit_gemm(device, k, &params, &wt, dy, dx, epilogue));
         }
@@ -797,6 +834,7 @@ pub fn conv2d_backward_weight(
         _ => (WEIGHT_GRAD_ROWS, WEIGHT_GRAD_COLUMNS, WEIGHT_GRAD_TAPS),
     };
     let co_blocks = shape.out_channels.div_ceil(block_rows);
+    let tile = WorkgroupTile::for_rows(shape.out_channels);
     let ci_blocks = shape.in_channels.div_ceil(block_columns);
     let tap_blocks = shape.kernel * shape.kernel.div_ceil(tap_width);
     // Enough chunks to keep the adapter busy, but no more partials than one
@@ -811,7 +849,7 @@ pub fn conv2d_backward_weight(
         Variant::RegisterTile => (combo_stride * co_blocks, REGISTER_MIN_INVOCATIONS),
         Variant::CompactTile => (tap_blocks * co_blocks * ci_blocks, COMPACT_MIN_INVOCATIONS),
         Variant::WorkgroupTile => (
-            shape.out_channels.div_ceil(WORKGROUP_TILE) * (shape.in_channels * taps).div_ceil(WORKGROUP_TILE),
+            tile.count(shape.out_channels, shape.in_channels * taps),
             WORKGROUP_MIN_WORKGROUPS,
         ),
     };
@@ -840,13 +878,14 @@ pub fn conv2d_backward_weight(
         invocations: invocations as u32,
         weight_len: weight_len as u32,
         combo_stride: combo_stride as u32,
+        tile_row_quads: tile.row_quads as u32,
     };
     let grid = match k.variant {
         Variant::RegisterTile => grid_1d(invocations, REGISTER_WORKGROUP as u32),
         Variant::CompactTile => grid_1d(invocations, COMPACT_WORKGROUP as u32),
         Variant::WorkgroupTile => [
-            (shape.in_channels * taps).div_ceil(WORKGROUP_TILE) as u32,
-            shape.out_channels.div_ceil(WORKGROUP_TILE) as u32,
+            (shape.in_channels * taps).div_ceil(tile.columns()) as u32,
+            shape.out_channels.div_ceil(tile.rows()) as u32,
             chunks as u32,
         ],
     };
