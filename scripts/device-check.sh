@@ -9,7 +9,7 @@
 #   4. every GPU kernel against its CPU reference, and the PyTorch-parity
 #      tests, on the real adapter.
 # Everything it prints and writes lands in $OUT (or target/device-check), in
-# five files (the device tool brings back eight at most). About 2 minutes on
+# at most six files (the device tool brings back eight at most). About 2 minutes on
 # an H200, 1 to 3 more to start it; each part is time-limited so one hang
 # costs only its own slot.
 #
@@ -52,6 +52,11 @@ step "info (kernel variants measured)" 60 env VK_LOADER_DEBUG=error,warn "$bin"/
 # rounds (ours, PyTorch, ours, ...), since PyTorch speeds up over its first
 # runs: each round's ratio is printed and the median is the figure.
 step "bench resnet20" 120 sh -c "$bin/resnet-native bench --json --filter resnet20 > $out/bench.json"
+# An earlier build, where one was packed as .device/resnet-native-before: the
+# same benchmark, to compare kernels on this card.
+if [[ -x $bin/resnet-native-before ]]; then
+    step "bench resnet20 (earlier build)" 120 sh -c "$bin/resnet-native-before bench --json --filter resnet20 > $out/bench-before.json"
+fi
 rounds=$(mktemp -d)
 for round in 1 2 3; do
     step "round $round: ours" 60 sh -c "$bin/resnet-native bench --json --filter 'resnet20 train' --reps 30 > $rounds/ours$round.json"
