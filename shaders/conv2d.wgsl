@@ -556,18 +556,21 @@ fn wt_store_row(p: ImplicitGemm, cols: Columns4, row: u32, v: vec4<f32>) {
     if cols.live.w { wt_dst[cols.dst.w + offset] = v.w; }
 }
 
-// The workgroup's tile: its first row and column, and this invocation's
-// outputs, rows 4 ty.. and columns 4 tx.. of it.
+// The workgroup's tile: its first row and column (uniform over the
+// workgroup: the early returns before the barriers depend on it).
 struct WtTile {
     row0: u32,
     col0: u32,
-    tx: u32,
-    ty: u32,
 }
 
-fn wt_tile(p: ImplicitGemm, wg: vec3<u32>, groups: vec3<u32>, lid: u32) -> WtTile {
+fn wt_tile(p: ImplicitGemm, wg: vec3<u32>, groups: vec3<u32>) -> WtTile {
+    return WtTile(wg.z * p.tile_row_quads * 4u, (wg.x + wg.y * groups.x) * (256u / p.tile_row_quads) * 4u);
+}
+
+// This invocation's outputs in the tile: columns 4 x.. and rows 4 y...
+fn wt_local(p: ImplicitGemm, lid: u32) -> vec2<u32> {
     let col_quads = 256u / p.tile_row_quads;
-    return WtTile(wg.z * p.tile_row_quads * 4u, (wg.x + wg.y * groups.x) * col_quads * 4u, lid % col_quads, lid / col_quads);
+    return vec2<u32>(lid % col_quads, lid / col_quads);
 }
 
 // The GEMM's k = (tap, channel): its weight tap and channel.
@@ -606,7 +609,8 @@ fn wt_gemm(p: ImplicitGemm, tile: WtTile, lid: u32, acc: ptr<function, array<vec
         }
         tile_b[lid] = b;
         workgroupBarrier();
-        accumulate_tiles(acc, tile.tx, tile.ty, r, r, col_quads);
+        let local = wt_local(p, lid);
+        accumulate_tiles(acc, local.x, local.y, r, r, col_quads);
         workgroupBarrier();
     }
 }
@@ -636,15 +640,16 @@ fn conv2d_implicit_gemm_tiled(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let p = wt_params;
-    let tile = wt_tile(p, wg, groups, lid);
+    let tile = wt_tile(p, wg, groups);
     // Uniform per workgroup, so the barriers in wt_gemm stay in uniform control flow.
     if tile.col0 >= p.columns {
         return;
     }
     var acc: array<vec4<f32>, 4>;
     wt_gemm(p, tile, lid, &acc);
-    let cols = columns4(p, tile.col0 + tile.tx * 4u);
-    let row = tile.row0 + tile.ty * 4u;
+    let local = wt_local(p, lid);
+    let cols = columns4(p, tile.col0 + local.x * 4u);
+    let row = tile.row0 + local.y * 4u;
     wt_store_row(p, cols, row, acc[0]);
     wt_store_row(p, cols, row + 1u, acc[1]);
     wt_store_row(p, cols, row + 2u, acc[2]);
@@ -659,14 +664,15 @@ fn conv2d_implicit_gemm_tiled_fused(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let p = wt_params;
-    let tile = wt_tile(p, wg, groups, lid);
+    let tile = wt_tile(p, wg, groups);
     if tile.col0 >= p.columns {
         return;
     }
     var acc: array<vec4<f32>, 4>;
     wt_gemm(p, tile, lid, &acc);
-    let cols = columns4(p, tile.col0 + tile.tx * 4u);
-    let row = tile.row0 + tile.ty * 4u;
+    let local = wt_local(p, lid);
+    let cols = columns4(p, tile.col0 + local.x * 4u);
+    let row = tile.row0 + local.y * 4u;
     wt_store_row(p, cols, row, wt_epilogue(p, cols, row, acc[0]));
     wt_store_row(p, cols, row + 1u, wt_epilogue(p, cols, row + 1u, acc[1]));
     wt_store_row(p, cols, row + 2u, wt_epilogue(p, cols, row + 2u, acc[2]));
