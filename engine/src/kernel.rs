@@ -34,6 +34,10 @@ pub fn shader_module(device: &wgpu::Device, label: &str, source: &str) -> wgpu::
     })
 }
 
+/// What browsers need before a module with subgroup operations (see
+/// [`with_subgroup_loads`]), which builds for wasm32 put there.
+pub const BROWSER_SUBGROUPS_HEADER: &str = "enable subgroups;\ndiagnostic(off, subgroup_uniformity);\n";
+
 /// `source` with the block between its `// BEGIN plain loads` paragraph and
 /// `// END plain loads.` replaced by `subgroup_loads`: the kernels' loads
 /// through subgroup broadcasts, for devices with WebGPU's `subgroups` feature
@@ -57,7 +61,7 @@ pub fn with_subgroup_loads(source: &str, subgroup_loads: &str) -> String {
             .sum::<usize>();
     let end = begin + source[begin..].find(END).expect("the shader ends its plain loads");
     let enable = if cfg!(target_arch = "wasm32") {
-        "enable subgroups;\ndiagnostic(off, subgroup_uniformity);\n"
+        BROWSER_SUBGROUPS_HEADER
     } else {
         ""
     };

@@ -336,3 +336,77 @@ fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path_and_auto_skips_swi
     }
     assert!(artifacts.join("page.png").is_file());
 }
+
+/// Every shader module, as a browser gets it (with subgroup loads too, where
+/// the kernels have them), compiles in Chromium's WebGPU, and every entry
+/// point makes a pipeline: its compiler (Tint) is stricter than naga, which
+/// the native tests use (its uniformity analysis rejected barriers that naga
+/// let through). Needs Chromium, Node and playwright-core, as the test above.
+#[test]
+fn every_shader_compiles_in_chromium_with_and_without_subgroup_loads() {
+    if let Some(why) = missing_prerequisite() {
+        assert!(
+            std::env::var("RESNET_REQUIRE_BROWSER").as_deref() != Ok("1"),
+            "RESNET_REQUIRE_BROWSER=1 but {why}"
+        );
+        eprintln!("skipping the shader check: {why}");
+        return;
+    }
+    let mut modules: Vec<(String, String)> = std::fs::read_dir(repo().join("shaders"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "wgsl"))
+        .map(|path| {
+            (
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&path).unwrap(),
+            )
+        })
+        .collect();
+    assert!(modules.len() >= 9, "shaders/ holds {} modules", modules.len());
+    let header = engine::kernel::BROWSER_SUBGROUPS_HEADER;
+    modules.push((
+        "conv2d.wgsl with subgroup loads".into(),
+        format!("{header}{}", engine::layers::conv2d::conv2d_source(true)),
+    ));
+    modules.push((
+        "gemm.wgsl with subgroup loads".into(),
+        format!("{header}{}", engine::layers::gemm::gemm_source(true)),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("modules.json");
+    let json: Vec<Value> = modules
+        .iter()
+        .map(|(name, code)| serde_json::json!({ "name": name, "code": code }))
+        .collect();
+    std::fs::write(&list, serde_json::to_string(&json).unwrap()).unwrap();
+    let output = Command::new("node")
+        .arg(repo().join("tests/browser/wgsl.mjs"))
+        .arg(&list)
+        .env("CHROMIUM", chromium())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        out["subgroups"], true,
+        "the test needs an adapter with subgroups: {out}"
+    );
+    let mut failures = Vec::new();
+    let mut pipelines = 0;
+    for module in out["results"].as_array().unwrap() {
+        let name = module["name"].as_str().unwrap();
+        if !module["module"].is_null() {
+            failures.push(format!("{name}: {}", module["module"]));
+        }
+        for (entry, error) in module["entries"].as_object().unwrap() {
+            pipelines += 1;
+            if !error.is_null() {
+                failures.push(format!("{name} {entry}: {error}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "Chromium rejected:\n{}", failures.join("\n"));
+    assert!(pipelines >= 40, "only {pipelines} entry points found");
+    eprintln!("{} modules, {pipelines} pipelines compiled in Chromium", modules.len());
+}

@@ -31,16 +31,22 @@ fn register_rows(a: u32, lane: u32) -> RowsA {
 }
 ";
 
+/// gemm.wgsl, with subgroup loads in the register tile when `subgroups`
+/// (see [`with_subgroup_loads`]).
+pub fn gemm_source(subgroups: bool) -> String {
+    let source = include_str!("../../../shaders/gemm.wgsl");
+    if subgroups {
+        with_subgroup_loads(source, SUBGROUP_LOADS)
+    } else {
+        source.to_string()
+    }
+}
+
 impl GemmKernels {
     /// Creates the pipelines of `variant` only; `subgroups` (the device has
     /// the feature) gives the register tile subgroup loads.
     pub fn new(device: &wgpu::Device, variant: Variant, subgroups: bool) -> Self {
-        let source = include_str!("../../../shaders/gemm.wgsl");
-        let source = if subgroups && variant != Variant::WorkgroupTile {
-            with_subgroup_loads(source, SUBGROUP_LOADS)
-        } else {
-            source.to_string()
-        };
+        let source = gemm_source(subgroups && variant != Variant::WorkgroupTile);
         let module = shader_module(device, "gemm", &source);
         // The compact tile has no GEMM of its own (the network needs none):
         // it measures the register tile's.
