@@ -26,10 +26,10 @@
 //   outside the image or past the end are read at a clamped address and
 //   multiplied by 0, rows and channels past the end are zero padding or
 //   clamped and not stored);
-// - workgroup tile (GPUs): 4096 outputs per 16x16 workgroup, 4x4 per
-//   invocation, staged through workgroup memory: 64x64, or 32x128 and 16x256
-//   where the GEMM has few rows (ResNet's 16 and 32 channels), so that no
-//   invocation computes padding rows;
+// - workgroup tile (GPUs): 4096 outputs per workgroup of 256 invocations,
+//   4x4 each, staged through workgroup memory: 64x64, or 32x128 and 16x256
+//   where the GEMM has few rows (ResNet's 16 and 32 channels) and enough
+//   columns, so that no invocation computes only padding rows;
 // - compact tile (CPU adapters in browsers: SwiftShader): 8 x 8 outputs per
 //   invocation, no barriers, no branches in loops, quick to compile.
 //

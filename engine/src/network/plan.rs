@@ -567,8 +567,8 @@ pub(crate) fn relu_backward_fusions(graph: &Graph, steps: &[GradStep]) -> Vec<Op
                 // has to exist when the convolution's epilogue reads it.
                 let Some((conv, other)) = [(b, a), (a, b)]
                     .into_iter()
-                    .find_map(|(g, other)| conv_writing(g).map(|conv| (conv, other)))
-                    .filter(|&(conv, other)| writer.get(&other).is_some_and(|&w| w < conv))
+                    .filter_map(|(g, other)| conv_writing(g).map(|conv| (conv, other)))
+                    .find(|&(conv, other)| writer.get(&other).is_some_and(|&w| w < conv))
                 else {
                     continue;
                 };
