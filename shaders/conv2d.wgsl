@@ -451,10 +451,9 @@ fn conv2d_implicit_gemm(ids: Ids) {
     rt_store(p, tile.block2, tile.row0, &acc2);
 }
 
-// The epilogue of row row0 + i of a block, in place: acc[2i] and acc[2i + 1]
-// hold its 8 pixels. `i` is a constant at every call, so acc stays in
-// registers. Rows and pixels past the end read clamped addresses (valid, and
-// not stored).
+// Row row0 + i of a block through the epilogue, stored: acc[2i] and
+// acc[2i + 1] hold its 8 pixels. `i` is a constant at every call. Rows and
+// pixels past the end read clamped addresses (valid, and not stored).
 fn rt_epilogue_row(p: ImplicitGemm, block: RtBlock, row0: u32, i: u32, acc: ptr<function, array<vec4<f32>, 32>>) {
     let row = min(row0 + i, p.rows - 1u);
     let bias = rt_bias[row];
@@ -476,8 +475,7 @@ fn rt_epilogue_row(p: ImplicitGemm, block: RtBlock, row0: u32, i: u32, acc: ptr<
         lo = select(vec4<f32>(0.0), lo, vec4<f32>(rt_mask[a.x], rt_mask[a.y], rt_mask[a.z], rt_mask[a.w]) > vec4<f32>(0.0));
         hi = select(vec4<f32>(0.0), hi, vec4<f32>(rt_mask[b.x], rt_mask[b.y], rt_mask[b.z], rt_mask[b.w]) > vec4<f32>(0.0));
     }
-    (*acc)[2u * i] = lo;
-    (*acc)[2u * i + 1u] = hi;
+    rt_store_row(p, block, row0 + i, lo, hi);
 }
 
 fn rt_epilogue(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<function, array<vec4<f32>, 32>>) {
@@ -499,7 +497,7 @@ fn rt_epilogue(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<function, ar
     rt_epilogue_row(p, block, row0, 15u, acc);
 }
 
-// conv2d_implicit_gemm_fused: the GEMM, then the epilogue.
+// conv2d_implicit_gemm_fused: the GEMM, then the epilogue, which stores.
 @compute @workgroup_size(8)
 fn conv2d_implicit_gemm_fused(ids: Ids) {
     let p = rt_params;
@@ -510,9 +508,6 @@ fn conv2d_implicit_gemm_fused(ids: Ids) {
     rt_epilogue(p, tile.block0, tile.row0, &acc0);
     rt_epilogue(p, tile.block1, tile.row0, &acc1);
     rt_epilogue(p, tile.block2, tile.row0, &acc2);
-    rt_store(p, tile.block0, tile.row0, &acc0);
-    rt_store(p, tile.block1, tile.row0, &acc1);
-    rt_store(p, tile.block2, tile.row0, &acc2);
 }
 
 // Workgroup-memory tiles shared by the two tiled kernels, as vec4s of 4
