@@ -34,6 +34,16 @@ pub fn shader_module(device: &wgpu::Device, label: &str, source: &str) -> wgpu::
     })
 }
 
+/// `source` as it is, or with `subgroup_loads` in place of its plain loads
+/// when `subgroups` (see [`with_subgroup_loads`]).
+pub fn module_source(source: &str, subgroup_loads: &str, subgroups: bool) -> String {
+    if subgroups {
+        with_subgroup_loads(source, subgroup_loads)
+    } else {
+        source.to_string()
+    }
+}
+
 /// What browsers need before a module with subgroup operations (see
 /// [`with_subgroup_loads`]), which builds for wasm32 put there.
 pub const BROWSER_SUBGROUPS_HEADER: &str = "enable subgroups;\ndiagnostic(off, subgroup_uniformity);\n";

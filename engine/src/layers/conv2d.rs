@@ -15,7 +15,7 @@
 //! into the weights and a bias, then residual and ReLU in the GEMM's epilogue,
 //! over weights transposed once at load ([`upload_forward_weights`]).
 
-use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, grid_1d, shader_module, with_subgroup_loads};
+use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, grid_1d, module_source, shader_module};
 use crate::{Dispatch, EngineError, Kernels, Tensor, Variant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,14 +224,13 @@ fn rw_rows(base: u32, d: DyChannels) -> Rows16 {
 ";
 
 /// conv2d.wgsl, with subgroup weight loads in the register and compact
-/// kernels when `subgroups` (see [`with_subgroup_loads`]).
+/// kernels when `subgroups` (see [`module_source`]).
 pub fn conv2d_source(subgroups: bool) -> String {
-    let source = include_str!("../../../shaders/conv2d.wgsl");
-    if subgroups {
-        with_subgroup_loads(source, SUBGROUP_WEIGHT_LOADS)
-    } else {
-        source.to_string()
-    }
+    module_source(
+        include_str!("../../../shaders/conv2d.wgsl"),
+        SUBGROUP_WEIGHT_LOADS,
+        subgroups,
+    )
 }
 
 impl Conv2dKernels {
@@ -1130,10 +1129,7 @@ mod tests {
 
     #[test]
     fn conv2d_register_tile_matches_reference_in_all_directions_with_and_without_subgroups() {
-        let Some(ctx) = context() else { return };
-        for kernels in with_and_without_subgroups(ctx.device(), Variant::RegisterTile) {
-            check_variant(&kernels);
-        }
+        with_and_without_subgroups(Variant::RegisterTile, check_variant);
     }
 
     /// Which register-tile launches share weights through subgroups: the
@@ -1190,26 +1186,26 @@ mod tests {
         assert_eq!(rows(512, 512 * 9, 1), 64);
     }
 
-    /// The kernels of `variant` with and without subgroup weight loads (with
-    /// them only where the test device has subgroups: lavapipe does).
-    fn with_and_without_subgroups(device: &wgpu::Device, variant: Variant) -> Vec<Kernels> {
-        let has_subgroups = device.features().contains(wgpu::Features::SUBGROUP);
+    /// Runs `check` on the kernels of `variant` with and without subgroup
+    /// weight loads (with them only where the test device has subgroups:
+    /// lavapipe does).
+    fn with_and_without_subgroups(variant: Variant, check: fn(&Kernels)) {
+        let Some(ctx) = context() else { return };
+        let has_subgroups = ctx.device().features().contains(wgpu::Features::SUBGROUP);
         if !has_subgroups {
             eprintln!("this adapter has no subgroups: the {variant:?} kernels are tested without them only");
         }
-        [false, true]
+        for subgroups in [false, true]
             .into_iter()
             .filter(|&subgroups| !subgroups || has_subgroups)
-            .map(|subgroups| Kernels::with_subgroups(device, variant, subgroups))
-            .collect()
+        {
+            check(&Kernels::with_subgroups(ctx.device(), variant, subgroups));
+        }
     }
 
     #[test]
     fn conv2d_compact_tile_matches_reference_in_all_directions_with_and_without_subgroups() {
-        let Some(ctx) = context() else { return };
-        for kernels in with_and_without_subgroups(ctx.device(), Variant::CompactTile) {
-            check_variant(&kernels);
-        }
+        with_and_without_subgroups(Variant::CompactTile, check_variant);
     }
 
     #[test]
@@ -1298,10 +1294,7 @@ mod tests {
 
     #[test]
     fn conv2d_fused_register_tile_epilogues_match_the_reference_forward_and_relu_backward() {
-        let Some(ctx) = context() else { return };
-        for kernels in with_and_without_subgroups(ctx.device(), Variant::RegisterTile) {
-            check_fused(&kernels);
-        }
+        with_and_without_subgroups(Variant::RegisterTile, check_fused);
     }
 
     #[test]
@@ -1312,10 +1305,7 @@ mod tests {
 
     #[test]
     fn conv2d_fused_compact_tile_epilogues_match_the_reference_forward_and_relu_backward() {
-        let Some(ctx) = context() else { return };
-        for kernels in with_and_without_subgroups(ctx.device(), Variant::CompactTile) {
-            check_fused(&kernels);
-        }
+        with_and_without_subgroups(Variant::CompactTile, check_fused);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Dense f32 matrix product `C[M,N] = A[M,K] B[K,N]` (row-major): the adapter's
 //! GEMM ceiling, against which `resnet-native bench` measures the convolutions.
 
-use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, grid_1d, shader_module, with_subgroup_loads};
+use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, grid_1d, module_source, shader_module};
 use crate::{Dispatch, EngineError, Kernels, Tensor, Variant};
 
 pub struct GemmKernels {
@@ -32,14 +32,9 @@ fn register_rows(a: u32, lane: u32) -> RowsA {
 ";
 
 /// gemm.wgsl, with subgroup loads in the register tile when `subgroups`
-/// (see [`with_subgroup_loads`]).
+/// (see [`module_source`]).
 pub fn gemm_source(subgroups: bool) -> String {
-    let source = include_str!("../../../shaders/gemm.wgsl");
-    if subgroups {
-        with_subgroup_loads(source, SUBGROUP_LOADS)
-    } else {
-        source.to_string()
-    }
+    module_source(include_str!("../../../shaders/gemm.wgsl"), SUBGROUP_LOADS, subgroups)
 }
 
 impl GemmKernels {
