@@ -4,7 +4,8 @@
 # path), and with WebGPU available but the page's default `backend: "auto"`
 # (which picks the CPU path on CPU adapters such as SwiftShader). For each:
 # median latency of one classification over N runs after warm-up, and cold
-# start (navigation to the first result). Prints one JSON line per run:
+# start (navigation to the first result; coldInferenceMs: its first network
+# run, mostly the browser compiling pipelines). Prints one JSON line per run:
 # webgpu, cpu, auto.
 #   scripts/bench-web.sh [WEIGHTS] [N]
 # WEIGHTS defaults to the shipped CIFAR-10 ResNet-20; N to 50.
