@@ -729,13 +729,15 @@ fn rt_rows(index: u32, lane: u32) -> Rows16 {
     return Rows16(rt_wt[index], rt_wt[index + 1u], rt_wt[index + 2u], rt_wt[index + 3u]);
 }
 
-// dy at `base` (one pixel) for 16 output channels.
-fn rw_rows(base: u32, d: DyChannels) -> Rows16 {
+// dy at `own` (one pixel of the invocation's group) for its 16 output
+// channels. `loads`: the pixel of the group whose dy this lane loads for the
+// subgroup (subgroup loads only).
+fn rw_rows(own: u32, loads: u32, d: DyChannels) -> Rows16 {
     return Rows16(
-        vec4<f32>(rw_dy[base + d.d0.x], rw_dy[base + d.d0.y], rw_dy[base + d.d0.z], rw_dy[base + d.d0.w]),
-        vec4<f32>(rw_dy[base + d.d1.x], rw_dy[base + d.d1.y], rw_dy[base + d.d1.z], rw_dy[base + d.d1.w]),
-        vec4<f32>(rw_dy[base + d.d2.x], rw_dy[base + d.d2.y], rw_dy[base + d.d2.z], rw_dy[base + d.d2.w]),
-        vec4<f32>(rw_dy[base + d.d3.x], rw_dy[base + d.d3.y], rw_dy[base + d.d3.z], rw_dy[base + d.d3.w]),
+        vec4<f32>(rw_dy[own + d.d0.x], rw_dy[own + d.d0.y], rw_dy[own + d.d0.z], rw_dy[own + d.d0.w]),
+        vec4<f32>(rw_dy[own + d.d1.x], rw_dy[own + d.d1.y], rw_dy[own + d.d1.z], rw_dy[own + d.d1.w]),
+        vec4<f32>(rw_dy[own + d.d2.x], rw_dy[own + d.d2.y], rw_dy[own + d.d2.z], rw_dy[own + d.d2.w]),
+        vec4<f32>(rw_dy[own + d.d3.x], rw_dy[own + d.d3.y], rw_dy[own + d.d3.z], rw_dy[own + d.d3.w]),
     );
 }
 // END plain loads.
@@ -980,27 +982,39 @@ struct WeightGradSlice {
     base: u32,
 }
 
+// The invocations of a group (g / combo_stride) share a chunk of output rows
+// and a block of output channels.
+struct WeightGradGroup {
+    first_row: u32,
+    end_row: u32,
+    co_block: u32,
+    chunk: u32,
+}
+
+fn weight_grad_group(p: WeightGrad, group: u32) -> WeightGradGroup {
+    let chunk = group / p.co_blocks;
+    let first_row = chunk * p.rows_per_chunk;
+    return WeightGradGroup(first_row, min(first_row + p.rows_per_chunk, p.batch * p.out_h), group % p.co_blocks, chunk);
+}
+
 fn weight_grad_slice(p: WeightGrad, g: u32) -> WeightGradSlice {
     let row_blocks = (p.kernel + p.tap_width - 1u) / p.tap_width;
     let tap_blocks = p.kernel * row_blocks;
     let combo = g % p.combo_stride;
-    let rest = g / p.combo_stride;
+    let group = weight_grad_group(p, g / p.combo_stride);
     let ci_block = combo % p.ci_blocks;
     let tap_block = min(combo / p.ci_blocks, tap_blocks - 1u);
-    let co_block = rest % p.co_blocks;
-    let chunk = rest / p.co_blocks;
-    let first_row = chunk * p.rows_per_chunk;
     let kh = tap_block / row_blocks;
     let kw = (tap_block % row_blocks) * p.tap_width;
     return WeightGradSlice(
         combo < p.ci_blocks * tap_blocks,
-        first_row,
-        min(first_row + p.rows_per_chunk, p.batch * p.out_h),
+        group.first_row,
+        group.end_row,
         kh,
         kw,
-        co_block,
+        group.co_block,
         ci_block,
-        chunk * p.weight_len + kh * p.kernel + kw,
+        group.chunk * p.weight_len + kh * p.kernel + kw,
     );
 }
 
@@ -1013,22 +1027,26 @@ fn weight_grad_slice(p: WeightGrad, g: u32) -> WeightGradSlice {
 // multiply-adds, where one tap per invocation (16 x 16 channels) loaded 64 for
 // 512 and ran about 1.2x slower (bench, paired). Taps past the kernel's edge
 // (kernel 1 or 7) read clamped columns and are not stored; strides above 2
-// store one tap per invocation (tap_width 1). The invocations of a workgroup
+// store one tap per invocation (tap_width 1). The invocations of a group
 // share their chunk and output channels, so with subgroups lanes 0 to 3 load
-// the 16 dy of a pixel and broadcast them (rw_rows).
+// the 16 dy of a pixel and broadcast them (rw_rows); lanes 4 to 7 do the same
+// for a second group where a workgroup holds two.
 @group(0) @binding(30) var<uniform> rw_params: WeightGrad;
 @group(0) @binding(31) var<storage, read> rw_x: array<f32>;
 @group(0) @binding(32) var<storage, read> rw_dy: array<f32>;
 @group(0) @binding(33) var<storage, read_write> rw_partials: array<f32>;
 
-// Offsets in dy of 16 output channels' planes, 4 per vec4, and the 4 that
-// this invocation's lane loads for its subgroup (subgroup loads only).
+// Offsets in dy of the invocation's 16 output channels' planes, 4 per vec4;
+// with subgroup loads, the 4 that this lane loads for its subgroup (of the
+// workgroup's first group in lanes 0 to 3, of its last in lanes 4 to 7), and
+// whether the invocation is in the last group and that differs from the first.
 struct DyChannels {
     d0: vec4<u32>,
     d1: vec4<u32>,
     d2: vec4<u32>,
     d3: vec4<u32>,
     lane: vec4<u32>,
+    last: bool,
 }
 
 // x at `base` for 8 input channels at offsets lo, hi, times mask (0 in the padding).
@@ -1102,7 +1120,8 @@ fn rw_column(p: WeightGrad, x_row: u32, row_ok: bool, col: i32, lo: vec4<u32>, h
 fn conv2d_weight_grad(ids: Ids) {
     let p = rw_params;
     let index = ids.global.x + ids.global.y * ids.groups.x * 8u;
-    let slice = weight_grad_slice(p, min(index, p.invocations - 1u));
+    let last = p.invocations - 1u;
+    let slice = weight_grad_slice(p, min(index, last));
     let live = slice.live & (index < p.invocations);
     let kh = slice.kh;
     let kw = slice.kw;
@@ -1118,8 +1137,16 @@ fn conv2d_weight_grad(ids: Ids) {
     let d1 = min(co0 + 4u + iota, last_co) * out_plane;
     let d2 = min(co0 + 8u + iota, last_co) * out_plane;
     let d3 = min(co0 + 12u + iota, last_co) * out_plane;
-    let k = subgroup_lane(ids) % 4u;
-    let dy_channels = DyChannels(d0, d1, d2, d3, select(select(d0, d1, k == 1u), select(d2, d3, k == 3u), k >= 2u));
+    // A workgroup's lanes come from one group or two (see weight_grad_stride
+    // in conv2d.rs): `loader` is the group whose dy this lane loads.
+    let workgroup_first = (ids.workgroup.x + ids.workgroup.y * ids.groups.x) * 8u;
+    let first_group = min(workgroup_first, last) / p.combo_stride;
+    let last_group = min(workgroup_first + 7u, last) / p.combo_stride;
+    let lane = subgroup_lane(ids);
+    let loader = weight_grad_group(p, select(first_group, last_group, lane >= 4u));
+    let loader_co = min(loader.co_block * 16u + (lane % 4u) * 4u + iota, last_co) * out_plane;
+    let own_group = min(index, last) / p.combo_stride;
+    let dy_channels = DyChannels(d0, d1, d2, d3, loader_co, own_group != first_group);
     let x_lo = min(ci0 + iota, last_ci) * in_plane;
     let x_hi = min(ci0 + 4u + iota, last_ci) * in_plane;
     let s = i32(p.stride);
@@ -1131,18 +1158,25 @@ fn conv2d_weight_grad(ids: Ids) {
     var acc0: array<vec4<f32>, 32>;
     var acc1: array<vec4<f32>, 32>;
     var acc2: array<vec4<f32>, 32>;
-    for (var r = slice.first_row; r < slice.end_row; r++) {
+    // Every invocation runs rows_per_chunk rows, so that a workgroup's lanes
+    // broadcast together where its groups' chunks differ in length; rows past
+    // the end of a chunk (the last) repeat its last row with x masked to 0.
+    for (var i = 0u; i < p.rows_per_chunk; i++) {
+        let r = min(slice.first_row + i, slice.end_row - 1u);
         let b = r / p.out_h;
         let oh = r % p.out_h;
         let ih = i32(oh * p.stride + kh) - i32(p.pad);
-        let row_ok = (ih >= 0) & (ih < i32(p.in_h));
+        let row_ok = (slice.first_row + i < slice.end_row) & (ih >= 0) & (ih < i32(p.in_h));
         let x_row = b * p.in_channels * in_plane + u32(clamp(ih, 0, i32(p.in_h) - 1)) * p.in_w;
         let dy_row = b * p.out_channels * out_plane + oh * p.out_w;
+        let rl = min(loader.first_row + i, loader.end_row - 1u);
+        let loader_row = (rl / p.out_h) * p.out_channels * out_plane + (rl % p.out_h) * p.out_w;
         // Pixel pairs (e, f = e + 1); an odd row's last f is masked out.
         for (var ow = 0u; ow < p.out_w; ow += 2u) {
             let f_mask = select(0.0, 1.0, ow + 1u < p.out_w);
-            let dy_e = rw_rows(dy_row + ow, dy_channels);
-            let f = rw_rows(dy_row + min(ow + 1u, p.out_w - 1u), dy_channels);
+            let f_ow = min(ow + 1u, p.out_w - 1u);
+            let dy_e = rw_rows(dy_row + ow, loader_row + ow, dy_channels);
+            let f = rw_rows(dy_row + f_ow, loader_row + f_ow, dy_channels);
             let dy_f = Rows16(f.a0 * f_mask, f.a1 * f_mask, f.a2 * f_mask, f.a3 * f_mask);
             // e reads columns c, c + 1, c + 2; f reads c + s, c + s + 1, c + s + 2.
             let c = i32(ow * p.stride + kw) - i32(p.pad);

@@ -178,6 +178,10 @@ pub struct Conv2dKernels {
     /// launches (see [`subgroup_stride`]).
     packed: Option<ConvGemms>,
     reduce_partials: Kernel,
+    /// Subgroup loads, with subgroups that hold a whole register-tile
+    /// workgroup: backward-weight can then share dy between two groups of
+    /// invocations within one workgroup (see [`weight_grad_stride`]).
+    subgroups_span_workgroup: bool,
 }
 
 /// The register and compact kernels' weight loads where the device has
@@ -218,8 +222,13 @@ fn rt_rows(index: u32, lane: u32) -> Rows16 {
     return broadcast_rows16(rt_wt[index + lane % 4u]);
 }
 
-fn rw_rows(base: u32, d: DyChannels) -> Rows16 {
-    return broadcast_rows16(vec4<f32>(rw_dy[base + d.lane.x], rw_dy[base + d.lane.y], rw_dy[base + d.lane.z], rw_dy[base + d.lane.w]));
+// Lanes 0 to 3 load the 16 dy of the workgroup's first group, 4 to 7 of its
+// last (the same where it has one); each lane takes its own group's.
+fn rw_rows(own: u32, loads: u32, d: DyChannels) -> Rows16 {
+    let v = vec4<f32>(rw_dy[loads + d.lane.x], rw_dy[loads + d.lane.y], rw_dy[loads + d.lane.z], rw_dy[loads + d.lane.w]);
+    let first = broadcast_rows16(v);
+    let last = Rows16(subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u));
+    return Rows16(select(first.a0, last.a0, d.last), select(first.a1, last.a1, d.last), select(first.a2, last.a2, d.last), select(first.a3, last.a3, d.last));
 }
 ";
 
@@ -251,6 +260,8 @@ impl Conv2dKernels {
             gemms: ConvGemms::new(device, &module, variant),
             packed,
             reduce_partials: Kernel::new(device, &module, "conv2d_reduce_partials", 50),
+            subgroups_span_workgroup: subgroup_loads
+                && device.adapter_info().subgroup_min_size as usize >= REGISTER_WORKGROUP,
         }
     }
 
@@ -538,6 +549,25 @@ fn subgroup_stride(kernels: &Conv2dKernels, n: usize) -> (usize, bool) {
         Some(_) if (padded - n) * 4 > padded => (n, true),
         Some(_) => (padded, false),
         None => (n, false),
+    }
+}
+
+/// Register-tile backward-weight: `n` invocations (channel blocks and taps)
+/// per group (a chunk of rows and a block of output channels), which share
+/// dy through subgroups. A workgroup of lanes from two groups shares both
+/// groups' dy (lanes 0 to 3 load the first's, 4 to 7 the last's; see
+/// conv2d_weight_grad), so where subgroups span the workgroup and no workgroup
+/// meets three groups, the groups run unpadded: ResNet's 16- and 32-channel
+/// layers (6 and 12 per group) would otherwise leave a quarter of the lanes
+/// idle. Else as [`subgroup_stride`]. Returns (stride, packed).
+fn weight_grad_stride(kernels: &Conv2dKernels, n: usize) -> (usize, bool) {
+    let w = REGISTER_WORKGROUP;
+    // Workgroup g starts at lane g * w: n workgroups meet every offset into a group.
+    let at_most_two = (0..n).all(|g| (g * w + w - 1) / n - g * w / n <= 1);
+    if kernels.subgroups_span_workgroup && at_most_two {
+        (n, false)
+    } else {
+        subgroup_stride(kernels, n)
     }
 }
 
@@ -851,7 +881,7 @@ pub fn conv2d_backward_weight(
     // Per (chunk, block of output channels): the input-channel blocks and tap
     // blocks, which share dy (padded where they share it through subgroups).
     let (combo_stride, packed) = match k.variant {
-        Variant::RegisterTile => subgroup_stride(k, ci_blocks * tap_blocks),
+        Variant::RegisterTile => weight_grad_stride(k, ci_blocks * tap_blocks),
         _ => (ci_blocks * tap_blocks, false),
     };
     let tiles = match k.variant {
@@ -1004,6 +1034,7 @@ pub mod cpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Context;
     use crate::rng::Rng;
     use crate::testing::{assert_close, assert_gradient, context, dot};
 
@@ -1151,6 +1182,32 @@ mod tests {
         assert!(!packed(&shape(128, 16, 32, 16, 3, 1, 1)));
         assert!(packed(&shape(1, 512, 7, 512, 3, 1, 1)));
         assert!(shapes().iter().any(packed) && !shapes().iter().all(packed));
+    }
+
+    /// Register-tile backward-weight with subgroups: ResNet's 16- and
+    /// 32-channel layers (6 and 12 invocations per group) run unpadded, two
+    /// groups sharing a workgroup, where the subgroups span it (as the tests
+    /// above then check: `shapes()` has 16 input channels); 5 per group would
+    /// put three groups in some workgroups, so those are padded or packed.
+    #[test]
+    fn conv2d_weight_grad_puts_two_groups_in_a_workgroup_only_where_subgroups_span_it() {
+        let Some(ctx) = context() else { return };
+        if !ctx.device().features().contains(wgpu::Features::SUBGROUP) {
+            eprintln!("this adapter has no subgroups: nothing to choose");
+            return;
+        }
+        let kernels = Kernels::with_subgroups(ctx.device(), Variant::RegisterTile, true);
+        let k = &kernels.conv2d;
+        let spans = ctx.device().adapter_info().subgroup_min_size as usize >= REGISTER_WORKGROUP;
+        assert_eq!(k.subgroups_span_workgroup, spans);
+        for n in [4, 6, 12, 24] {
+            let want = if spans { (n, false) } else { subgroup_stride(k, n) };
+            assert_eq!(weight_grad_stride(k, n), want, "{n} per group");
+        }
+        assert_eq!(weight_grad_stride(k, 5), subgroup_stride(k, 5));
+        assert_eq!(weight_grad_stride(k, 3), subgroup_stride(k, 3));
+        let plain = Kernels::with_subgroups(ctx.device(), Variant::RegisterTile, false);
+        assert_eq!(weight_grad_stride(&plain.conv2d, 6), (6, false));
     }
 
     #[test]
@@ -1311,24 +1368,31 @@ mod tests {
     #[test]
     fn conv2d_backward_weight_splits_long_reductions_into_chunks() {
         // Batch 8 of 32x32 with few channels: many chunks of partial sums.
+        // Then 351 rows of 16 channels: 2 rows per chunk but 1 in the last,
+        // which the register tile shares workgroups with another chunk.
         let Some(ctx) = context() else { return };
+        for s in [shape(8, 3, 32, 5, 3, 1, 1), shape(13, 16, 27, 5, 3, 1, 1)] {
+            check_backward_weight_chunks(ctx, &s);
+        }
+    }
+
+    fn check_backward_weight_chunks(ctx: &Context, s: &Conv2dShape) {
         let (device, queue) = (ctx.device(), ctx.queue());
-        let s = shape(8, 3, 32, 5, 3, 1, 1);
         let mut rng = Rng::new(9);
         let x = rng.vec(s.input_len(), -1.0, 1.0);
         let dy = rng.vec(s.output_len(), -1.0, 1.0);
         let xt = Tensor::from_f64(device, &[s.input_len()], &x).unwrap();
         let dyt = Tensor::from_f64(device, &[s.output_len()], &dy).unwrap();
-        let want = cpu::conv2d_backward_weight(&s, &x, &dy);
+        let want = cpu::conv2d_backward_weight(s, &x, &dy);
         for variant in Variant::ALL {
             let kernels = Kernels::new(device, variant);
             let dwt = Tensor::zeros(device, &[s.weight_len()]).unwrap();
-            let dispatches = conv2d_backward_weight(device, &kernels, &s, &xt, &dyt, &dwt).unwrap();
+            let dispatches = conv2d_backward_weight(device, &kernels, s, &xt, &dyt, &dwt).unwrap();
             crate::kernel::submit(device, queue, &dispatches.iter().collect::<Vec<_>>());
-            // 8*32*32 = 8192 products of magnitude < 1 per weight: f32 sums of
-            // that length drift by ~1e-4 absolute, so allow 1e-3.
+            // Up to 13*27*27 = 9477 products of magnitude < 1 per weight: f32
+            // sums of that length drift by ~1e-4 absolute, so allow 1e-3.
             assert_close(
-                &format!("dw {variant:?}"),
+                &format!("dw {variant:?} {s:?}"),
                 &dwt.read_blocking(device, queue).unwrap(),
                 &want,
                 1e-3,
