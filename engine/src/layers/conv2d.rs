@@ -1163,18 +1163,26 @@ mod tests {
         with_and_without_subgroups(Variant::RegisterTile, check_variant);
     }
 
+    /// The register-tile kernels with subgroup loads, if the adapter has
+    /// subgroups (else there is nothing to choose between).
+    fn register_tile_with_subgroups() -> Option<(&'static Context, Kernels)> {
+        let ctx = context()?;
+        if !ctx.device().features().contains(wgpu::Features::SUBGROUP) {
+            eprintln!("this adapter has no subgroups: nothing to choose");
+            return None;
+        }
+        Some((ctx, Kernels::with_subgroups(ctx.device(), Variant::RegisterTile, true)))
+    }
+
     /// Which register-tile launches share weights through subgroups: the
     /// awkward shapes take both paths (so the tests above check both), as do
     /// ResNet-20 training (shared) and ResNet-18's last stage at batch 1
     /// (packed).
     #[test]
     fn conv2d_register_tile_shares_weights_on_large_maps_and_packs_small_ones() {
-        let Some(ctx) = context() else { return };
-        if !ctx.device().features().contains(wgpu::Features::SUBGROUP) {
-            eprintln!("this adapter has no subgroups: nothing to choose");
+        let Some((_, kernels)) = register_tile_with_subgroups() else {
             return;
-        }
-        let kernels = Kernels::with_subgroups(ctx.device(), Variant::RegisterTile, true);
+        };
         let packed = |s: &Conv2dShape| {
             let wt = transposed_shape(s.kernel * s.kernel, s.out_channels, s.in_channels);
             launch(&kernels.conv2d, &forward_params(s, &wt)).packed
@@ -1191,12 +1199,9 @@ mod tests {
     /// put three groups in some workgroups, so those are padded or packed.
     #[test]
     fn conv2d_weight_grad_puts_two_groups_in_a_workgroup_only_where_subgroups_span_it() {
-        let Some(ctx) = context() else { return };
-        if !ctx.device().features().contains(wgpu::Features::SUBGROUP) {
-            eprintln!("this adapter has no subgroups: nothing to choose");
+        let Some((ctx, kernels)) = register_tile_with_subgroups() else {
             return;
-        }
-        let kernels = Kernels::with_subgroups(ctx.device(), Variant::RegisterTile, true);
+        };
         let k = &kernels.conv2d;
         let spans = ctx.device().adapter_info().subgroup_min_size as usize >= REGISTER_WORKGROUP;
         assert_eq!(k.subgroups_span_workgroup, spans);
