@@ -451,50 +451,52 @@ fn conv2d_implicit_gemm(ids: Ids) {
     rt_store(p, tile.block2, tile.row0, &acc2);
 }
 
-// Row row0 + i of a block through the epilogue, stored: acc[2i] and
-// acc[2i + 1] hold its 8 pixels. `i` is a constant at every call. Rows and
-// pixels past the end read clamped addresses (valid, and not stored).
-fn rt_epilogue_row(p: ImplicitGemm, block: RtBlock, row0: u32, i: u32, acc: ptr<function, array<vec4<f32>, 32>>) {
-    let row = min(row0 + i, p.rows - 1u);
-    let bias = rt_bias[row];
-    var lo = (*acc)[2u * i] + bias;
-    var hi = (*acc)[2u * i + 1u] + bias;
-    let base = rt_dst_index(p, block, row);
-    let last = vec4<u32>(p.q_w - 1u - block.qw0);
-    let a = base + min(vec4<u32>(0u, 1u, 2u, 3u), last) * p.dst_step;
-    let b = base + min(vec4<u32>(4u, 5u, 6u, 7u), last) * p.dst_step;
+// The epilogue of row `row` of a block, whose 8 pixels the GEMM left in lo, hi:
+// the residual (read where the epilogue adds one) and the mask (where it
+// masks) come from the caller, which loads them, then the row is stored.
+fn rt_epilogue_row(p: ImplicitGemm, block: RtBlock, row: u32, lo: vec4<f32>, hi: vec4<f32>, residual: Window, mask: Window) {
+    let bias = rt_bias[min(row, p.rows - 1u)];
+    var out = Window(lo + bias, hi + bias);
     if (p.epilogue & EPILOGUE_RESIDUAL) != 0u {
-        lo += vec4<f32>(rt_residual[a.x], rt_residual[a.y], rt_residual[a.z], rt_residual[a.w]);
-        hi += vec4<f32>(rt_residual[b.x], rt_residual[b.y], rt_residual[b.z], rt_residual[b.w]);
+        out = Window(out.lo + residual.lo, out.hi + residual.hi);
     }
     if (p.epilogue & EPILOGUE_RELU) != 0u {
-        lo = max(lo, vec4<f32>(0.0));
-        hi = max(hi, vec4<f32>(0.0));
+        out = Window(max(out.lo, vec4<f32>(0.0)), max(out.hi, vec4<f32>(0.0)));
     }
     if (p.epilogue & EPILOGUE_MASK) != 0u {
-        lo = select(vec4<f32>(0.0), lo, vec4<f32>(rt_mask[a.x], rt_mask[a.y], rt_mask[a.z], rt_mask[a.w]) > vec4<f32>(0.0));
-        hi = select(vec4<f32>(0.0), hi, vec4<f32>(rt_mask[b.x], rt_mask[b.y], rt_mask[b.z], rt_mask[b.w]) > vec4<f32>(0.0));
+        let zero = vec4<f32>(0.0);
+        out = Window(select(zero, out.lo, mask.lo > zero), select(zero, out.hi, mask.hi > zero));
     }
-    rt_store_row(p, block, row0 + i, lo, hi);
+    rt_store_row(p, block, row, out.lo, out.hi);
 }
 
+// rt_epilogue_row's residual and mask loads, one value at a time: rows and
+// pixels past the end read clamped addresses (valid, and not stored).
 fn rt_epilogue(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<function, array<vec4<f32>, 32>>) {
-    rt_epilogue_row(p, block, row0, 0u, acc);
-    rt_epilogue_row(p, block, row0, 1u, acc);
-    rt_epilogue_row(p, block, row0, 2u, acc);
-    rt_epilogue_row(p, block, row0, 3u, acc);
-    rt_epilogue_row(p, block, row0, 4u, acc);
-    rt_epilogue_row(p, block, row0, 5u, acc);
-    rt_epilogue_row(p, block, row0, 6u, acc);
-    rt_epilogue_row(p, block, row0, 7u, acc);
-    rt_epilogue_row(p, block, row0, 8u, acc);
-    rt_epilogue_row(p, block, row0, 9u, acc);
-    rt_epilogue_row(p, block, row0, 10u, acc);
-    rt_epilogue_row(p, block, row0, 11u, acc);
-    rt_epilogue_row(p, block, row0, 12u, acc);
-    rt_epilogue_row(p, block, row0, 13u, acc);
-    rt_epilogue_row(p, block, row0, 14u, acc);
-    rt_epilogue_row(p, block, row0, 15u, acc);
+    // A copy, indexed by the loop, so that the GEMM's accumulators keep
+    // constant indices (see conv2d_implicit_gemm_compact_fused).
+    var rows = *acc;
+    let last = vec4<u32>(p.q_w - 1u - block.qw0);
+    for (var i = 0u; i < 16u; i++) {
+        let base = rt_dst_index(p, block, min(row0 + i, p.rows - 1u));
+        let a = base + min(vec4<u32>(0u, 1u, 2u, 3u), last) * p.dst_step;
+        let b = base + min(vec4<u32>(4u, 5u, 6u, 7u), last) * p.dst_step;
+        var residual = Window(vec4<f32>(0.0), vec4<f32>(0.0));
+        var mask = residual;
+        if (p.epilogue & EPILOGUE_RESIDUAL) != 0u {
+            residual = Window(
+                vec4<f32>(rt_residual[a.x], rt_residual[a.y], rt_residual[a.z], rt_residual[a.w]),
+                vec4<f32>(rt_residual[b.x], rt_residual[b.y], rt_residual[b.z], rt_residual[b.w]),
+            );
+        }
+        if (p.epilogue & EPILOGUE_MASK) != 0u {
+            mask = Window(
+                vec4<f32>(rt_mask[a.x], rt_mask[a.y], rt_mask[a.z], rt_mask[a.w]),
+                vec4<f32>(rt_mask[b.x], rt_mask[b.y], rt_mask[b.z], rt_mask[b.w]),
+            );
+        }
+        rt_epilogue_row(p, block, row0 + i, rows[2u * i], rows[2u * i + 1u], residual, mask);
+    }
 }
 
 // conv2d_implicit_gemm_fused: the GEMM, then the epilogue, which stores.
@@ -508,6 +510,43 @@ fn conv2d_implicit_gemm_fused(ids: Ids) {
     rt_epilogue(p, tile.block0, tile.row0, &acc0);
     rt_epilogue(p, tile.block1, tile.row0, &acc1);
     rt_epilogue(p, tile.block2, tile.row0, &acc2);
+}
+
+// conv2d_implicit_gemm_fused_aligned: the same where every block is 8
+// consecutive pixels starting at a multiple of 4 (stride-1 destination rows of
+// a multiple of 8 pixels), so that residual and mask load as two vec4 each
+// instead of 8 gathers: on llvmpipe the masked backward-data of ResNet-20's
+// 16 channels takes 1.09x the plain one's time instead of 1.2x. The same
+// bindings as vec4 arrays (their lengths, a multiple of 8, allow it).
+@group(0) @binding(15) var<storage, read> rt_residual4: array<vec4<f32>>;
+@group(0) @binding(16) var<storage, read> rt_mask4: array<vec4<f32>>;
+
+fn rt_epilogue_aligned(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<function, array<vec4<f32>, 32>>) {
+    var rows = *acc;
+    for (var i = 0u; i < 16u; i++) {
+        let quad = rt_dst_index(p, block, min(row0 + i, p.rows - 1u)) / 4u;
+        var residual = Window(vec4<f32>(0.0), vec4<f32>(0.0));
+        var mask = residual;
+        if (p.epilogue & EPILOGUE_RESIDUAL) != 0u {
+            residual = Window(rt_residual4[quad], rt_residual4[quad + 1u]);
+        }
+        if (p.epilogue & EPILOGUE_MASK) != 0u {
+            mask = Window(rt_mask4[quad], rt_mask4[quad + 1u]);
+        }
+        rt_epilogue_row(p, block, row0 + i, rows[2u * i], rows[2u * i + 1u], residual, mask);
+    }
+}
+
+@compute @workgroup_size(8)
+fn conv2d_implicit_gemm_fused_aligned(ids: Ids) {
+    let p = rt_params;
+    var acc0: array<vec4<f32>, 32>;
+    var acc1: array<vec4<f32>, 32>;
+    var acc2: array<vec4<f32>, 32>;
+    let tile = rt_gemm(p, ids, &acc0, &acc1, &acc2);
+    rt_epilogue_aligned(p, tile.block0, tile.row0, &acc0);
+    rt_epilogue_aligned(p, tile.block1, tile.row0, &acc1);
+    rt_epilogue_aligned(p, tile.block2, tile.row0, &acc2);
 }
 
 // Workgroup-memory tiles shared by the two tiled kernels, as vec4s of 4

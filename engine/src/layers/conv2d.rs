@@ -137,6 +137,9 @@ const WORKGROUP_GEMM_MIN_WORKGROUPS: usize = 128;
 struct ConvGemms {
     implicit_gemm: Kernel,
     implicit_gemm_fused: Kernel,
+    /// Register tile: the fused GEMM for destinations of aligned 8-pixel
+    /// blocks, which loads the epilogue's inputs as vec4 (see [`aligned_blocks`]).
+    implicit_gemm_fused_aligned: Option<Kernel>,
     weight_grad: Kernel,
 }
 
@@ -160,9 +163,12 @@ impl ConvGemms {
             ],
         }
         .map(|(entry_point, first_binding)| Kernel::new(device, module, entry_point, first_binding));
+        let implicit_gemm_fused_aligned = (variant == Variant::RegisterTile)
+            .then(|| Kernel::new(device, module, "conv2d_implicit_gemm_fused_aligned", 10));
         Self {
             implicit_gemm,
             implicit_gemm_fused,
+            implicit_gemm_fused_aligned,
             weight_grad,
         }
     }
@@ -276,6 +282,9 @@ impl Conv2dKernels {
     pub fn prepare_fused(&self, device: &wgpu::Device) {
         for gemms in std::iter::once(&self.gemms).chain(&self.packed) {
             gemms.implicit_gemm_fused.prepare(device);
+            if let Some(aligned) = &gemms.implicit_gemm_fused_aligned {
+                aligned.prepare(device);
+            }
         }
     }
 
@@ -621,6 +630,16 @@ impl Epilogue<'_> {
     }
 }
 
+/// Whether a register-tile GEMM's destination blocks (8 pixels of a row) all
+/// start at a multiple of 4 and are whole: a stride-1 destination whose rows
+/// are a multiple of 8 pixels.
+fn aligned_blocks(params: &ImplicitGemmParams) -> bool {
+    params.dst_step == 1
+        && params.dst_first_w.is_multiple_of(4)
+        && params.dst_w.is_multiple_of(4)
+        && params.q_w.is_multiple_of(8)
+}
+
 /// One implicit GEMM, plain or, with an epilogue, fused.
 fn implicit_gemm(
     device: &wgpu::Device,
@@ -643,10 +662,15 @@ fn implicit_gemm(
             .bind(device, &launch.params, &[wt, src, dst], launch.grid),
         Some(e) => {
             // Bindings the epilogue does not read still need a buffer: the
-            // (small, read-only) bias stands in.
-            let residual = e.residual.unwrap_or(e.bias);
-            let mask = e.mask.unwrap_or(e.bias);
-            gemms.implicit_gemm_fused.bind(
+            // read-only weights stand in (padded to 16 rows, they are long
+            // enough to bind as vec4).
+            let residual = e.residual.unwrap_or(wt);
+            let mask = e.mask.unwrap_or(wt);
+            let fused = match &gemms.implicit_gemm_fused_aligned {
+                Some(aligned) if aligned_blocks(&params) => aligned,
+                _ => &gemms.implicit_gemm_fused,
+            };
+            fused.bind(
                 device,
                 &launch.params,
                 &[wt, src, dst, e.bias, residual, mask],
@@ -1051,8 +1075,8 @@ mod tests {
         Conv2dShape::new(batch, cin, (hw, hw), cout, kernel, stride, pad)
     }
 
-    /// Awkward shapes: kernels 1/3/5/7, strides 1 to 4, batch 1 and 3, maps 5x5, 7x7
-    /// and 8x8, channel counts 3, 5, 16, 17 and odd Cout, padding 0..3, plus
+    /// Awkward shapes: kernels 1/3/5/7, strides 1 to 4, batch 1 to 3, maps 5x5, 7x7,
+    /// 8x8 and 16x16, channel counts 3, 5, 16, 17 and odd Cout, padding 0..3, plus
     /// non-square maps and pads that leave whole phases without taps.
     fn shapes() -> Vec<Conv2dShape> {
         let mut shapes = vec![
@@ -1071,6 +1095,7 @@ mod tests {
             shape(1, 4, 5, 6, 1, 1, 2),
             shape(2, 5, 11, 6, 3, 3, 1),
             shape(1, 3, 9, 4, 5, 4, 2),
+            shape(2, 5, 16, 6, 3, 1, 1),
         ];
         shapes.push(Conv2dShape {
             in_h: 6,
@@ -1290,10 +1315,13 @@ mod tests {
     /// backward-data fused with the backward of a ReLU that produced x (its
     /// output, half of it negative, is the mask), with and without the
     /// residual gradient, against the reference's backward-data, sum and mask.
+    /// The register tile runs both of its fused kernels: vec4 epilogue loads
+    /// on the 8x8 and 16x16 stride-1 maps, gathers on the others.
     fn check_fused(kernels: &Kernels) {
         let Some(ctx) = context() else { return };
         let (device, queue) = (ctx.device(), ctx.queue());
         let mut rng = Rng::new(13);
+        let mut entry_points = std::collections::BTreeSet::new();
         for s in shapes() {
             let x = rng.vec(s.input_len(), -1.0, 1.0);
             let w = rng.vec(s.weight_len(), -1.0, 1.0);
@@ -1309,6 +1337,7 @@ mod tests {
                 let yt = Tensor::from_slice(device, &[len], &vec![f32::NAN; len]).unwrap();
                 let r = with_residual.then_some(&rt);
                 let dispatch = conv2d_forward_fused(device, kernels, &s, &xt, &wt, &bt, r, relu, &yt);
+                entry_points.insert(dispatch.entry_point());
                 crate::kernel::submit(device, queue, &[&dispatch]);
                 let want = cpu::conv2d_forward_fused(&s, &x, &w, &bias, with_residual.then_some(&residual), relu);
                 // As the plain forward: two more terms in [-1, 1) change nothing.
@@ -1336,6 +1365,7 @@ mod tests {
                 let dxt = Tensor::from_slice(device, &[len], &vec![f32::NAN; len]).unwrap();
                 let r = with_residual.then_some(&rt);
                 let dispatches = conv2d_backward_data_relu(device, kernels, &s, &dyt, &wflat, r, &mask, &dxt).unwrap();
+                entry_points.extend(dispatches.iter().map(Dispatch::entry_point));
                 crate::kernel::submit(device, queue, &dispatches.iter().collect::<Vec<_>>());
                 let want: Vec<f64> = (0..len)
                     .map(|i| {
@@ -1350,6 +1380,11 @@ mod tests {
                     1e-4,
                     1e-4,
                 );
+            }
+        }
+        if kernels.variant == Variant::RegisterTile {
+            for fused in ["conv2d_implicit_gemm_fused", "conv2d_implicit_gemm_fused_aligned"] {
+                assert!(entry_points.contains(fused), "{fused} never ran: {entry_points:?}");
             }
         }
     }
