@@ -86,9 +86,16 @@ struct StatisticsParams {
 }
 
 // batch_norm_statistics: batch mean and inverse standard deviation of each
-// channel (workgroup), and the running statistics' momentum update. Two passes
-// over the data, mean first and then squared deviations from it: the one-pass
-// E[x^2] - E[x]^2 cancels catastrophically in f32 when |mean| >> std.
+// channel (workgroup), and the running statistics' momentum update, in one
+// pass over the data (on llvmpipe these passes are memory-bound; two passes,
+// mean and then squared deviations from it, took twice as long). Each
+// invocation sums deviations from the first value of its share, d = x - p,
+// and d^2: its mean and sum of squared deviations M2 = sum d^2 - (sum d)^2 / n
+// lose digits only as far as p lies from its share's mean (in standard
+// deviations), not catastrophically when |mean| >> std as sums of x and x^2
+// would in f32. The shares' M2 combine exactly (Chan et al.): the total is
+// sum M2 + sum n (share mean - mean)^2; means go through offsets from the
+// channel's first value, so that their rounding is relative to the spread.
 @group(0) @binding(0) var<uniform> statistics_params: StatisticsParams;
 @group(0) @binding(1) var<storage, read> statistics_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> statistics_running_mean: array<f32>;
@@ -110,6 +117,19 @@ fn store_statistics(thread: u32, channel: u32, mean: f32, variance: f32) {
     }
 }
 
+// The channel's mean and variance from this invocation's share of `count`
+// values: `n` values whose deviations from its first, `first`, sum to
+// `sum` and whose squares sum to `squares`; `pivot` is the channel's first
+// value. Call in uniform control flow.
+fn combine_statistics(thread: u32, count: u32, n: f32, first: f32, sum: f32, squares: f32, pivot: f32) -> vec2<f32> {
+    let share_mean = first - pivot + sum / max(n, 1.0);
+    let m2 = squares - sum * sum / max(n, 1.0);
+    let totals = workgroup_sum(thread, vec2<f32>(n * share_mean, m2)) / f32(count);
+    let spread = share_mean - totals.x;
+    let between = workgroup_sum(thread, vec2<f32>(n * spread * spread, 0.0)).x / f32(count);
+    return vec2<f32>(pivot + totals.x, max(totals.y + between, 0.0));
+}
+
 @compute @workgroup_size(256)
 fn batch_norm_statistics(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) thread: u32) {
     let p = statistics_params;
@@ -117,32 +137,21 @@ fn batch_norm_statistics(@builtin(workgroup_id) group: vec3<u32>, @builtin(local
     let count = p.batch * p.spatial;
     let share = share_of(thread, count, 1u);
 
-    // Summing deviations from one of the values (the channel's first) keeps the
-    // partial sums small when |mean| >> std, so that their rounding errors are
-    // relative to the spread rather than to the mean.
     let pivot = statistics_x[channel * p.spatial];
-    var sum = 0.0;
+    let first = statistics_x[segment(min(share.x, count - 1u), count, channel, p.channels, p.spatial).x];
+    var sums = vec2<f32>(0.0);
     var flat = share.x;
     while flat < share.y {
         let s = segment(flat, share.y, channel, p.channels, p.spatial);
         for (var i = s.x; i < s.x + s.y; i++) {
-            sum += statistics_x[i] - pivot;
+            let d = statistics_x[i] - first;
+            sums += vec2<f32>(d, d * d);
         }
         flat += s.y;
     }
-    let mean = pivot + workgroup_sum(thread, vec2<f32>(sum, 0.0)).x / f32(count);
-
-    var squares = 0.0;
-    flat = share.x;
-    while flat < share.y {
-        let s = segment(flat, share.y, channel, p.channels, p.spatial);
-        for (var i = s.x; i < s.x + s.y; i++) {
-            let deviation = statistics_x[i] - mean;
-            squares += deviation * deviation;
-        }
-        flat += s.y;
-    }
-    let variance = workgroup_sum(thread, vec2<f32>(squares, 0.0)).x / f32(count);
+    let statistics = combine_statistics(thread, count, f32(share.y - share.x), first, sums.x, sums.y, pivot);
+    let mean = statistics.x;
+    let variance = statistics.y;
     store_statistics(thread, channel, mean, variance);
 }
 
@@ -154,28 +163,23 @@ fn batch_norm_statistics_vec4(@builtin(workgroup_id) group: vec3<u32>, @builtin(
     let share = share_of(thread, count, 4u);
 
     let pivot = statistics_x4[channel * p.spatial / 4u].x;
+    let first = statistics_x4[segment(min(share.x, count - 1u), count, channel, p.channels, p.spatial).x / 4u].x;
     var sum = vec4<f32>(0.0);
+    var squares = vec4<f32>(0.0);
     var flat = share.x;
     while flat < share.y {
         let s = segment(flat, share.y, channel, p.channels, p.spatial) / 4u;
         for (var i = s.x; i < s.x + s.y; i++) {
-            sum += statistics_x4[i] - pivot;
+            let d = statistics_x4[i] - first;
+            sum += d;
+            squares += d * d;
         }
         flat += s.y * 4u;
     }
-    let mean = pivot + workgroup_sum(thread, vec2<f32>(dot(sum, vec4<f32>(1.0)), 0.0)).x / f32(count);
-
-    var squares = vec4<f32>(0.0);
-    flat = share.x;
-    while flat < share.y {
-        let s = segment(flat, share.y, channel, p.channels, p.spatial) / 4u;
-        for (var i = s.x; i < s.x + s.y; i++) {
-            let deviation = statistics_x4[i] - mean;
-            squares += deviation * deviation;
-        }
-        flat += s.y * 4u;
-    }
-    let variance = workgroup_sum(thread, vec2<f32>(dot(squares, vec4<f32>(1.0)), 0.0)).x / f32(count);
+    let ones = vec4<f32>(1.0);
+    let statistics = combine_statistics(thread, count, f32(share.y - share.x), first, dot(sum, ones), dot(squares, ones), pivot);
+    let mean = statistics.x;
+    let variance = statistics.y;
     store_statistics(thread, channel, mean, variance);
 }
 

@@ -582,10 +582,15 @@ mod tests {
 
     /// Runs the training forward, the backward and the eval forward on the GPU and
     /// compares everything with the reference.
-    fn check_gpu_against_reference(shape: BatchNormShape, center: f64, spread: f64, seed: u64) {
+    /// Inputs of mean `center` and std `spread`, each channel's first value
+    /// moved by `outlier`.
+    fn check_gpu_against_reference(shape: BatchNormShape, center: f64, spread: f64, outlier: f64, seed: u64) {
         let Some(ctx) = context() else { return };
         let (device, queue) = (ctx.device(), ctx.queue());
-        let inp = inputs(&mut Rng::new(seed), shape, center, spread);
+        let mut inp = inputs(&mut Rng::new(seed), shape, center, spread);
+        for c in 0..shape.channels {
+            inp.x[c * shape.spatial] += outlier;
+        }
         let momentum = 0.1;
         let (c, len) = ([shape.channels], [shape.len()]);
         let upload = |shape: &[usize], data: &[f64]| Tensor::from_f64(device, shape, data).unwrap();
@@ -664,7 +669,7 @@ mod tests {
             EPS,
         );
         let read = |t: &Tensor| t.read_blocking(device, queue).unwrap();
-        let what = |name: &str| format!("{name} {shape:?} mean {center} std {spread}");
+        let what = |name: &str| format!("{name} {shape:?} mean {center} std {spread} outlier {outlier}");
         // Tolerances, measured errors in brackets. f32 rounds to 6e-8 relative.
         // The mean, summed as deviations from a pivot, is compared relative to the
         // spread because normalisation divides its error by the std [one ulp of
@@ -697,14 +702,24 @@ mod tests {
     #[test]
     fn batch_norm_gpu_matches_reference_on_unit_scale_inputs() {
         for (seed, shape) in shapes().enumerate() {
-            check_gpu_against_reference(shape, 0.0, 1.0, seed as u64);
+            check_gpu_against_reference(shape, 0.0, 1.0, 0.0, seed as u64);
         }
     }
 
     #[test]
     fn batch_norm_gpu_statistics_stay_accurate_when_mean_dwarfs_std() {
         for (seed, shape) in shapes().enumerate() {
-            check_gpu_against_reference(shape, 5.0, 0.1, 100 + seed as u64);
+            check_gpu_against_reference(shape, 5.0, 0.1, 0.0, 100 + seed as u64);
+        }
+    }
+
+    /// The statistics sum deviations from each channel's first value: one
+    /// that lies 30 standard deviations out (a hot pixel at the corner) still
+    /// leaves them accurate.
+    #[test]
+    fn batch_norm_gpu_statistics_stay_accurate_when_a_channel_starts_with_an_outlier() {
+        for (seed, shape) in shapes().enumerate() {
+            check_gpu_against_reference(shape, 5.0, 0.1, 3.0, 200 + seed as u64);
         }
     }
 
