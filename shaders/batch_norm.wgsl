@@ -87,8 +87,8 @@ struct StatisticsParams {
 
 // batch_norm_statistics: batch mean and inverse standard deviation of each
 // channel (workgroup), and the running statistics' momentum update, in one
-// pass over the data (on llvmpipe these passes are memory-bound; two passes,
-// mean and then squared deviations from it, took twice as long). Each
+// pass over the data (on llvmpipe these passes are memory-bound: two passes,
+// mean and then squared deviations from it, took 1.6x as long). Each
 // invocation sums deviations from the first value of its share, d = x - p,
 // and d^2: its mean and sum of squared deviations M2 = sum d^2 - (sum d)^2 / n
 // lose digits only as far as p lies from its share's mean (in standard
