@@ -1080,7 +1080,9 @@ mod tests {
 
     /// Awkward shapes: kernels 1/3/5/7, strides 1 to 4, batch 1 to 3, maps 5x5, 7x7,
     /// 8x8 and 16x16, channel counts 3, 5, 16, 17 and odd Cout, padding 0..3, plus
-    /// non-square maps and pads that leave whole phases without taps.
+    /// non-square maps and pads that leave whole phases without taps, and a 7x7
+    /// stride-2 kernel over whole blocks of 8 output pixels (the register
+    /// tile's shifted windows of every tap).
     fn shapes() -> Vec<Conv2dShape> {
         let mut shapes = vec![
             shape(1, 3, 8, 16, 3, 1, 1),
@@ -1099,6 +1101,7 @@ mod tests {
             shape(2, 5, 11, 6, 3, 3, 1),
             shape(1, 3, 9, 4, 5, 4, 2),
             shape(2, 5, 16, 6, 3, 1, 1),
+            shape(1, 3, 16, 5, 7, 2, 3),
         ];
         shapes.push(Conv2dShape {
             in_h: 6,
