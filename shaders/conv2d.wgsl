@@ -188,9 +188,8 @@ fn conv2d_transpose_weights(@builtin(global_invocation_id) gid: vec3<u32>, @buil
 // dominate (a GEMM with its loads hoisted out of the loop ran 4x faster), so
 // loads are what to save: with a source stride of 1 the taps of one kernel
 // row read overlapping windows, so each channel loads 8 pixels per block once
-// and then one more per tap, shifting the window; at stride 2 the same holds
-// for each parity of taps (ResNet-20's stride-2 forward: 0.85x the time of
-// reloading 8 pixels per tap). Larger strides reload 8 pixels per tap.
+// and then one more per tap, shifting the window (stride 2 reloads 8 pixels
+// per tap).
 @group(0) @binding(10) var<uniform> rt_params: ImplicitGemm;
 @group(0) @binding(11) var<storage, read> rt_wt: array<vec4<f32>>;
 @group(0) @binding(12) var<storage, read> rt_src: array<f32>;
@@ -419,61 +418,6 @@ fn rt_gemm(p: ImplicitGemm, ids: Ids, acc0: ptr<function, array<vec4<f32>, 32>>,
                     outer_product_16x8x2(acc0, rows_x, x0, rows_y, y0);
                     outer_product_16x8x2(acc1, rows_x, x1, rows_y, y1);
                     outer_product_16x8x2(acc2, rows_x, x2, rows_y, y2);
-                }
-            } else if s == 2 {
-                // Tap tw + 2 reads tap tw's pixels shifted by one: each parity
-                // of taps loads 8 pixels per block once, then one per tap.
-                var x0 = rt_window(p, row0, x_offset, col0, 2);
-                var y0 = rt_window(p, row0, y_offset, col0, 2);
-                var x1 = rt_window(p, row1, x_offset, col1, 2);
-                var y1 = rt_window(p, row1, y_offset, col1, 2);
-                var x2 = rt_window(p, row2, x_offset, col2, 2);
-                var y2 = rt_window(p, row2, y_offset, col2, 2);
-                var u0 = x0;
-                var v0 = y0;
-                var u1 = x1;
-                var v1 = y1;
-                var u2 = x2;
-                var v2 = y2;
-                if p.taps_w > 1u {
-                    u0 = rt_window(p, row0, x_offset, col0 + 1, 2);
-                    v0 = rt_window(p, row0, y_offset, col0 + 1, 2);
-                    u1 = rt_window(p, row1, x_offset, col1 + 1, 2);
-                    v1 = rt_window(p, row1, y_offset, col1 + 1, 2);
-                    u2 = rt_window(p, row2, x_offset, col2 + 1, 2);
-                    v2 = rt_window(p, row2, y_offset, col2 + 1, 2);
-                }
-                for (var tw = 0u; tw < p.taps_w; tw += 2u) {
-                    if tw > 0u {
-                        x0 = rt_shift(p, x0, row0, x_offset, col0 + 14 + i32(tw));
-                        y0 = rt_shift(p, y0, row0, y_offset, col0 + 14 + i32(tw));
-                        x1 = rt_shift(p, x1, row1, x_offset, col1 + 14 + i32(tw));
-                        y1 = rt_shift(p, y1, row1, y_offset, col1 + 14 + i32(tw));
-                        x2 = rt_shift(p, x2, row2, x_offset, col2 + 14 + i32(tw));
-                        y2 = rt_shift(p, y2, row2, y_offset, col2 + 14 + i32(tw));
-                        u0 = rt_shift(p, u0, row0, x_offset, col0 + 15 + i32(tw));
-                        v0 = rt_shift(p, v0, row0, y_offset, col0 + 15 + i32(tw));
-                        u1 = rt_shift(p, u1, row1, x_offset, col1 + 15 + i32(tw));
-                        v1 = rt_shift(p, v1, row1, y_offset, col1 + 15 + i32(tw));
-                        u2 = rt_shift(p, u2, row2, x_offset, col2 + 15 + i32(tw));
-                        v2 = rt_shift(p, v2, row2, y_offset, col2 + 15 + i32(tw));
-                    }
-                    let a = ((tap_row + p.kernel_first_w + tw * p.kernel_step) * p.channels_padded + c) * a_step + a_block;
-                    let rows_x = rt_rows(a, lane);
-                    let rows_y = rt_rows(a + a_step, lane);
-                    outer_product_16x8x2(acc0, rows_x, x0, rows_y, y0);
-                    outer_product_16x8x2(acc1, rows_x, x1, rows_y, y1);
-                    outer_product_16x8x2(acc2, rows_x, x2, rows_y, y2);
-                    // The odd tap: past the kernel's last tap its weights are
-                    // another channel's or tap's, so it is skipped.
-                    if tw + 1u < p.taps_w {
-                        let b = a + p.kernel_step * p.channels_padded * a_step;
-                        let rows_u = rt_rows(b, lane);
-                        let rows_v = rt_rows(b + a_step, lane);
-                        outer_product_16x8x2(acc0, rows_u, u0, rows_v, v0);
-                        outer_product_16x8x2(acc1, rows_u, u1, rows_v, v1);
-                        outer_product_16x8x2(acc2, rows_u, u2, rows_v, v2);
-                    }
                 }
             } else {
                 for (var tw = 0u; tw < p.taps_w; tw++) {

@@ -1081,8 +1081,8 @@ mod tests {
     /// Awkward shapes: kernels 1/3/5/7, strides 1 to 4, batch 1 to 3, maps 5x5, 7x7,
     /// 8x8 and 16x16, channel counts 3, 5, 16, 17 and odd Cout, padding 0..3, plus
     /// non-square maps and pads that leave whole phases without taps, and a 7x7
-    /// stride-2 kernel over whole blocks of 8 output pixels (the register
-    /// tile's shifted windows of every tap).
+    /// stride-2 kernel over whole blocks of 8 output pixels (ResNet-18's first
+    /// convolution, where every lane of a register-tile block is live).
     fn shapes() -> Vec<Conv2dShape> {
         let mut shapes = vec![
             shape(1, 3, 8, 16, 3, 1, 1),
