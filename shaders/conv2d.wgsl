@@ -453,8 +453,8 @@ fn conv2d_implicit_gemm(ids: Ids) {
 
 // The epilogue of row `row` of a block, whose 8 pixels the GEMM left in lo, hi:
 // the residual (read where the epilogue adds one) and the mask (where it
-// masks) come from the caller, which loads them, then the row is stored.
-fn rt_epilogue_row(p: ImplicitGemm, block: RtBlock, row: u32, lo: vec4<f32>, hi: vec4<f32>, residual: Window, mask: Window) {
+// masks) come from the caller, which loads them and stores the row returned.
+fn rt_epilogue_row(p: ImplicitGemm, row: u32, lo: vec4<f32>, hi: vec4<f32>, residual: Window, mask: Window) -> Window {
     let bias = rt_bias[min(row, p.rows - 1u)];
     var out = Window(lo + bias, hi + bias);
     if (p.epilogue & EPILOGUE_RESIDUAL) != 0u {
@@ -467,7 +467,7 @@ fn rt_epilogue_row(p: ImplicitGemm, block: RtBlock, row: u32, lo: vec4<f32>, hi:
         let zero = vec4<f32>(0.0);
         out = Window(select(zero, out.lo, mask.lo > zero), select(zero, out.hi, mask.hi > zero));
     }
-    rt_store_row(p, block, row, out.lo, out.hi);
+    return out;
 }
 
 // rt_epilogue_row's residual and mask loads, one value at a time: rows and
@@ -495,7 +495,8 @@ fn rt_epilogue(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<function, ar
                 vec4<f32>(rt_mask[b.x], rt_mask[b.y], rt_mask[b.z], rt_mask[b.w]),
             );
         }
-        rt_epilogue_row(p, block, row0 + i, rows[2u * i], rows[2u * i + 1u], residual, mask);
+        let out = rt_epilogue_row(p, row0 + i, rows[2u * i], rows[2u * i + 1u], residual, mask);
+        rt_store_row(p, block, row0 + i, out.lo, out.hi);
     }
 }
 
@@ -512,14 +513,45 @@ fn conv2d_implicit_gemm_fused(ids: Ids) {
     rt_epilogue(p, tile.block2, tile.row0, &acc2);
 }
 
-// conv2d_implicit_gemm_fused_aligned: the same where every block is 8
-// consecutive pixels starting at a multiple of 4 (stride-1 destination rows of
-// a multiple of 8 pixels), so that residual and mask load as two vec4 each
-// instead of 8 gathers: on llvmpipe the masked backward-data of ResNet-20's
-// 16 channels takes 1.09x the plain one's time instead of 1.2x. The same
-// bindings as vec4 arrays (their lengths, a multiple of 8, allow it).
+// The `*_aligned` entry points: the same where every block is 8 consecutive
+// pixels starting at a multiple of 4 (stride-1 destination rows of a multiple
+// of 8 pixels), so that a row of a block loads and stores as two vec4 instead
+// of 8 gathers or scatters, which llvmpipe runs lane by lane: the masked
+// backward-data of ResNet-20's 16 channels took 1.09x the plain one's time
+// instead of 1.2x with vec4 loads of residual and mask. The same bindings as
+// vec4 arrays (their lengths, a multiple of 8, allow it).
+@group(0) @binding(13) var<storage, read_write> rt_dst4: array<vec4<f32>>;
 @group(0) @binding(15) var<storage, read> rt_residual4: array<vec4<f32>>;
 @group(0) @binding(16) var<storage, read> rt_mask4: array<vec4<f32>>;
+
+// Row `row` of an aligned block; every block is whole or past the end.
+fn rt_store_row_aligned(p: ImplicitGemm, block: RtBlock, row: u32, out: Window) {
+    if row >= p.rows || block.live == 0u {
+        return;
+    }
+    let quad = rt_dst_index(p, block, row) / 4u;
+    rt_dst4[quad] = out.lo;
+    rt_dst4[quad + 1u] = out.hi;
+}
+
+fn rt_store_aligned(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<function, array<vec4<f32>, 32>>) {
+    var rows = *acc;
+    for (var i = 0u; i < 16u; i++) {
+        rt_store_row_aligned(p, block, row0 + i, Window(rows[2u * i], rows[2u * i + 1u]));
+    }
+}
+
+@compute @workgroup_size(8)
+fn conv2d_implicit_gemm_aligned(ids: Ids) {
+    let p = rt_params;
+    var acc0: array<vec4<f32>, 32>;
+    var acc1: array<vec4<f32>, 32>;
+    var acc2: array<vec4<f32>, 32>;
+    let tile = rt_gemm(p, ids, &acc0, &acc1, &acc2);
+    rt_store_aligned(p, tile.block0, tile.row0, &acc0);
+    rt_store_aligned(p, tile.block1, tile.row0, &acc1);
+    rt_store_aligned(p, tile.block2, tile.row0, &acc2);
+}
 
 fn rt_epilogue_aligned(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<function, array<vec4<f32>, 32>>) {
     var rows = *acc;
@@ -533,7 +565,7 @@ fn rt_epilogue_aligned(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<func
         if (p.epilogue & EPILOGUE_MASK) != 0u {
             mask = Window(rt_mask4[quad], rt_mask4[quad + 1u]);
         }
-        rt_epilogue_row(p, block, row0 + i, rows[2u * i], rows[2u * i + 1u], residual, mask);
+        rt_store_row_aligned(p, block, row0 + i, rt_epilogue_row(p, row0 + i, rows[2u * i], rows[2u * i + 1u], residual, mask));
     }
 }
 

@@ -140,9 +140,10 @@ const WORKGROUP_GEMM_MIN_WORKGROUPS: usize = 128;
 struct ConvGemms {
     implicit_gemm: Kernel,
     implicit_gemm_fused: Kernel,
-    /// Register tile: the fused GEMM for destinations of aligned 8-pixel
-    /// blocks, which loads the epilogue's inputs as vec4 (see [`aligned_blocks`]).
-    implicit_gemm_fused_aligned: Option<Kernel>,
+    /// Register tile: the plain and fused GEMMs for destinations of aligned
+    /// 8-pixel blocks, which load the epilogue's inputs and store as vec4
+    /// (see [`aligned_blocks`]).
+    aligned: Option<AlignedGemms>,
     weight_grad: Kernel,
 }
 
@@ -166,15 +167,33 @@ impl ConvGemms {
             ],
         }
         .map(|(entry_point, first_binding)| Kernel::new(device, module, entry_point, first_binding));
-        let implicit_gemm_fused_aligned = (variant == Variant::RegisterTile)
-            .then(|| Kernel::new(device, module, "conv2d_implicit_gemm_fused_aligned", 10));
+        let aligned = (variant == Variant::RegisterTile).then(|| AlignedGemms {
+            plain: Kernel::new(device, module, "conv2d_implicit_gemm_aligned", 10),
+            fused: Kernel::new(device, module, "conv2d_implicit_gemm_fused_aligned", 10),
+        });
         Self {
             implicit_gemm,
             implicit_gemm_fused,
-            implicit_gemm_fused_aligned,
+            aligned,
             weight_grad,
         }
     }
+
+    /// The plain or fused GEMM for `params`: an aligned one where there is
+    /// one and the destination's blocks allow it.
+    fn implicit_gemm(&self, params: &ImplicitGemmParams, fused: bool) -> &Kernel {
+        match (&self.aligned, fused) {
+            (Some(aligned), false) if aligned_blocks(params) => &aligned.plain,
+            (Some(aligned), true) if aligned_blocks(params) => &aligned.fused,
+            (_, false) => &self.implicit_gemm,
+            (_, true) => &self.implicit_gemm_fused,
+        }
+    }
+}
+
+struct AlignedGemms {
+    plain: Kernel,
+    fused: Kernel,
 }
 
 pub struct Conv2dKernels {
@@ -285,8 +304,8 @@ impl Conv2dKernels {
     pub fn prepare_fused(&self, device: &wgpu::Device) {
         for gemms in std::iter::once(&self.gemms).chain(&self.packed) {
             gemms.implicit_gemm_fused.prepare(device);
-            if let Some(aligned) = &gemms.implicit_gemm_fused_aligned {
-                aligned.prepare(device);
+            if let Some(aligned) = &gemms.aligned {
+                aligned.fused.prepare(device);
             }
         }
     }
@@ -659,21 +678,16 @@ fn implicit_gemm(
     };
     let launch = launch(kernels, &params);
     let gemms = kernels.gemms(launch.packed);
+    let kernel = gemms.implicit_gemm(&params, epilogue.is_some());
     match epilogue {
-        None => gemms
-            .implicit_gemm
-            .bind(device, &launch.params, &[wt, src, dst], launch.grid),
+        None => kernel.bind(device, &launch.params, &[wt, src, dst], launch.grid),
         Some(e) => {
             // Bindings the epilogue does not read still need a buffer: the
             // read-only weights stand in (padded to 16 rows, they are long
             // enough to bind as vec4).
             let residual = e.residual.unwrap_or(wt);
             let mask = e.mask.unwrap_or(wt);
-            let fused = match &gemms.implicit_gemm_fused_aligned {
-                Some(aligned) if aligned_blocks(&params) => aligned,
-                _ => &gemms.implicit_gemm_fused,
-            };
-            fused.bind(
+            kernel.bind(
                 device,
                 &launch.params,
                 &[wt, src, dst, e.bias, residual, mask],
@@ -1139,11 +1153,18 @@ mod tests {
     }
 
     fn check_variant(kernels: &Kernels) {
-        check_shapes(kernels, &shapes());
+        let entry_points = check_shapes(kernels, &shapes());
+        if kernels.variant == Variant::RegisterTile && context().is_some() {
+            for gemm in ["conv2d_implicit_gemm", "conv2d_implicit_gemm_aligned"] {
+                assert!(entry_points.contains(gemm), "{gemm} never ran: {entry_points:?}");
+            }
+        }
     }
 
-    fn check_shapes(kernels: &Kernels, shapes: &[Conv2dShape]) {
-        let Some(ctx) = context() else { return };
+    /// Checks every direction on each shape; returns the entry points that ran.
+    fn check_shapes(kernels: &Kernels, shapes: &[Conv2dShape]) -> std::collections::BTreeSet<&'static str> {
+        let mut entry_points = std::collections::BTreeSet::new();
+        let Some(ctx) = context() else { return entry_points };
         let (device, queue) = (ctx.device(), ctx.queue());
         let mut rng = Rng::new(7);
         for &s in shapes {
@@ -1161,6 +1182,7 @@ mod tests {
             let mut dispatches = conv2d_forward(device, kernels, &s, &xt, &wt, &yt).unwrap();
             dispatches.extend(conv2d_backward_data(device, kernels, &s, &dyt, &wt, &dxt).unwrap());
             dispatches.extend(conv2d_backward_weight(device, kernels, &s, &xt, &dyt, &dwt).unwrap());
+            entry_points.extend(dispatches.iter().map(Dispatch::entry_point));
             crate::kernel::submit(device, queue, &dispatches.iter().collect::<Vec<_>>());
             // Inputs in [-1, 1): sums of up to 16*7*7 = 784 (forward/data) or
             // 3*8*8 = 192 (weight) products of magnitude < 1, accumulated in f32:
@@ -1187,6 +1209,7 @@ mod tests {
                 1e-4,
             );
         }
+        entry_points
     }
 
     #[test]
