@@ -7,10 +7,12 @@
 // is at most a few contiguous segments); the workgroup then combines the partials
 // with two barriers, because CPU adapters make every barrier expensive.
 //
-// Element-wise passes give each invocation RUN consecutive values of one plane,
-// so the channel index costs two divisions per run instead of per value, and
-// CPU adapters, which pay a fixed cost per workgroup, get 16x fewer workgroups
-// (measured on lavapipe: 4.6 ms instead of 8.6 ms at 128x64x8x8).
+// Element-wise passes give each invocation a run of consecutive values of one
+// plane (its length a uniform, chosen per adapter in batch_norm.rs), so the
+// channel and its constants cost one lookup per run instead of per value, and
+// CPU adapters, which pay a fixed cost per workgroup, get fewer workgroups
+// (measured on lavapipe at 128x64x8x8: runs of 16 took 4.6 ms where runs of 1
+// took 8.6 ms).
 //
 // Every kernel has a `_vec4` twin for planes of a multiple of 4 values (every
 // ResNet map but 7x7), which loads and stores the activations as vec4: the
@@ -20,7 +22,6 @@
 // Linear invocation index from a 2-D grid: gid.x + gid.y * num_workgroups.x * 256.
 
 const REDUCE_WORKGROUP: u32 = 256u;
-const RUN: u32 = 16u;
 
 var<workgroup> partials: array<vec2<f32>, REDUCE_WORKGROUP>;
 var<workgroup> workgroup_total: vec2<f32>;
@@ -64,14 +65,15 @@ fn segment(flat: u32, end: u32, channel: u32, channels: u32, spatial: u32) -> ve
 }
 
 // Element-wise passes: invocation `index` owns the tensor indices [x, y) in one
-// plane, whose channel is z; an empty range past the last plane.
-fn plane_run(index: u32, channels: u32, spatial: u32, runs_per_plane: u32, planes: u32) -> vec3<u32> {
+// plane, whose channel is z, a run of `run` values or the rest of the plane;
+// an empty range past the last plane.
+fn plane_run(index: u32, channels: u32, spatial: u32, runs_per_plane: u32, planes: u32, run: u32) -> vec3<u32> {
     let plane = index / runs_per_plane;
     if plane >= planes {
         return vec3<u32>(0u, 0u, 0u);
     }
-    let start = plane * spatial + (index - plane * runs_per_plane) * RUN;
-    return vec3<u32>(start, min(start + RUN, (plane + 1u) * spatial), plane % channels);
+    let start = plane * spatial + (index - plane * runs_per_plane) * run;
+    return vec3<u32>(start, min(start + run, (plane + 1u) * spatial), plane % channels);
 }
 
 struct StatisticsParams {
@@ -194,6 +196,8 @@ struct NormalizeParams {
     spread_is_variance: u32,
     // EPILOGUE_* flags.
     epilogue: u32,
+    // Values per invocation (see plane_run).
+    run: u32,
 }
 
 // What follows the normalisation in a residual block, fused into its pass so
@@ -234,7 +238,7 @@ fn normalize_affine(c: u32) -> Affine {
 @compute @workgroup_size(256)
 fn batch_norm_normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let p = normalize_params;
-    let run = plane_run(gid.x + gid.y * groups.x * 256u, p.channels, p.spatial, p.runs_per_plane, p.planes);
+    let run = plane_run(gid.x + gid.y * groups.x * 256u, p.channels, p.spatial, p.runs_per_plane, p.planes, p.run);
     if run.x == run.y {
         return;
     }
@@ -256,7 +260,7 @@ fn batch_norm_normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
 @compute @workgroup_size(256)
 fn batch_norm_normalize_vec4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let p = normalize_params;
-    let run = plane_run(gid.x + gid.y * groups.x * 256u, p.channels, p.spatial, p.runs_per_plane, p.planes) / vec3<u32>(4u, 4u, 1u);
+    let run = plane_run(gid.x + gid.y * groups.x * 256u, p.channels, p.spatial, p.runs_per_plane, p.planes, p.run) / vec3<u32>(4u, 4u, 1u);
     if run.x == run.y {
         return;
     }
@@ -358,6 +362,8 @@ struct BackwardDataParams {
     planes: u32,
     // 1 / (N*H*W)
     inv_count: f32,
+    // Values per invocation (see plane_run).
+    run: u32,
 }
 
 // batch_norm_backward_data:
@@ -400,7 +406,7 @@ fn data_channel(c: u32) -> DataChannel {
 @compute @workgroup_size(256)
 fn batch_norm_backward_data(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let p = data_params;
-    let run = plane_run(gid.x + gid.y * groups.x * 256u, p.channels, p.spatial, p.runs_per_plane, p.planes);
+    let run = plane_run(gid.x + gid.y * groups.x * 256u, p.channels, p.spatial, p.runs_per_plane, p.planes, p.run);
     if run.x == run.y {
         return;
     }
@@ -414,7 +420,7 @@ fn batch_norm_backward_data(@builtin(global_invocation_id) gid: vec3<u32>, @buil
 @compute @workgroup_size(256)
 fn batch_norm_backward_data_vec4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let p = data_params;
-    let run = plane_run(gid.x + gid.y * groups.x * 256u, p.channels, p.spatial, p.runs_per_plane, p.planes) / vec3<u32>(4u, 4u, 1u);
+    let run = plane_run(gid.x + gid.y * groups.x * 256u, p.channels, p.spatial, p.runs_per_plane, p.planes, p.run) / vec3<u32>(4u, 4u, 1u);
     if run.x == run.y {
         return;
     }

@@ -105,7 +105,7 @@ impl Kernels {
         Self {
             variant,
             relu: ReluKernels::new(device),
-            batch_norm: BatchNormKernels::new(device),
+            batch_norm: BatchNormKernels::new(device, variant),
             conv2d: Conv2dKernels::new(device, variant, subgroups),
             gemm: GemmKernels::new(device, variant, subgroups),
             residual: ResidualKernels::new(device),
