@@ -1184,18 +1184,22 @@ fn rw_column(p: WeightGrad, x_row: u32, row_ok: bool, col: i32, lo: vec4<u32>, h
     return rw_window(x_row + u32(clamp(col, 0, i32(p.in_w) - 1)), lo, hi, select(0.0, 1.0, ok));
 }
 
-// No early return before the loops: with subgroups every invocation of the
-// workgroup takes part in the broadcasts (one past the end computes the last
-// one's slice and stores nothing).
-@compute @workgroup_size(8)
-fn conv2d_weight_grad(ids: Ids) {
-    let p = rw_params;
+// What invocation `ids` of the register-tile backward-weight sums (its slice
+// and whether it stores it) and where it reads: dy of 16 output channels
+// (shared through subgroups, see rw_rows) and x of 8 input channels.
+struct RwTile {
+    slice: WeightGradSlice,
+    live: bool,
+    loader: WeightGradGroup,
+    dy_channels: DyChannels,
+    x_lo: vec4<u32>,
+    x_hi: vec4<u32>,
+}
+
+fn rw_tile(p: WeightGrad, ids: Ids) -> RwTile {
     let index = ids.global.x + ids.global.y * ids.groups.x * 8u;
     let last = p.invocations - 1u;
     let slice = weight_grad_slice(p, min(index, last));
-    let live = slice.live & (index < p.invocations);
-    let kh = slice.kh;
-    let kw = slice.kw;
     let in_plane = p.in_h * p.in_w;
     let out_plane = p.out_h * p.out_w;
     let iota = vec4<u32>(0u, 1u, 2u, 3u);
@@ -1217,9 +1221,79 @@ fn conv2d_weight_grad(ids: Ids) {
     let loader = weight_grad_group(p, select(first_group, last_group, lane >= 4u));
     let loader_co = min(loader.co_block * 16u + (lane % 4u) * 4u + iota, last_co) * out_plane;
     let own_group = min(index, last) / p.combo_stride;
-    let dy_channels = DyChannels(d0, d1, d2, d3, loader_co, own_group != first_group);
-    let x_lo = min(ci0 + iota, last_ci) * in_plane;
-    let x_hi = min(ci0 + 4u + iota, last_ci) * in_plane;
+    return RwTile(
+        slice,
+        slice.live & (index < p.invocations),
+        loader,
+        DyChannels(d0, d1, d2, d3, loader_co, own_group != first_group),
+        min(ci0 + iota, last_ci) * in_plane,
+        min(ci0 + 4u + iota, last_ci) * in_plane,
+    );
+}
+
+// Row i of a tile's chunk: where it starts in x (at input row oh * stride +
+// kh - pad, `ok` false in the padding) and in dy, its own and its loader's.
+// Every invocation runs rows_per_chunk rows, so that a workgroup's lanes
+// broadcast together where its groups' chunks differ in length; rows past the
+// end of a chunk (the last) repeat its last row with x masked to 0.
+struct RwRow {
+    x: u32,
+    ok: bool,
+    dy: u32,
+    loader_dy: u32,
+}
+
+fn rw_chunk_row(p: WeightGrad, t: RwTile, i: u32) -> RwRow {
+    let out_plane = p.out_h * p.out_w;
+    let r = min(t.slice.first_row + i, t.slice.end_row - 1u);
+    let b = r / p.out_h;
+    let oh = r % p.out_h;
+    let ih = i32(oh * p.stride + t.slice.kh) - i32(p.pad);
+    let ok = (t.slice.first_row + i < t.slice.end_row) & (ih >= 0) & (ih < i32(p.in_h));
+    let x = b * p.in_channels * p.in_h * p.in_w + u32(clamp(ih, 0, i32(p.in_h) - 1)) * p.in_w;
+    let rl = min(t.loader.first_row + i, t.loader.end_row - 1u);
+    let loader_dy = (rl / p.out_h) * p.out_channels * out_plane + (rl % p.out_h) * p.out_w;
+    return RwRow(x, ok, b * p.out_channels * out_plane + oh * p.out_w, loader_dy);
+}
+
+// dy of output pixel `ow` of a row (rw_rows), 0 past the row's end.
+fn rw_pixel_rows(p: WeightGrad, row: RwRow, ow: u32, d: DyChannels) -> Rows16 {
+    let o = min(ow, p.out_w - 1u);
+    let r = rw_rows(row.dy + o, row.loader_dy + o, d);
+    let m = select(0.0, 1.0, ow < p.out_w);
+    return Rows16(r.a0 * m, r.a1 * m, r.a2 * m, r.a3 * m);
+}
+
+// x of the tile's 8 input channels at column `col` of a row (0 outside the image).
+fn rw_row_column(p: WeightGrad, t: RwTile, row: RwRow, col: i32) -> Window {
+    return rw_column(p, row.x, row.ok, col, t.x_lo, t.x_hi);
+}
+
+// Stores the tile's partial sums of taps kw, kw + 1 and kw + 2, where they exist.
+fn rw_store_tile(p: WeightGrad, t: RwTile, acc0: ptr<function, array<vec4<f32>, 32>>, acc1: ptr<function, array<vec4<f32>, 32>>, acc2: ptr<function, array<vec4<f32>, 32>>) {
+    let iota = vec4<u32>(0u, 1u, 2u, 3u);
+    let co0 = t.slice.co_block * 16u;
+    let ci_lo = t.slice.ci_block * 8u + iota;
+    let ci_hi = ci_lo + 4u;
+    let kw = t.slice.kw;
+    if t.live {
+        rw_store(p, t.slice.base, co0, ci_lo, ci_hi, acc0);
+    }
+    if t.live & (kw + 1u < p.kernel) & (p.tap_width > 1u) {
+        rw_store(p, t.slice.base + 1u, co0, ci_lo, ci_hi, acc1);
+    }
+    if t.live & (kw + 2u < p.kernel) & (p.tap_width > 2u) {
+        rw_store(p, t.slice.base + 2u, co0, ci_lo, ci_hi, acc2);
+    }
+}
+
+// No early return before the loops: with subgroups every invocation of the
+// workgroup takes part in the broadcasts (one past the end computes the last
+// one's slice and stores nothing).
+@compute @workgroup_size(8)
+fn conv2d_weight_grad(ids: Ids) {
+    let p = rw_params;
+    let t = rw_tile(p, ids);
     let s = i32(p.stride);
     // Pixel f's first tap reads column c + s: e's second column at stride 1,
     // its third at stride 2. Larger strides run one tap per invocation
@@ -1229,56 +1303,65 @@ fn conv2d_weight_grad(ids: Ids) {
     var acc0: array<vec4<f32>, 32>;
     var acc1: array<vec4<f32>, 32>;
     var acc2: array<vec4<f32>, 32>;
-    // Every invocation runs rows_per_chunk rows, so that a workgroup's lanes
-    // broadcast together where its groups' chunks differ in length; rows past
-    // the end of a chunk (the last) repeat its last row with x masked to 0.
     for (var i = 0u; i < p.rows_per_chunk; i++) {
-        let r = min(slice.first_row + i, slice.end_row - 1u);
-        let b = r / p.out_h;
-        let oh = r % p.out_h;
-        let ih = i32(oh * p.stride + kh) - i32(p.pad);
-        let row_ok = (slice.first_row + i < slice.end_row) & (ih >= 0) & (ih < i32(p.in_h));
-        let x_row = b * p.in_channels * in_plane + u32(clamp(ih, 0, i32(p.in_h) - 1)) * p.in_w;
-        let dy_row = b * p.out_channels * out_plane + oh * p.out_w;
-        let rl = min(loader.first_row + i, loader.end_row - 1u);
-        let loader_row = (rl / p.out_h) * p.out_channels * out_plane + (rl % p.out_h) * p.out_w;
+        let row = rw_chunk_row(p, t, i);
         // Pixel pairs (e, f = e + 1); an odd row's last f is masked out.
         for (var ow = 0u; ow < p.out_w; ow += 2u) {
-            let f_mask = select(0.0, 1.0, ow + 1u < p.out_w);
-            let f_ow = min(ow + 1u, p.out_w - 1u);
-            let dy_e = rw_rows(dy_row + ow, loader_row + ow, dy_channels);
-            let f = rw_rows(dy_row + f_ow, loader_row + f_ow, dy_channels);
-            let dy_f = Rows16(f.a0 * f_mask, f.a1 * f_mask, f.a2 * f_mask, f.a3 * f_mask);
+            let dy_e = rw_pixel_rows(p, row, ow, t.dy_channels);
+            let dy_f = rw_pixel_rows(p, row, ow + 1u, t.dy_channels);
             // e reads columns c, c + 1, c + 2; f reads c + s, c + s + 1, c + s + 2.
-            let c = i32(ow * p.stride + kw) - i32(p.pad);
-            let x0 = rw_column(p, x_row, row_ok, c, x_lo, x_hi);
-            let x1 = rw_column(p, x_row, row_ok, c + e_second, x_lo, x_hi);
-            let x2 = rw_column(p, x_row, row_ok, c + 2, x_lo, x_hi);
-            // At stride 1 f's second column is e's third: loading it once
-            // made ResNet-20's stride-1 backward-weight about 0.9x the time
-            // (a uniform branch, unlike rt_gemm's paths, costs nothing here).
-            var x3 = x2;
-            if s != 1 {
-                x3 = rw_column(p, x_row, row_ok, c + s + 1, x_lo, x_hi);
-            }
-            let x4 = rw_column(p, x_row, row_ok, c + s + 2, x_lo, x_hi);
+            let c = i32(ow * p.stride + t.slice.kw) - i32(p.pad);
+            let x0 = rw_row_column(p, t, row, c);
+            let x1 = rw_row_column(p, t, row, c + e_second);
+            let x2 = rw_row_column(p, t, row, c + 2);
+            let x3 = rw_row_column(p, t, row, c + s + 1);
+            let x4 = rw_row_column(p, t, row, c + s + 2);
             let f0 = Window(select(x2.lo, x1.lo, f_first_is_e_second), select(x2.hi, x1.hi, f_first_is_e_second));
             outer_product_16x8x2(&acc0, dy_e, x0, dy_f, f0);
             outer_product_16x8x2(&acc1, dy_e, x1, dy_f, x3);
             outer_product_16x8x2(&acc2, dy_e, x2, dy_f, x4);
         }
     }
-    let ci_lo = ci0 + iota;
-    let ci_hi = ci0 + 4u + iota;
-    if live {
-        rw_store(p, slice.base, co0, ci_lo, ci_hi, &acc0);
+    rw_store_tile(p, t, &acc0, &acc1, &acc2);
+}
+
+// conv2d_weight_grad_stride1: the same at stride 1 over pixel quads (e, f, g,
+// h), which read 6 input columns where two pairs read 8 (pixel ow + j reads
+// columns c + j to c + j + 2): on llvmpipe ResNet-20's 16- and 32-channel
+// backward-weight took 0.74-0.87x the time of the pairs', its 64-channel one
+// (quads of 8-pixel rows) about the same. Its own entry point: a branch
+// between the two loops in one kernel slowed stride 2 by 1.1x.
+@compute @workgroup_size(8)
+fn conv2d_weight_grad_stride1(ids: Ids) {
+    let p = rw_params;
+    let t = rw_tile(p, ids);
+    var acc0: array<vec4<f32>, 32>;
+    var acc1: array<vec4<f32>, 32>;
+    var acc2: array<vec4<f32>, 32>;
+    for (var i = 0u; i < p.rows_per_chunk; i++) {
+        let row = rw_chunk_row(p, t, i);
+        // Pixels past the row's end (f, g, h of its last quad) are masked out.
+        for (var ow = 0u; ow < p.out_w; ow += 4u) {
+            let dy_e = rw_pixel_rows(p, row, ow, t.dy_channels);
+            let dy_f = rw_pixel_rows(p, row, ow + 1u, t.dy_channels);
+            let dy_g = rw_pixel_rows(p, row, ow + 2u, t.dy_channels);
+            let dy_h = rw_pixel_rows(p, row, ow + 3u, t.dy_channels);
+            let c = i32(ow + t.slice.kw) - i32(p.pad);
+            let x0 = rw_row_column(p, t, row, c);
+            let x1 = rw_row_column(p, t, row, c + 1);
+            let x2 = rw_row_column(p, t, row, c + 2);
+            let x3 = rw_row_column(p, t, row, c + 3);
+            let x4 = rw_row_column(p, t, row, c + 4);
+            let x5 = rw_row_column(p, t, row, c + 5);
+            outer_product_16x8x2(&acc0, dy_e, x0, dy_f, x1);
+            outer_product_16x8x2(&acc0, dy_g, x2, dy_h, x3);
+            outer_product_16x8x2(&acc1, dy_e, x1, dy_f, x2);
+            outer_product_16x8x2(&acc1, dy_g, x3, dy_h, x4);
+            outer_product_16x8x2(&acc2, dy_e, x2, dy_f, x3);
+            outer_product_16x8x2(&acc2, dy_g, x4, dy_h, x5);
+        }
     }
-    if live & (kw + 1u < p.kernel) & (p.tap_width > 1u) {
-        rw_store(p, slice.base + 1u, co0, ci_lo, ci_hi, &acc1);
-    }
-    if live & (kw + 2u < p.kernel) & (p.tap_width > 2u) {
-        rw_store(p, slice.base + 2u, co0, ci_lo, ci_hi, &acc2);
-    }
+    rw_store_tile(p, t, &acc0, &acc1, &acc2);
 }
 
 // conv2d_weight_grad_tiled (workgroup tile): rows = output channels, columns =

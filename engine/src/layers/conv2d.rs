@@ -145,6 +145,8 @@ struct ConvGemms {
     /// (see [`aligned_blocks`]).
     aligned: Option<AlignedGemms>,
     weight_grad: Kernel,
+    /// Register tile: the backward-weight at stride 1, over pixel quads.
+    weight_grad_stride1: Option<Kernel>,
 }
 
 impl ConvGemms {
@@ -171,11 +173,14 @@ impl ConvGemms {
             plain: Kernel::new(device, module, "conv2d_implicit_gemm_aligned", 10),
             fused: Kernel::new(device, module, "conv2d_implicit_gemm_fused_aligned", 10),
         });
+        let weight_grad_stride1 =
+            (variant == Variant::RegisterTile).then(|| Kernel::new(device, module, "conv2d_weight_grad_stride1", 30));
         Self {
             implicit_gemm,
             implicit_gemm_fused,
             aligned,
             weight_grad,
+            weight_grad_stride1,
         }
     }
 
@@ -976,9 +981,12 @@ pub fn conv2d_backward_weight(
             chunks as u32,
         ],
     };
-    let gradient = k
-        .gemms(packed)
-        .weight_grad
+    let gemms = k.gemms(packed);
+    let weight_grad = match &gemms.weight_grad_stride1 {
+        Some(stride1) if shape.stride == 1 => stride1,
+        _ => &gemms.weight_grad,
+    };
+    let gradient = weight_grad
         .bind(device, &params, &[x, dy, &partials], grid)
         .with_flops(shape.flops());
     let reduce = k.reduce_partials.bind(
@@ -1162,7 +1170,12 @@ mod tests {
     fn check_variant(kernels: &Kernels) {
         let entry_points = check_shapes(kernels, &shapes());
         if kernels.variant == Variant::RegisterTile && context().is_some() {
-            for gemm in ["conv2d_implicit_gemm", "conv2d_implicit_gemm_aligned"] {
+            for gemm in [
+                "conv2d_implicit_gemm",
+                "conv2d_implicit_gemm_aligned",
+                "conv2d_weight_grad",
+                "conv2d_weight_grad_stride1",
+            ] {
                 assert!(entry_points.contains(gemm), "{gemm} never ran: {entry_points:?}");
             }
         }
