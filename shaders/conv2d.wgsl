@@ -1118,6 +1118,9 @@ struct DyChannels {
     d3: vec4<u32>,
     lane: vec4<u32>,
     last: bool,
+    // Whether this lane's loads are broadcast: lanes 0 to 3 always, 4 to 7
+    // where the workgroup holds two groups.
+    loads: bool,
 }
 
 // x at `base` for 8 input channels at offsets lo, hi, times mask (0 in the padding).
@@ -1225,7 +1228,7 @@ fn rw_tile(p: WeightGrad, ids: Ids) -> RwTile {
         slice,
         slice.live & (index < p.invocations),
         loader,
-        DyChannels(d0, d1, d2, d3, loader_co, own_group != first_group),
+        DyChannels(d0, d1, d2, d3, loader_co, own_group != first_group, lane < 4u || last_group != first_group),
         min(ci0 + iota, last_ci) * in_plane,
         min(ci0 + 4u + iota, last_ci) * in_plane,
     );
