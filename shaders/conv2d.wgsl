@@ -1180,12 +1180,6 @@ fn rw_store(p: WeightGrad, base: u32, co0: u32, ci_lo: vec4<u32>, ci_hi: vec4<u3
     rw_store4(p, base, co0 + 15u, ci_hi, (*acc)[31]);
 }
 
-// The 8 input channels (offsets lo, hi) at column `col` of an input row (0
-// outside the image).
-fn rw_column(p: WeightGrad, x_row: u32, row_ok: bool, col: i32, lo: vec4<u32>, hi: vec4<u32>) -> Window {
-    let ok = row_ok & (col >= 0) & (col < i32(p.in_w));
-    return rw_window(x_row + u32(clamp(col, 0, i32(p.in_w) - 1)), lo, hi, select(0.0, 1.0, ok));
-}
 
 // What invocation `ids` of the register-tile backward-weight sums (its slice
 // and whether it stores it) and where it reads: dy of 16 output channels
@@ -1269,7 +1263,8 @@ fn rw_pixel_rows(p: WeightGrad, row: RwRow, ow: u32, d: DyChannels) -> Rows16 {
 
 // x of the tile's 8 input channels at column `col` of a row (0 outside the image).
 fn rw_row_column(p: WeightGrad, t: RwTile, row: RwRow, col: i32) -> Window {
-    return rw_column(p, row.x, row.ok, col, t.x_lo, t.x_hi);
+    let ok = row.ok & (col >= 0) & (col < i32(p.in_w));
+    return rw_window(row.x + u32(clamp(col, 0, i32(p.in_w) - 1)), t.x_lo, t.x_hi, select(0.0, 1.0, ok));
 }
 
 // Stores the tile's partial sums of taps kw, kw + 1 and kw + 2, where they exist.
@@ -1310,7 +1305,7 @@ fn conv2d_weight_grad(ids: Ids) {
         let row = rw_chunk_row(p, t, i);
         // Pixel pairs (e, f = e + 1); an odd row's last f is masked out.
         for (var ow = 0u; ow < p.out_w; ow += 2u) {
-            let dy_e = rw_pixel_rows(p, row, ow, t.dy_channels);
+            let dy_e = rw_rows(row.dy + ow, row.loader_dy + ow, t.dy_channels);
             let dy_f = rw_pixel_rows(p, row, ow + 1u, t.dy_channels);
             // e reads columns c, c + 1, c + 2; f reads c + s, c + s + 1, c + s + 2.
             let c = i32(ow * p.stride + t.slice.kw) - i32(p.pad);
@@ -1345,7 +1340,7 @@ fn conv2d_weight_grad_stride1(ids: Ids) {
         let row = rw_chunk_row(p, t, i);
         // Pixels past the row's end (f, g, h of its last quad) are masked out.
         for (var ow = 0u; ow < p.out_w; ow += 4u) {
-            let dy_e = rw_pixel_rows(p, row, ow, t.dy_channels);
+            let dy_e = rw_rows(row.dy + ow, row.loader_dy + ow, t.dy_channels);
             let dy_f = rw_pixel_rows(p, row, ow + 1u, t.dy_channels);
             let dy_g = rw_pixel_rows(p, row, ow + 2u, t.dy_channels);
             let dy_h = rw_pixel_rows(p, row, ow + 3u, t.dy_channels);

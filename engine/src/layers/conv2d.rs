@@ -194,8 +194,18 @@ impl ConvGemms {
             (_, true) => &self.implicit_gemm_fused,
         }
     }
+
+    /// The backward-weight for `shape`: pixel quads at stride 1 where there
+    /// is that kernel.
+    fn weight_grad(&self, shape: &Conv2dShape) -> &Kernel {
+        match &self.weight_grad_stride1 {
+            Some(stride1) if shape.stride == 1 => stride1,
+            _ => &self.weight_grad,
+        }
+    }
 }
 
+/// Register tile: the plain and fused GEMMs of aligned destinations.
 struct AlignedGemms {
     plain: Kernel,
     fused: Kernel,
@@ -986,12 +996,9 @@ pub fn conv2d_backward_weight(
             chunks as u32,
         ],
     };
-    let gemms = k.gemms(packed);
-    let weight_grad = match &gemms.weight_grad_stride1 {
-        Some(stride1) if shape.stride == 1 => stride1,
-        _ => &gemms.weight_grad,
-    };
-    let gradient = weight_grad
+    let gradient = k
+        .gemms(packed)
+        .weight_grad(shape)
         .bind(device, &params, &[x, dy, &partials], grid)
         .with_flops(shape.flops());
     let reduce = k.reduce_partials.bind(
