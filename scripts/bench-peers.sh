@@ -7,7 +7,9 @@
 #      and our page via scripts/bench-web.sh (WebGPU forced, the wasm CPU path,
 #      and the default backend "auto");
 #   2. ResNet-20 training step, batch 128, img/s: PyTorch CPU (SGD with momentum,
-#      cross-entropy, random data) and ours native ("resnet20 train b128");
+#      cross-entropy, random data), Burn 0.22.1 on its wgpu backend, on the
+#      same adapter as ours (scripts/peers/burn, built here), and ours native
+#      ("resnet20 train b128");
 #   3. torchvision ResNet-18 224x224 inference, batch 1, ms: PyTorch CPU, ORT Web
 #      webgpu and wasm, ours native ("resnet18 infer-folded b1") and our page
 #      (the same three runs);
@@ -43,6 +45,8 @@
 #     for the CPU-only wheel where that index is reachable. onnx, onnxscript and
 #     matplotlib are pip-installed into that Python when missing.
 #   - npm: onnxruntime-web 1.30.x into target/peers/node_modules (~140 MB).
+#   - cargo: Burn 0.22.1 and its dependencies (scripts/peers/burn/Cargo.lock),
+#     built into target/peers/burn-target (~15 minutes on 2 cores, once).
 # Needs: cargo, a Vulkan adapter (lavapipe where there is no GPU), and unless
 # --skip-browser: node/npm, Chromium (/usr/bin/chromium or $CHROMIUM),
 # tests/browser/node_modules (npm ci there) and what scripts/build-web.sh needs
@@ -53,12 +57,13 @@
 # resnet-native and the wasm package (scripts/bench-web.sh) needs: the run in
 # README took 44 minutes with both rebuilt. --quick: about 15 minutes, plus builds.
 #
-#   scripts/bench-peers.sh [--quick] [--skip-browser] [--skip-torch] [--skip-native]
-#                          [--publish]
+#   scripts/bench-peers.sh [--quick] [--skip-browser] [--skip-torch] [--skip-burn]
+#                          [--skip-native] [--publish]
 #     --quick             fewer repetitions (a smoke run; noisier figures)
 #     --skip-browser      no ORT Web and no page (no npm, Chromium or wasm build)
 #     --skip-torch        no PyTorch timings and no export (ORT and our page's
 #                         ResNet-18 then reuse an earlier run's models, if any)
+#     --skip-burn         no Burn (nothing of it built)
 #     --skip-native       no `resnet-native bench`
 #     --publish           copy the chart to docs/bench/peers.png
 set -euo pipefail
@@ -66,12 +71,13 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 
-quick=false browser=true torch=true native=true publish=false
+quick=false browser=true torch=true burn=true native=true publish=false
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=true ;;
         --skip-browser) browser=false ;;
         --skip-torch) torch=false ;;
+        --skip-burn) burn=false ;;
         --skip-native) native=false ;;
         --publish) publish=true ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -146,6 +152,10 @@ if $native || $browser; then
     say "building resnet-native"
     cargo build --release -q -p resnet-native
 fi
+if $burn; then
+    say "building the Burn peer (scripts/peers/burn; long the first time)"
+    cargo build --release -q --locked --manifest-path scripts/peers/burn/Cargo.toml --target-dir "$out/burn-target"
+fi
 
 # --- the models (PyTorch exports them) --------------------------------------
 if $torch; then
@@ -162,6 +172,16 @@ if $torch; then
         note error PyTorch all all "$(last_lines "$raw/torch.log")"
     fi
     cat "$raw/torch.log" >&2
+fi
+
+# --- Burn, on the adapter wgpu picks (ours picks the same) -----------------------
+if $burn; then
+    say "Burn: ResNet-20 training step"
+    if ! "$out/burn-target/release/burn-peer" --reps "$train_reps" --warmup "$warmup" >"$raw/burn.json" 2>"$raw/burn.log"; then
+        note error Burn all all "$(last_lines "$raw/burn.log")"
+        rm -f "$raw/burn.json"
+    fi
+    grep -v '^\s*$' "$raw/burn.log" | tail -n 3 >&2
 fi
 
 # --- ours, native -----------------------------------------------------------

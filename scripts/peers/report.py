@@ -6,10 +6,11 @@ results.json, a Markdown table (table.md, also printed) and a bar chart
     report.py --raw DIR --out DIR
 
 DIR/raw holds: meta.json (date, machine, options), torch.json (peers.py
-torch), native-*.json (`resnet-native bench --json`), web-resnet20.jsonl and
-web-resnet18.jsonl (one line per backend of our page, as scripts/bench-web.sh
-prints them), ort.jsonl (scripts/peers/ort.mjs). Any of them may be missing
-(skipped by an option, or failed): its rows then say so.
+torch), burn.json (scripts/peers/burn: Burn's training step), native-*.json
+(`resnet-native bench --json`), web-resnet20.jsonl and web-resnet18.jsonl
+(one line per backend of our page, as scripts/bench-web.sh prints them),
+ort.jsonl (scripts/peers/ort.mjs). Any of them may be missing (skipped by an
+option, or failed): its rows then say so.
 """
 
 import argparse
@@ -26,7 +27,7 @@ WORKLOADS = [
     ("resnet20-cold-start", "ResNet-20 cold start in the browser", "ms", False),
 ]
 # Table columns: (system, backend) rows in this order.
-SYSTEM_ORDER = ["PyTorch", "ONNX Runtime Web", "ours (resnet-native)", "ours (web page)"]
+SYSTEM_ORDER = ["PyTorch", "Burn", "ONNX Runtime Web", "ours (resnet-native)", "ours (web page)"]
 
 
 def load_json(path):
@@ -66,6 +67,11 @@ def collect(raw):
             else:
                 key = r["workload"].replace(" ", "-")
                 add(system, backend, f"{cpu}, {torch['cpus']} cores", key, r["median_ms"], "ms", **extra)
+
+    burn = load_json(os.path.join(raw, "burn.json"))
+    if burn:
+        add(burn["system"], burn["backend"], burn["adapter"], "resnet20-train-b128", 1e3 * burn["batch"] / burn["median_ms"], "img/s",
+            step_ms=burn["median_ms"], reps=burn["reps"], warmup=burn["warmup"])
 
     for path in sorted(glob.glob(os.path.join(raw, "native-*.json"))):
         bench = load_json(path)
@@ -125,6 +131,7 @@ def collect(raw):
 # What each system measures, for expanding notes.tsv's "all".
 FAMILIES = {
     "PyTorch": (["CPU, 2 threads", "CPU, 1 thread"], ["resnet20-infer-b1", "resnet18-infer-b1", "resnet20-train-b128"]),
+    "Burn": (["wgpu (fusion, autotune)"], ["resnet20-train-b128"]),
     "ONNX Runtime Web": (["WebGPU", "wasm, 1 thread"], ["resnet20-infer-b1", "resnet18-infer-b1", "resnet20-cold-start"]),
     "ours (resnet-native)": (["native wgpu"], ["resnet20-infer-b1", "resnet18-infer-b1", "resnet20-train-b128"]),
     "ours (web page)": (["WebGPU", "wasm CPU path"], ["resnet20-infer-b1", "resnet18-infer-b1", "resnet20-cold-start"]),
@@ -220,6 +227,12 @@ def table(meta, rows, paired=()):
         text += ("\nSame networks: on PyTorch's check input, ONNX Runtime Web's logits (every EP) differ from "
                  "PyTorch's by at most " + ", ".join(f"{v:.1e} ({m})" for m, v in worst.items()) +
                  "; top-1 " + ("agrees" if all(r.get("check_same_top1") for r in checks) else "DISAGREES somewhere") + ".\n")
+    train = {family(r["system"]): r for r in rows if r["workload"] == "resnet20-train-b128" and r.get("median")}
+    if "Burn" in train and "ours (resnet-native)" in train:
+        burn, ours = train["Burn"], train["ours (resnet-native)"]
+        text += (f"\nResNet-20 training step, batch 128, in the same run: ours {fmt(ours['median'], 'img/s')} img/s on "
+                 f"{ours['adapter']}, Burn {fmt(burn['median'], 'img/s')} img/s on {burn['adapter']}: "
+                 f"**{ours['median'] / burn['median']:.1f}x** Burn's images per second.\n")
     if paired:
         text += ("\nPaired in one V8 process (Node " + paired[0]["node"] + ", one thread each; ours as the page's "
                  "`inferenceMs`, ORT Web " + paired[0]["ort"] + "'s wasm `session.run`, taken in turn), median over "
@@ -238,7 +251,7 @@ def chart(meta, rows, path):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    colours = {"PyTorch": "#ee7733", "ONNX Runtime Web": "#0077bb", "ours (resnet-native)": "#009988", "ours (web page)": "#33bbee"}
+    colours = {"PyTorch": "#ee7733", "Burn": "#cc3311", "ONNX Runtime Web": "#0077bb", "ours (resnet-native)": "#009988", "ours (web page)": "#33bbee"}
     groups = [sorted([r for r in rows if r["workload"] == key], key=row_order) for key, *_ in WORKLOADS]
     fig, axes = plt.subplots(len(WORKLOADS), 1, figsize=(10, 2.2 + 0.42 * sum(len(g) + 1.2 for g in groups)),
                              gridspec_kw={"height_ratios": [len(g) + 1.2 for g in groups]})
