@@ -46,7 +46,9 @@
 #     matplotlib are pip-installed into that Python when missing.
 #   - npm: onnxruntime-web 1.30.x into target/peers/node_modules (~140 MB).
 #   - cargo: Burn 0.22.1 and its dependencies (scripts/peers/burn/Cargo.lock),
-#     built into target/peers/burn-target (~15 minutes on 2 cores, once).
+#     built into target/peers/burn-target (~15 minutes on 2 cores, once). Its
+#     first run also autotunes Burn's kernels (14 minutes on llvmpipe), cached
+#     in target/environment/ for later runs.
 # Needs: cargo, a Vulkan adapter (lavapipe where there is no GPU), and unless
 # --skip-browser: node/npm, Chromium (/usr/bin/chromium or $CHROMIUM),
 # tests/browser/node_modules (npm ci there) and what scripts/build-web.sh needs
