@@ -176,7 +176,7 @@ if $torch; then
     cat "$raw/torch.log" >&2
 fi
 
-# --- Burn, on the adapter wgpu picks (ours picks the same) -----------------------
+# --- Burn, on the adapter wgpu picks by default (named beside ours) ---------
 if $burn; then
     say "Burn: ResNet-20 training step"
     if ! "$out/burn-target/release/burn-peer" --reps "$train_reps" --warmup "$warmup" >"$raw/burn.json" 2>"$raw/burn.log"; then

@@ -1180,7 +1180,6 @@ fn rw_store(p: WeightGrad, base: u32, co0: u32, ci_lo: vec4<u32>, ci_hi: vec4<u3
     rw_store4(p, base, co0 + 15u, ci_hi, (*acc)[31]);
 }
 
-
 // What invocation `ids` of the register-tile backward-weight sums (its slice
 // and whether it stores it) and where it reads: dy of 16 output channels
 // (shared through subgroups, see rw_rows) and x of 8 input channels.
