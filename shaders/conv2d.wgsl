@@ -570,7 +570,7 @@ fn rt_epilogue_aligned(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<func
 }
 
 @compute @workgroup_size(8)
-fn conv2d_implicit_gemm_fused_aligned(ids: Ids) {
+fn conv2d_implicit_gemm_aligned_fused(ids: Ids) {
     let p = rt_params;
     var acc0: array<vec4<f32>, 32>;
     var acc1: array<vec4<f32>, 32>;
@@ -758,7 +758,9 @@ fn conv2d_implicit_gemm_tiled_fused(
 //   slower): the 3-tap fast path is chosen outside the loops;
 // - 16 vec4 accumulators: 16x8 or 8x16 tiles ran slower, 4x8 loads too much;
 // - every load is a gather of one f32 per invocation, the expensive part:
-//   with stride 1 and 3 taps per row a 10-pixel window serves all 3 taps.
+//   with stride 1 and 3 taps per row a 10-pixel window serves all 3 taps,
+//   and 7 taps of stride 2 (the stem) have entry points of their own, since
+//   a path added to ct_gemm slows its others (see CONTRIBUTING.md).
 @group(0) @binding(60) var<uniform> ct_params: ImplicitGemm;
 @group(0) @binding(61) var<storage, read> ct_wt: array<vec4<f32>>;
 @group(0) @binding(62) var<storage, read> ct_src: array<f32>;
@@ -917,6 +919,46 @@ fn ct_gemm(p: ImplicitGemm, block: RtBlock, row_block: u32, lane: u32, acc: ptr<
     }
 }
 
+// ct_gemm for 7 taps of stride 2 (ResNet's 7x7 stem): tap tw of output pixel
+// j reads source pixel first + 2j + tw, so per channel and tap row the 22
+// pixels first..first + 21 (24 loaded: six gathers of 4) serve all 7 taps,
+// instead of 8 gathers per tap.
+fn ct_gemm_7_taps_stride2(p: ImplicitGemm, block: RtBlock, row_block: u32, lane: u32, acc: ptr<function, array<vec4<f32>, 16>>) {
+    let plane = p.src_h * p.src_w;
+    let a_step = p.rows_padded / 4u;
+    let tap_step = p.channels_padded * a_step;
+    let evens = vec4<i32>(0, 2, 4, 6);
+    let first = i32(block.qw0 * 2u) + p.src_first_w;
+    for (var th = 0u; th < p.taps_h; th++) {
+        let row = ct_row(p, block, th);
+        let e0 = ct_cols(p, row, vec4<i32>(first) + evens);
+        let e1 = ct_cols(p, row, vec4<i32>(first + 8) + evens);
+        let e2 = ct_cols(p, row, vec4<i32>(first + 16) + evens);
+        let o0 = ct_cols(p, row, vec4<i32>(first + 1) + evens);
+        let o1 = ct_cols(p, row, vec4<i32>(first + 9) + evens);
+        let o2 = ct_cols(p, row, vec4<i32>(first + 17) + evens);
+        var a = weight_tap(p, th, 0u) * tap_step + row_block * 2u;
+        for (var c = 0u; c < p.channels; c++) {
+            let offset = c * plane;
+            // even[k] = pixel first + 2k, odd[k] = pixel first + 2k + 1.
+            let x0 = ct_pixels(offset, e0);
+            let x1 = ct_pixels(offset, e1);
+            let x2 = ct_pixels(offset, e2);
+            let y0 = ct_pixels(offset, o0);
+            let y1 = ct_pixels(offset, o1);
+            let y2 = ct_pixels(offset, o2);
+            ct_outer_product(acc, ct_rows(a, lane), Window(x0, x1));
+            ct_outer_product(acc, ct_rows(a + tap_step, lane), Window(y0, y1));
+            ct_outer_product(acc, ct_rows(a + 2u * tap_step, lane), Window(vec4<f32>(x0.yzw, x1.x), vec4<f32>(x1.yzw, x2.x)));
+            ct_outer_product(acc, ct_rows(a + 3u * tap_step, lane), Window(vec4<f32>(y0.yzw, y1.x), vec4<f32>(y1.yzw, y2.x)));
+            ct_outer_product(acc, ct_rows(a + 4u * tap_step, lane), Window(vec4<f32>(x0.zw, x1.xy), vec4<f32>(x1.zw, x2.xy)));
+            ct_outer_product(acc, ct_rows(a + 5u * tap_step, lane), Window(vec4<f32>(y0.zw, y1.xy), vec4<f32>(y1.zw, y2.xy)));
+            ct_outer_product(acc, ct_rows(a + 6u * tap_step, lane), Window(vec4<f32>(x0.w, x1.xyz), vec4<f32>(x1.w, x2.xyz)));
+            a += a_step;
+        }
+    }
+}
+
 // Block index of an invocation: blocks over x and y, 8 per workgroup.
 fn ct_block_index(ids: Ids) -> u32 {
     return ids.global.x + ids.global.y * ids.groups.x * 8u;
@@ -942,24 +984,38 @@ fn ct_store_row(p: ImplicitGemm, block: RtBlock, row: u32, lo: vec4<f32>, hi: ve
     }
 }
 
-// No early return before the GEMM: with subgroups every invocation of the
-// workgroup takes part in the broadcasts (blocks past the end compute a
-// clamped block and store nothing).
+// Stores the 8 x 8 tile of acc, rows from row0.
+fn ct_store(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<function, array<vec4<f32>, 16>>) {
+    ct_store_row(p, block, row0, (*acc)[0], (*acc)[1]);
+    ct_store_row(p, block, row0 + 1u, (*acc)[2], (*acc)[3]);
+    ct_store_row(p, block, row0 + 2u, (*acc)[4], (*acc)[5]);
+    ct_store_row(p, block, row0 + 3u, (*acc)[6], (*acc)[7]);
+    ct_store_row(p, block, row0 + 4u, (*acc)[8], (*acc)[9]);
+    ct_store_row(p, block, row0 + 5u, (*acc)[10], (*acc)[11]);
+    ct_store_row(p, block, row0 + 6u, (*acc)[12], (*acc)[13]);
+    ct_store_row(p, block, row0 + 7u, (*acc)[14], (*acc)[15]);
+}
+
+// The compact entry points: the block and rows of an invocation, the GEMM,
+// then ct_store or (fused) ct_epilogue. No early return before the GEMM: with
+// subgroups every invocation of the workgroup takes part in the broadcasts
+// (blocks past the end compute a clamped block and store nothing).
 @compute @workgroup_size(8)
 fn conv2d_implicit_gemm_compact(ids: Ids) {
     let p = ct_params;
     let block = ct_block(p, ct_block_index(ids));
-    let row0 = ids.workgroup.z * 8u;
     var acc: array<vec4<f32>, 16>;
     ct_gemm(p, block, ids.workgroup.z, subgroup_lane(ids), &acc);
-    ct_store_row(p, block, row0, acc[0], acc[1]);
-    ct_store_row(p, block, row0 + 1u, acc[2], acc[3]);
-    ct_store_row(p, block, row0 + 2u, acc[4], acc[5]);
-    ct_store_row(p, block, row0 + 3u, acc[6], acc[7]);
-    ct_store_row(p, block, row0 + 4u, acc[8], acc[9]);
-    ct_store_row(p, block, row0 + 5u, acc[10], acc[11]);
-    ct_store_row(p, block, row0 + 6u, acc[12], acc[13]);
-    ct_store_row(p, block, row0 + 7u, acc[14], acc[15]);
+    ct_store(p, block, ids.workgroup.z * 8u, &acc);
+}
+
+@compute @workgroup_size(8)
+fn conv2d_implicit_gemm_compact_7_taps_stride2(ids: Ids) {
+    let p = ct_params;
+    let block = ct_block(p, ct_block_index(ids));
+    var acc: array<vec4<f32>, 16>;
+    ct_gemm_7_taps_stride2(p, block, ids.workgroup.z, subgroup_lane(ids), &acc);
+    ct_store(p, block, ids.workgroup.z * 8u, &acc);
 }
 
 // Row row0 + i of the fused epilogue, stored. Rows past the end read clamped
@@ -988,21 +1044,33 @@ fn ct_epilogue_row(p: ImplicitGemm, block: RtBlock, row0: u32, i: u32, lo: vec4<
     ct_store_row(p, block, row0 + i, x, y);
 }
 
-// conv2d_implicit_gemm_compact_fused: the GEMM, then the epilogue.
+// The fused epilogue of the 8 x 8 tile of acc, rows from row0, stored.
+fn ct_epilogue(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<function, array<vec4<f32>, 16>>) {
+    // A loop, not 8 inlined rows: SwiftShader compiles this pipeline in 0.3 s
+    // instead of 0.7 s, most of a cold start in the browser. The copy is what
+    // the loop indexes, so that acc keeps constant indices (registers).
+    var rows = *acc;
+    for (var i = 0u; i < 8u; i++) {
+        ct_epilogue_row(p, block, row0, i, rows[2u * i], rows[2u * i + 1u]);
+    }
+}
+
 @compute @workgroup_size(8)
 fn conv2d_implicit_gemm_compact_fused(ids: Ids) {
     let p = ct_params;
     let block = ct_block(p, ct_block_index(ids));
-    let row0 = ids.workgroup.z * 8u;
     var acc: array<vec4<f32>, 16>;
     ct_gemm(p, block, ids.workgroup.z, subgroup_lane(ids), &acc);
-    // A loop, not 8 inlined rows: SwiftShader compiles this pipeline in 0.3 s
-    // instead of 0.7 s, most of a cold start in the browser. The copy is what
-    // the loop indexes, so that acc keeps constant indices (registers).
-    var rows = acc;
-    for (var i = 0u; i < 8u; i++) {
-        ct_epilogue_row(p, block, row0, i, rows[2u * i], rows[2u * i + 1u]);
-    }
+    ct_epilogue(p, block, ids.workgroup.z * 8u, &acc);
+}
+
+@compute @workgroup_size(8)
+fn conv2d_implicit_gemm_compact_7_taps_stride2_fused(ids: Ids) {
+    let p = ct_params;
+    let block = ct_block(p, ct_block_index(ids));
+    var acc: array<vec4<f32>, 16>;
+    ct_gemm_7_taps_stride2(p, block, ids.workgroup.z, subgroup_lane(ids), &acc);
+    ct_epilogue(p, block, ids.workgroup.z * 8u, &acc);
 }
 
 // Backward-weight: partial[chunk][co][ci][kh][kw] = sum over the chunk's output

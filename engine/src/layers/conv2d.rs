@@ -138,12 +138,15 @@ const WORKGROUP_GEMM_MIN_WORKGROUPS: usize = 128;
 /// The implicit GEMMs (plain and fused) and backward-weight of one variant,
 /// from one shader module.
 struct ConvGemms {
-    implicit_gemm: Kernel,
-    implicit_gemm_fused: Kernel,
-    /// Register tile: the plain and fused GEMMs for destinations of aligned
-    /// 8-pixel blocks, which load the epilogue's inputs and store as vec4
-    /// (see [`aligned_blocks`]).
-    aligned: Option<AlignedGemms>,
+    implicit_gemm: GemmPair,
+    /// Register tile: the GEMMs for destinations of aligned 8-pixel blocks,
+    /// which load the epilogue's inputs and store as vec4 (see
+    /// [`aligned_blocks`]).
+    aligned: Option<GemmPair>,
+    /// Compact tile: the GEMMs of 7-tap stride-2 convolutions (ImageNet
+    /// ResNets' stem; see [`seven_taps_stride2`]). Their pipelines compile
+    /// only for networks that have such a layer.
+    seven_taps_stride2: Option<GemmPair>,
     weight_grad: Kernel,
     /// Register tile: the backward-weight at stride 1, over pixel quads.
     weight_grad_stride1: Option<Kernel>,
@@ -151,48 +154,53 @@ struct ConvGemms {
 
 impl ConvGemms {
     fn new(device: &wgpu::Device, module: &wgpu::ShaderModule, variant: Variant) -> Self {
-        let [implicit_gemm, implicit_gemm_fused, weight_grad] = match variant {
-            Variant::RegisterTile => [
-                ("conv2d_implicit_gemm", 10),
-                ("conv2d_implicit_gemm_fused", 10),
-                ("conv2d_weight_grad", 30),
-            ],
-            Variant::WorkgroupTile => [
-                ("conv2d_implicit_gemm_tiled", 20),
-                ("conv2d_implicit_gemm_tiled_fused", 20),
-                ("conv2d_weight_grad_tiled", 40),
-            ],
-            Variant::CompactTile => [
-                ("conv2d_implicit_gemm_compact", 60),
-                ("conv2d_implicit_gemm_compact_fused", 60),
-                ("conv2d_weight_grad_compact", 70),
-            ],
-        }
-        .map(|(entry_point, first_binding)| Kernel::new(device, module, entry_point, first_binding));
-        let aligned = (variant == Variant::RegisterTile).then(|| AlignedGemms {
-            plain: Kernel::new(device, module, "conv2d_implicit_gemm_aligned", 10),
-            fused: Kernel::new(device, module, "conv2d_implicit_gemm_fused_aligned", 10),
+        let pair = |plain, fused, first_binding| GemmPair {
+            plain: Kernel::new(device, module, plain, first_binding),
+            fused: Kernel::new(device, module, fused, first_binding),
+        };
+        let (implicit_gemm, weight_grad) = match variant {
+            Variant::RegisterTile => (
+                pair("conv2d_implicit_gemm", "conv2d_implicit_gemm_fused", 10),
+                Kernel::new(device, module, "conv2d_weight_grad", 30),
+            ),
+            Variant::WorkgroupTile => (
+                pair("conv2d_implicit_gemm_tiled", "conv2d_implicit_gemm_tiled_fused", 20),
+                Kernel::new(device, module, "conv2d_weight_grad_tiled", 40),
+            ),
+            Variant::CompactTile => (
+                pair("conv2d_implicit_gemm_compact", "conv2d_implicit_gemm_compact_fused", 60),
+                Kernel::new(device, module, "conv2d_weight_grad_compact", 70),
+            ),
+        };
+        let aligned = (variant == Variant::RegisterTile)
+            .then(|| pair("conv2d_implicit_gemm_aligned", "conv2d_implicit_gemm_aligned_fused", 10));
+        let seven_taps_stride2 = (variant == Variant::CompactTile).then(|| {
+            pair(
+                "conv2d_implicit_gemm_compact_7_taps_stride2",
+                "conv2d_implicit_gemm_compact_7_taps_stride2_fused",
+                60,
+            )
         });
         let weight_grad_stride1 =
             (variant == Variant::RegisterTile).then(|| Kernel::new(device, module, "conv2d_weight_grad_stride1", 30));
         Self {
             implicit_gemm,
-            implicit_gemm_fused,
             aligned,
+            seven_taps_stride2,
             weight_grad,
             weight_grad_stride1,
         }
     }
 
-    /// The plain or fused GEMM for `params`: an aligned one where there is
-    /// one and the destination's blocks allow it.
+    /// The plain or fused GEMM for `params`: a specialised one where there is
+    /// one for it.
     fn implicit_gemm(&self, params: &ImplicitGemmParams, fused: bool) -> &Kernel {
-        match (&self.aligned, fused) {
-            (Some(aligned), false) if aligned_blocks(params) => &aligned.plain,
-            (Some(aligned), true) if aligned_blocks(params) => &aligned.fused,
-            (_, false) => &self.implicit_gemm,
-            (_, true) => &self.implicit_gemm_fused,
-        }
+        let pair = match (&self.aligned, &self.seven_taps_stride2) {
+            (Some(aligned), _) if aligned_blocks(params) => aligned,
+            (_, Some(stem)) if seven_taps_stride2(params) => stem,
+            _ => &self.implicit_gemm,
+        };
+        if fused { &pair.fused } else { &pair.plain }
     }
 
     /// The backward-weight for `shape`: pixel quads at stride 1 where there
@@ -205,8 +213,9 @@ impl ConvGemms {
     }
 }
 
-/// Register tile: the plain and fused GEMMs of aligned destinations.
-struct AlignedGemms {
+/// A GEMM's plain entry point and its fused one, which shares its bindings
+/// and adds the epilogue's.
+struct GemmPair {
     plain: Kernel,
     fused: Kernel,
 }
@@ -330,7 +339,7 @@ impl Conv2dKernels {
     /// [`Kernels::prepare_inference`]).
     pub fn prepare_fused(&self, device: &wgpu::Device) {
         for gemms in std::iter::once(&self.gemms).chain(&self.packed) {
-            gemms.implicit_gemm_fused.prepare(device);
+            gemms.implicit_gemm.fused.prepare(device);
             if let Some(aligned) = &gemms.aligned {
                 aligned.fused.prepare(device);
             }
@@ -687,6 +696,12 @@ fn aligned_blocks(params: &ImplicitGemmParams) -> bool {
         && params.dst_first_w.is_multiple_of(4)
         && params.dst_w.is_multiple_of(4)
         && params.q_w.is_multiple_of(8)
+}
+
+/// Whether a GEMM reads 7 taps per tap row at source stride 2 (a forward 7x7
+/// stride-2 convolution), which the compact tile loads per tap row once.
+fn seven_taps_stride2(params: &ImplicitGemmParams) -> bool {
+    params.taps_w == 7 && params.src_step == 2 && params.src_tap_step == 1 && params.kernel_step == 1
 }
 
 /// One implicit GEMM, plain or, with an epilogue, fused.
@@ -1123,7 +1138,9 @@ mod tests {
     /// 8x8 and 16x16, channel counts 3, 5, 16, 17 and odd Cout, padding 0..3, plus
     /// non-square maps and pads that leave whole phases without taps, and a 7x7
     /// stride-2 kernel over whole blocks of 8 output pixels (ResNet-18's first
-    /// convolution, where every lane of a register-tile block is live).
+    /// convolution, where every lane of a register-tile block is live) and
+    /// over rows wide enough that every tap of a block's last pixel reads
+    /// inside the image.
     fn shapes() -> Vec<Conv2dShape> {
         let mut shapes = vec![
             shape(1, 3, 8, 16, 3, 1, 1),
@@ -1148,6 +1165,11 @@ mod tests {
             in_h: 6,
             in_w: 9,
             ..shape(3, 5, 0, 7, 3, 2, 1)
+        });
+        shapes.push(Conv2dShape {
+            in_h: 9,
+            in_w: 21,
+            ..shape(2, 3, 0, 9, 7, 2, 3)
         });
         shapes
     }
@@ -1181,13 +1203,27 @@ mod tests {
 
     fn check_variant(kernels: &Kernels) {
         let entry_points = check_shapes(kernels, &shapes());
-        if kernels.variant == Variant::RegisterTile && context().is_some() {
-            for gemm in [
+        let required: &[&str] = match kernels.variant {
+            Variant::RegisterTile => &[
                 "conv2d_implicit_gemm",
                 "conv2d_implicit_gemm_aligned",
                 "conv2d_weight_grad",
                 "conv2d_weight_grad_stride1",
-            ] {
+            ],
+            Variant::CompactTile => &[
+                "conv2d_implicit_gemm_compact",
+                "conv2d_implicit_gemm_compact_7_taps_stride2",
+            ],
+            Variant::WorkgroupTile => &[],
+        };
+        assert_ran(&entry_points, required);
+    }
+
+    /// Each of `required` ran (where there is an adapter to run them): the
+    /// awkward shapes reach every specialised GEMM of a variant.
+    fn assert_ran(entry_points: &std::collections::BTreeSet<&'static str>, required: &[&str]) {
+        if context().is_some() {
+            for gemm in required {
                 assert!(entry_points.contains(gemm), "{gemm} never ran: {entry_points:?}");
             }
         }
@@ -1377,7 +1413,8 @@ mod tests {
     /// output, half of it negative, is the mask), with and without the
     /// residual gradient, against the reference's backward-data, sum and mask.
     /// The register tile runs both of its fused kernels: vec4 epilogue loads
-    /// on the 8x8 and 16x16 stride-1 maps, gathers on the others.
+    /// on the 8x8 and 16x16 stride-1 maps, gathers on the others; the compact
+    /// tile its 7-tap stride-2 one on the 7x7 stride-2 shapes.
     fn check_fused(kernels: &Kernels) {
         let Some(ctx) = context() else { return };
         let (device, queue) = (ctx.device(), ctx.queue());
@@ -1443,11 +1480,15 @@ mod tests {
                 );
             }
         }
-        if kernels.variant == Variant::RegisterTile {
-            for fused in ["conv2d_implicit_gemm_fused", "conv2d_implicit_gemm_fused_aligned"] {
-                assert!(entry_points.contains(fused), "{fused} never ran: {entry_points:?}");
-            }
-        }
+        let required: &[&str] = match kernels.variant {
+            Variant::RegisterTile => &["conv2d_implicit_gemm_fused", "conv2d_implicit_gemm_aligned_fused"],
+            Variant::CompactTile => &[
+                "conv2d_implicit_gemm_compact_fused",
+                "conv2d_implicit_gemm_compact_7_taps_stride2_fused",
+            ],
+            Variant::WorkgroupTile => &[],
+        };
+        assert_ran(&entry_points, required);
     }
 
     #[test]
