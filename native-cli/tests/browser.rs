@@ -6,8 +6,9 @@
 //! available the default `backend: "auto"` passes SwiftShader (a CPU
 //! implementation of WebGPU) over for the CPU path, naming it. Bad files get a
 //! clear message and the page keeps working; a torchvision-layout ResNet-18
-//! dropped on the page replaces the model and classifies at 224x224 like
-//! `classify` does with that file; the page fetches nothing but its own files.
+//! dropped on the page replaces the model and classifies at 224x224, on both
+//! paths, like `classify` does with that file; the page fetches nothing but
+//! its own files.
 //!
 //! Needs the wasm package (`scripts/build-web.sh`), Chromium, Node with
 //! `tests/browser/node_modules` (`npm ci` there) and `../shared`'s CIFAR-10;
@@ -262,11 +263,9 @@ fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path_and_auto_skips_swi
             "drop": images[1],
             "variants": images[2],
             "screenshot": if webgpu { Some(artifacts.join("page.png")) } else { None },
-            // A 224x224 ImageNet network is slow on SwiftShader's WebGPU; the
-            // page's model swap is the same on both paths.
-            "model": if webgpu { None } else {
-                Some(serde_json::json!({"path": resnet18, "architecture": "ResNet-18", "images": resnet18_images}))
-            },
+            // On WebGPU the ImageNet network also runs the compact tile's own
+            // 7x7 stride-2 kernels (its stem) in Chromium's shader compiler.
+            "model": {"path": resnet18, "architecture": "ResNet-18", "images": resnet18_images},
         }));
         assert_eq!(result["backend"], backend, "{result:#}");
         if webgpu {
@@ -317,12 +316,16 @@ fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path_and_auto_skips_swi
         let wrong = variants["wrongType"].as_str().unwrap_or_default();
         assert!(wrong.contains("classify() takes ImageData"), "{wrong}");
 
-        if !webgpu {
-            assert_eq!(result["model"]["classes"], 1000, "{result:#}");
-            assert_eq!(result["model"]["inputShape"], serde_json::json!([3, 224, 224]));
-            for (shown, native) in result["modelResults"].as_array().unwrap().iter().zip(&resnet18_native) {
-                assert_same_top5(&format!("ResNet-18: {}", shown["name"]), &shown["top"], native);
-            }
+        assert_eq!(result["model"]["classes"], 1000, "{result:#}");
+        assert_eq!(result["model"]["inputShape"], serde_json::json!([3, 224, 224]));
+        let model_results = result["modelResults"].as_array().unwrap();
+        assert_eq!(model_results.len(), resnet18_images.len());
+        for (shown, native) in model_results.iter().zip(&resnet18_native) {
+            assert_same_top5(
+                &format!("{backend}: ResNet-18: {}", shown["name"]),
+                &shown["top"],
+                native,
+            );
         }
 
         let url = server.url();
