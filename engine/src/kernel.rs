@@ -8,7 +8,9 @@
 //! Pipelines are created at first bind rather than with [`crate::Kernels`]
 //! because browsers compile every pipeline created, used or not, before the
 //! first dispatch completes (Chromium with SwiftShader: seconds for the
-//! training kernels that inference never runs).
+//! training kernels that inference never runs). Shader modules likewise wait
+//! for their first pipeline: a browser parses each module created, in order,
+//! before it compiles the pipeline that a page needs first.
 //!
 //! Binding convention: an entry point's uniform parameters sit at binding
 //! `first_binding` and its storage buffers follow in order. Entry points that
@@ -17,7 +19,8 @@
 
 use crate::Tensor;
 use bytemuck::Pod;
-use std::sync::OnceLock;
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
 use wgpu::util::DeviceExt;
 
 /// Workgroup size of the element-wise kernels (one dimension).
@@ -26,11 +29,33 @@ pub const ELEMENTWISE_WORKGROUP: u32 = 256;
 /// WebGPU's default `maxComputeWorkgroupsPerDimension`.
 pub const MAX_WORKGROUPS_PER_DIMENSION: u32 = 65535;
 
-/// Creates the shader module of one WGSL file.
-pub fn shader_module(device: &wgpu::Device, label: &str, source: &str) -> wgpu::ShaderModule {
-    device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(label),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
+/// The source of one WGSL file, compiled into a shader module when the
+/// first pipeline of one of its kernels is created. Its kernels share it.
+#[derive(Debug)]
+pub struct ShaderModule {
+    label: &'static str,
+    source: Cow<'static, str>,
+    module: OnceLock<wgpu::ShaderModule>,
+}
+
+impl ShaderModule {
+    fn get(&self, device: &wgpu::Device) -> &wgpu::ShaderModule {
+        self.module.get_or_init(|| {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(self.label),
+                source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(&self.source)),
+            })
+        })
+    }
+}
+
+/// The shader module of one WGSL file, created (and validated) when a kernel
+/// of it first needs its pipeline.
+pub fn shader_module(label: &'static str, source: impl Into<Cow<'static, str>>) -> Arc<ShaderModule> {
+    Arc::new(ShaderModule {
+        label,
+        source: source.into(),
+        module: OnceLock::new(),
     })
 }
 
@@ -80,7 +105,7 @@ pub fn with_subgroup_loads(source: &str, subgroup_loads: &str) -> String {
 
 #[derive(Clone, Debug)]
 pub struct Kernel {
-    module: wgpu::ShaderModule,
+    module: Arc<ShaderModule>,
     /// Created by the first [`Kernel::bind`].
     pipeline: OnceLock<wgpu::ComputePipeline>,
     entry_point: &'static str,
@@ -93,12 +118,12 @@ impl Kernel {
     /// will be bound on.
     pub fn new(
         _device: &wgpu::Device,
-        module: &wgpu::ShaderModule,
+        module: &Arc<ShaderModule>,
         entry_point: &'static str,
         first_binding: u32,
     ) -> Self {
         Self {
-            module: module.clone(),
+            module: Arc::clone(module),
             pipeline: OnceLock::new(),
             entry_point,
             first_binding,
@@ -120,7 +145,7 @@ impl Kernel {
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(self.entry_point),
                 layout: None,
-                module: &self.module,
+                module: self.module.get(device),
                 entry_point: Some(self.entry_point),
                 compilation_options: Default::default(),
                 cache: None,

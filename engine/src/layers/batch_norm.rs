@@ -34,7 +34,7 @@ pub struct BatchNormKernels {
 
 impl BatchNormKernels {
     pub fn new(device: &wgpu::Device, variant: Variant) -> Self {
-        let module = shader_module(device, "batch_norm", include_str!("../../../shaders/batch_norm.wgsl"));
+        let module = shader_module("batch_norm", include_str!("../../../shaders/batch_norm.wgsl"));
         let pair = |entry_point: &'static str, vec4_entry_point: &'static str, first_binding| {
             [
                 Kernel::new(device, &module, entry_point, first_binding),

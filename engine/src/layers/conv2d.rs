@@ -15,8 +15,9 @@
 //! into the weights and a bias, then residual and ReLU in the GEMM's epilogue,
 //! over weights transposed once at load ([`upload_forward_weights`]).
 
-use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, grid_1d, module_source, shader_module};
+use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, ShaderModule, grid_1d, module_source, shader_module};
 use crate::{Dispatch, EngineError, Kernels, Tensor, Variant};
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dShape {
@@ -153,7 +154,7 @@ struct ConvGemms {
 }
 
 impl ConvGemms {
-    fn new(device: &wgpu::Device, module: &wgpu::ShaderModule, variant: Variant) -> Self {
+    fn new(device: &wgpu::Device, module: &Arc<ShaderModule>, variant: Variant) -> Self {
         let pair = |plain, fused, first_binding| GemmPair {
             plain: Kernel::new(device, module, plain, first_binding),
             fused: Kernel::new(device, module, fused, first_binding),
@@ -312,9 +313,9 @@ impl Conv2dKernels {
     pub fn new(device: &wgpu::Device, variant: Variant, subgroups: bool) -> Self {
         let subgroup_loads = subgroups && variant != Variant::WorkgroupTile;
         let source = conv2d_source(subgroup_loads);
-        let module = shader_module(device, "conv2d", &source);
+        let module = shader_module("conv2d", source);
         let packed = (variant == Variant::RegisterTile && subgroup_loads).then(|| {
-            let plain = shader_module(device, "conv2d (packed)", &conv2d_source(false));
+            let plain = shader_module("conv2d (packed)", conv2d_source(false));
             ConvGemms::new(device, &plain, variant)
         });
         Self {

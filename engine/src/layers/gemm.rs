@@ -42,7 +42,7 @@ impl GemmKernels {
     /// the feature) gives the register tile subgroup loads.
     pub fn new(device: &wgpu::Device, variant: Variant, subgroups: bool) -> Self {
         let source = gemm_source(subgroups && variant != Variant::WorkgroupTile);
-        let module = shader_module(device, "gemm", &source);
+        let module = shader_module("gemm", source);
         // The compact tile has no GEMM of its own (the network needs none):
         // it measures the register tile's.
         let matmul = match variant {

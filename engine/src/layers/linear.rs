@@ -13,7 +13,7 @@ pub struct LinearKernels {
 
 impl LinearKernels {
     pub fn new(device: &wgpu::Device) -> Self {
-        let module = shader_module(device, "linear", include_str!("../../../shaders/linear.wgsl"));
+        let module = shader_module("linear", include_str!("../../../shaders/linear.wgsl"));
         Self {
             forward: Kernel::new(device, &module, "linear_forward", 0),
             backward_data: Kernel::new(device, &module, "linear_backward_data", 10),

@@ -14,7 +14,7 @@ pub struct LossKernels {
 
 impl LossKernels {
     pub fn new(device: &wgpu::Device) -> Self {
-        let module = shader_module(device, "loss", include_str!("../../../shaders/loss.wgsl"));
+        let module = shader_module("loss", include_str!("../../../shaders/loss.wgsl"));
         Self {
             forward: Kernel::new(device, &module, "softmax_cross_entropy_forward", 0),
             backward: Kernel::new(device, &module, "softmax_cross_entropy_backward", 10),

@@ -20,7 +20,7 @@ pub struct PoolKernels {
 
 impl PoolKernels {
     pub fn new(device: &wgpu::Device) -> Self {
-        let module = shader_module(device, "pool", include_str!("../../../shaders/pool.wgsl"));
+        let module = shader_module("pool", include_str!("../../../shaders/pool.wgsl"));
         Self {
             max_forward: Kernel::new(device, &module, "max_pool_forward", 0),
             max_backward: Kernel::new(device, &module, "max_pool_backward", 10),

@@ -10,7 +10,7 @@ pub struct ReluKernels {
 
 impl ReluKernels {
     pub fn new(device: &wgpu::Device) -> Self {
-        let module = shader_module(device, "relu", include_str!("../../../shaders/relu.wgsl"));
+        let module = shader_module("relu", include_str!("../../../shaders/relu.wgsl"));
         Self {
             forward: Kernel::new(device, &module, "relu_forward", 0),
             backward: Kernel::new(device, &module, "relu_backward", 10),

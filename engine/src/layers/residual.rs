@@ -16,7 +16,7 @@ pub struct ResidualKernels {
 
 impl ResidualKernels {
     pub fn new(device: &wgpu::Device) -> Self {
-        let module = shader_module(device, "residual", include_str!("../../../shaders/residual.wgsl"));
+        let module = shader_module("residual", include_str!("../../../shaders/residual.wgsl"));
         Self {
             add: Kernel::new(device, &module, "add_forward", 0),
             shortcut_a_forward: Kernel::new(device, &module, "shortcut_a_forward", 10),

@@ -12,7 +12,7 @@ pub struct SgdKernels {
 
 impl SgdKernels {
     pub fn new(device: &wgpu::Device) -> Self {
-        let module = shader_module(device, "sgd", include_str!("../../../shaders/sgd.wgsl"));
+        let module = shader_module("sgd", include_str!("../../../shaders/sgd.wgsl"));
         Self {
             step: Kernel::new(device, &module, "sgd_step", 0),
         }
