@@ -1,5 +1,5 @@
-//! The fixed set of kernels (shader modules created early, each pipeline
-//! compiled once, at its first bind) and the execution context.
+//! The fixed set of kernels (each shader module and pipeline created once,
+//! when it is first bound) and the execution context.
 
 use crate::layers::batch_norm::BatchNormKernels;
 use crate::layers::conv2d::{Conv2dKernels, conv2d_source};

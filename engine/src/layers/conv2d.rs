@@ -308,7 +308,7 @@ pub fn conv2d_source(subgroups: bool) -> String {
 }
 
 impl Conv2dKernels {
-    /// Creates the kernels of `variant` only; `subgroups` (the device has the
+    /// The kernels of `variant` only; `subgroups` (the device has the
     /// feature) gives the register and compact kernels subgroup weight loads.
     pub fn new(device: &wgpu::Device, variant: Variant, subgroups: bool) -> Self {
         let subgroup_loads = subgroups && variant != Variant::WorkgroupTile;

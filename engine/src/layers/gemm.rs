@@ -38,7 +38,7 @@ pub fn gemm_source(subgroups: bool) -> String {
 }
 
 impl GemmKernels {
-    /// Creates the pipelines of `variant` only; `subgroups` (the device has
+    /// The kernels of `variant` only; `subgroups` (the device has
     /// the feature) gives the register tile subgroup loads.
     pub fn new(device: &wgpu::Device, variant: Variant, subgroups: bool) -> Self {
         let source = gemm_source(subgroups && variant != Variant::WorkgroupTile);
