@@ -1633,3 +1633,211 @@ fn conv2d_reduce_partials(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     }
     reduce_dw[i] = sum;
 }
+
+// Winograd F(4x4, 3x3): the inference forward of 3x3 stride-1 convolutions
+// with the compact tile (SwiftShader), in three passes over scratch buffers.
+// Each 4x4 tile of output pixels is computed from the 6x6 input patch d at
+// (4 * tile - pad) as A^T [(G g G^T) . (B^T d B)] A (Lavin and Gray, 2015):
+// 36 multiplies per tile, channel and output channel instead of 144.
+// SwiftShader's cost is its gathers, and the GEMM of the Winograd domain
+// has no taps to share a pixel's load between (the direct kernel's window
+// serves 3), so it costs about 2.3x as much per multiply-add: F(2x2, 3x3),
+// 2.25x fewer of them, ran slower than the direct kernel; F(4x4, 3x3) saves 4x.
+// - conv2d_winograd_input: v[xi][c][tile] = (B^T d B)[xi] per channel;
+// - conv2d_winograd_gemm: m[xi] = u[xi] v[xi] for the 36 points xi, over the
+//   weights u[xi][c][row] = (G g G^T)[xi] transformed at load (rows padded
+//   to a multiple of 8), as the compact tile's GEMM: 8 rows x 8 tiles per
+//   invocation, weights through ct_rows;
+// - conv2d_winograd_output: y = relu?(A^T m A + bias + residual?).
+// Tiles (batch x tiles_h x tiles_w) are padded to a multiple of 8 in v and m;
+// the padding stays zero in v, and m's is computed and never read.
+struct Winograd {
+    batch: u32,
+    channels: u32,
+    // Input (src_h x src_w) or output (dst_h x dst_w) of the convolution.
+    src_h: u32,
+    src_w: u32,
+    dst_h: u32,
+    dst_w: u32,
+    pad: u32,
+    tiles_h: u32,
+    tiles_w: u32,
+    tiles_padded: u32,
+    // EPILOGUE_RESIDUAL and EPILOGUE_RELU (conv2d_winograd_output).
+    epilogue: u32,
+    _pad: u32,
+}
+
+// The invocation's (image, channel, tile), invocations in that order; past
+// the last, image is batch.
+fn wi_tile(p: Winograd, gid: vec3<u32>, groups: vec3<u32>) -> vec3<u32> {
+    let tiles = p.tiles_h * p.tiles_w;
+    let g = gid.x + gid.y * groups.x * 256u;
+    return vec3<u32>(g / (tiles * p.channels), (g / tiles) % p.channels, g % tiles);
+}
+
+@group(0) @binding(80) var<uniform> wi_params: Winograd;
+@group(0) @binding(81) var<storage, read> wi_x: array<f32>;
+@group(0) @binding(82) var<storage, read_write> wi_v: array<f32>;
+
+// B^T r for a column r of the patch (B^T's rows: 4 0 -5 0 1 0, 0 -4 -4 1 1 0,
+// 0 4 -4 -1 1 0, 0 -2 -1 2 1 0, 0 2 -1 -2 1 0, 0 4 0 -5 0 1).
+fn wi_bt(r: array<f32, 6>) -> array<f32, 6> {
+    return array<f32, 6>(
+        4.0 * r[0] - 5.0 * r[2] + r[4],
+        r[3] + r[4] - 4.0 * (r[1] + r[2]),
+        4.0 * (r[1] - r[2]) + r[4] - r[3],
+        2.0 * (r[3] - r[1]) + r[4] - r[2],
+        2.0 * (r[1] - r[3]) + r[4] - r[2],
+        4.0 * r[1] - 5.0 * r[3] + r[5],
+    );
+}
+
+@compute @workgroup_size(256)
+fn conv2d_winograd_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let p = wi_params;
+    let at = wi_tile(p, gid, groups);
+    if at.x >= p.batch {
+        return;
+    }
+    let plane = (at.x * p.channels + at.y) * p.src_h * p.src_w;
+    let h = i32(4u * (at.z / p.tiles_w)) - i32(p.pad);
+    let w = i32(4u * (at.z % p.tiles_w)) - i32(p.pad);
+    // Columns of B^T d, then its rows times B.
+    var bt_d: array<array<f32, 6>, 6>;
+    for (var j = 0; j < 6; j++) {
+        var column: array<f32, 6>;
+        let x = w + j;
+        for (var i = 0; i < 6; i++) {
+            let y = h + i;
+            let inside = (x >= 0) & (x < i32(p.src_w)) & (y >= 0) & (y < i32(p.src_h));
+            let o = plane + u32(clamp(y, 0, i32(p.src_h) - 1)) * p.src_w + u32(clamp(x, 0, i32(p.src_w) - 1));
+            column[i] = select(0.0, wi_x[o], inside);
+        }
+        bt_d[j] = wi_bt(column);
+    }
+    let step = p.channels * p.tiles_padded;
+    let o = at.y * p.tiles_padded + at.x * p.tiles_h * p.tiles_w + at.z;
+    for (var i = 0u; i < 6u; i++) {
+        var row: array<f32, 6>;
+        for (var j = 0u; j < 6u; j++) {
+            row[j] = bt_d[j][i];
+        }
+        let v = wi_bt(row);
+        for (var j = 0u; j < 6u; j++) {
+            wi_v[o + (6u * i + j) * step] = v[j];
+        }
+    }
+}
+
+// m[xi][row][tile] over ct_params: channels = input channels, rows = output
+// channels (rows_padded in wt), columns = tiles_padded; the workgroup's
+// point xi and row block in workgroup_id.z, uniform over the workgroup (ct_rows).
+@compute @workgroup_size(8)
+fn conv2d_winograd_gemm(ids: Ids) {
+    let p = ct_params;
+    let row_blocks = p.rows_padded / 8u;
+    let xi = ids.workgroup.z / row_blocks;
+    let row_block = ids.workgroup.z % row_blocks;
+    let blocks = p.columns / 8u;
+    let index = ct_block_index(ids);
+    // Past the last block: a clamped one, computed and not stored.
+    let tile0 = min(index, blocks - 1u) * 8u;
+    let lane = subgroup_lane(ids);
+    var acc: array<vec4<f32>, 16>;
+    var v = xi * p.channels * p.columns + tile0;
+    let a_step = p.rows_padded / 4u;
+    var a = xi * p.channels * a_step + row_block * 2u;
+    for (var c = 0u; c < p.channels; c++) {
+        let x = vec4<f32>(ct_src[v], ct_src[v + 1u], ct_src[v + 2u], ct_src[v + 3u]);
+        let y = vec4<f32>(ct_src[v + 4u], ct_src[v + 5u], ct_src[v + 6u], ct_src[v + 7u]);
+        ct_outer_product(&acc, ct_rows(a, lane), Window(x, y));
+        v += p.columns;
+        a += a_step;
+    }
+    if index < blocks {
+        wg_store(p, xi, row_block * 8u, tile0, &acc);
+    }
+}
+
+// Stores the 8 x 8 tile of acc: rows from row0 of m[xi], tiles from tile0.
+fn wg_store(p: ImplicitGemm, xi: u32, row0: u32, tile0: u32, acc: ptr<function, array<vec4<f32>, 16>>) {
+    // A loop over a copy, as in ct_epilogue, so that acc keeps constant indices.
+    var rows = *acc;
+    for (var i = 0u; i < 8u; i++) {
+        let row = row0 + i;
+        if row < p.rows {
+            let o = (xi * p.rows + row) * p.columns + tile0;
+            let lo = rows[2u * i];
+            let hi = rows[2u * i + 1u];
+            ct_dst[o] = lo.x;
+            ct_dst[o + 1u] = lo.y;
+            ct_dst[o + 2u] = lo.z;
+            ct_dst[o + 3u] = lo.w;
+            ct_dst[o + 4u] = hi.x;
+            ct_dst[o + 5u] = hi.y;
+            ct_dst[o + 6u] = hi.z;
+            ct_dst[o + 7u] = hi.w;
+        }
+    }
+}
+
+@group(0) @binding(90) var<uniform> wo_params: Winograd;
+@group(0) @binding(91) var<storage, read> wo_m: array<f32>;
+@group(0) @binding(92) var<storage, read> wo_bias: array<f32>;
+@group(0) @binding(93) var<storage, read> wo_residual: array<f32>;
+@group(0) @binding(94) var<storage, read_write> wo_y: array<f32>;
+
+// A^T r for a column r (A^T's rows: 1 1 1 1 1 0, 0 1 -1 2 -2 0,
+// 0 1 1 4 4 0, 0 1 -1 8 -8 1).
+fn wo_at(r: array<f32, 6>) -> vec4<f32> {
+    let sum = r[1] + r[2];
+    let difference = r[1] - r[2];
+    let sum2 = r[3] + r[4];
+    let difference2 = r[3] - r[4];
+    return vec4<f32>(r[0] + sum + sum2, difference + 2.0 * difference2, sum + 4.0 * sum2, difference + 8.0 * difference2 + r[5]);
+}
+
+// One invocation per output channel and tile of an image (as wi_tile, with
+// `channels` the output channels).
+@compute @workgroup_size(256)
+fn conv2d_winograd_output(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let p = wo_params;
+    let at = wi_tile(p, gid, groups);
+    if at.x >= p.batch {
+        return;
+    }
+    let step = p.channels * p.tiles_padded;
+    let o = at.y * p.tiles_padded + at.x * p.tiles_h * p.tiles_w + at.z;
+    // Columns of A^T m (4 values each), then its rows times A.
+    var at_m: array<vec4<f32>, 6>;
+    for (var j = 0u; j < 6u; j++) {
+        var column: array<f32, 6>;
+        for (var i = 0u; i < 6u; i++) {
+            column[i] = wo_m[o + (6u * i + j) * step];
+        }
+        at_m[j] = wo_at(column);
+    }
+    let bias = wo_bias[at.y];
+    let h = 4u * (at.z / p.tiles_w);
+    let w = 4u * (at.z % p.tiles_w);
+    let plane = (at.x * p.channels + at.y) * p.dst_h * p.dst_w;
+    // Pixels past the output's edge read and write its last row or column:
+    // rows and columns go last to first, so the pixel's own value lands last.
+    let columns = min(vec4<u32>(w) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.dst_w - 1u));
+    for (var r = 3; r >= 0; r--) {
+        let i = u32(r);
+        var y = wo_at(array<f32, 6>(at_m[0][i], at_m[1][i], at_m[2][i], at_m[3][i], at_m[4][i], at_m[5][i])) + bias;
+        let index = plane + min(h + i, p.dst_h - 1u) * p.dst_w + columns;
+        if (p.epilogue & EPILOGUE_RESIDUAL) != 0u {
+            y += vec4<f32>(wo_residual[index.x], wo_residual[index.y], wo_residual[index.z], wo_residual[index.w]);
+        }
+        if (p.epilogue & EPILOGUE_RELU) != 0u {
+            y = max(y, vec4<f32>(0.0));
+        }
+        wo_y[index.w] = y.w;
+        wo_y[index.z] = y.z;
+        wo_y[index.y] = y.y;
+        wo_y[index.x] = y.x;
+    }
+}

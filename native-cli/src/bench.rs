@@ -21,7 +21,7 @@ use engine::network::resnet::{BottleneckStride, Shortcut};
 use engine::network::{FoldedNetwork, InferencePlan, Plan};
 use engine::preprocess::Normalization;
 use engine::rng::Rng;
-use engine::{Context, Dispatch, Kernels, Tensor, Variant};
+use engine::{Context, Dispatch, EngineError, Kernels, Tensor, Variant};
 use resnet_native::kernel_choice::{self, TrainingStep};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -38,7 +38,7 @@ pub struct BenchArgs {
     /// (e.g. "resnet20", "train", "folded"); the GEMM ceiling always runs.
     #[arg(long)]
     filter: Option<String>,
-    /// Also profile the selected training and (unfolded) inference cases:
+    /// Also profile the selected training and GPU inference cases:
     /// each dispatch of a step run and timed on its own, the medians summed
     /// per kernel entry point.
     #[arg(long)]
@@ -479,12 +479,13 @@ fn model_cases() -> Vec<ModelCase> {
     cases
 }
 
-/// Profiles `runs` steps of `plan` (at least one): the median time of each
-/// dispatch, and their sums per entry point.
-fn profile_plan(ctx: &Context, plan: &Plan, runs: usize) -> anyhow::Result<Profile> {
-    let mut runs = (0..runs.max(1))
-        .map(|_| plan.profile(ctx.device(), ctx.queue()))
-        .collect::<Result<Vec<_>, _>>()?;
+/// Profiles `runs` runs of a plan (at least one), each `profile_run`: the
+/// median time of each dispatch, and their sums per entry point.
+fn profile_plan<'a>(
+    profile_run: impl Fn() -> Result<Vec<(&'a Dispatch, Duration)>, EngineError>,
+    runs: usize,
+) -> anyhow::Result<Profile> {
+    let mut runs = (0..runs.max(1)).map(|_| profile_run()).collect::<Result<Vec<_>, _>>()?;
     let dispatches: Vec<DispatchProfile> = (0..runs[0].len())
         .map(|index| {
             let mut times: Vec<Duration> = runs.iter_mut().map(|run| run[index].1).collect();
@@ -541,8 +542,12 @@ fn bench_model(
     profiled: bool,
 ) -> anyhow::Result<ModelResult> {
     let (device, queue, kernels) = (ctx.device(), ctx.queue(), &ctx.kernels);
-    // Plans of the layer-by-layer graph are profiled on request.
-    let profile = |plan: &Plan, timing: &Timing| profiled.then(|| profile_plan(ctx, plan, timing.reps)).transpose();
+    // Plans are profiled on request.
+    let profile = |plan: &Plan, timing: &Timing| {
+        profiled
+            .then(|| profile_plan(|| plan.profile(device, queue), timing.reps))
+            .transpose()
+    };
     // Inference arms start from freshly initialised weights on random images.
     let model_and_images = || -> anyhow::Result<(Model, Vec<f32>)> {
         let (images, _) = kernel_choice::random_batch(&case.spec.graph(case.batch)?);
@@ -568,7 +573,11 @@ fn bench_model(
             let (model, images) = model_and_images()?;
             let plan = InferencePlan::new(device, kernels, &model, case.batch)?;
             plan.write_input(queue, &images)?;
-            (time(ctx, gemm, || plan.run(device, queue), reps, &MODEL_BUDGET)?, None)
+            let timing = time(ctx, gemm, || plan.run(device, queue), reps, &MODEL_BUDGET)?;
+            let profile = profiled
+                .then(|| profile_plan(|| plan.profile(device, queue), timing.reps))
+                .transpose()?;
+            (timing, profile)
         }
         Mode::InferCpu => {
             let (model, images) = model_and_images()?;

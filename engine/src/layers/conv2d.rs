@@ -13,11 +13,15 @@
 //!
 //! Inference uses a fused forward, [`conv2d_forward_fused`]: batch norm folded
 //! into the weights and a bias, then residual and ReLU in the GEMM's epilogue,
-//! over weights transposed once at load ([`upload_forward_weights`]).
+//! over weights transposed once at load ([`upload_forward_weights`]); with
+//! the compact tile, wide 3x3 stride-1 convolutions take Winograd F(2x2, 3x3)
+//! instead ([`winograd`]).
 
 use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, ShaderModule, grid_1d, module_source, shader_module};
 use crate::{Dispatch, EngineError, Kernels, Tensor, Variant};
 use std::sync::Arc;
+
+pub mod winograd;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dShape {
@@ -230,6 +234,8 @@ pub struct Conv2dKernels {
     /// Register tile with subgroup loads: its GEMMs without them, for small
     /// launches (see [`subgroup_stride`]).
     packed: Option<ConvGemms>,
+    /// Compact tile: the inference forward as Winograd F(2x2, 3x3).
+    winograd: Option<winograd::WinogradKernels>,
     reduce_partials: Kernel,
     /// Subgroup loads, with subgroups that hold a whole register-tile
     /// workgroup: backward-weight can then share dy between two groups of
@@ -324,6 +330,7 @@ impl Conv2dKernels {
             transpose_weights: Kernel::new(device, &module, "conv2d_transpose_weights", 0),
             gemms: ConvGemms::new(device, &module, variant),
             packed,
+            winograd: (variant == Variant::CompactTile).then(|| winograd::WinogradKernels::new(device, &module)),
             reduce_partials: Kernel::new(device, &module, "conv2d_reduce_partials", 50),
             subgroups_span_workgroup: subgroup_loads
                 && device.adapter_info().subgroup_min_size as usize >= REGISTER_WORKGROUP,
@@ -1374,7 +1381,7 @@ mod tests {
     /// Runs `check` on the kernels of `variant` with and without subgroup
     /// weight loads (with them only where the test device has subgroups:
     /// lavapipe does).
-    fn with_and_without_subgroups(variant: Variant, check: fn(&Kernels)) {
+    pub(super) fn with_and_without_subgroups(variant: Variant, check: fn(&Kernels)) {
         let Some(ctx) = context() else { return };
         let has_subgroups = ctx.device().features().contains(wgpu::Features::SUBGROUP);
         if !has_subgroups {

@@ -7,6 +7,9 @@
 //! CPU (the browser's fallback without WebGPU) and [`InferencePlan`] on the GPU.
 
 use super::graph::{BN_EPS, Graph, Op, TensorId};
+use crate::layers::conv2d::winograd::{
+    WinogradScratch, conv2d_forward_winograd, upload_winograd_weights, winograd_applies,
+};
 use crate::layers::conv2d::{Conv2dShape, conv2d_forward_fused, upload_forward_weights};
 use crate::layers::linear::{LinearShape, linear_forward};
 use crate::layers::pool::{GlobalAvgPoolShape, MaxPoolShape, global_avg_pool_forward, max_pool_forward};
@@ -275,31 +278,78 @@ impl InferencePlan {
     pub fn from_folded(device: &wgpu::Device, kernels: &Kernels, net: &FoldedNetwork) -> Result<Self, EngineError> {
         let acts = allocate_activations(device, net)?;
         let act = |t: TensorId| acts[t].as_ref().expect("every activation read is written first");
+        // One scratch for every Winograd convolution: they run one by one.
+        let winograd = |c: &FoldedConv| winograd_applies(device, kernels, &c.shape);
+        let winograd_shapes: Vec<Conv2dShape> = net
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                FoldedOp::Conv(c) if winograd(c) => Some(c.shape),
+                _ => None,
+            })
+            .collect();
+        let scratch = match winograd_shapes.is_empty() {
+            true => None,
+            false => Some(WinogradScratch::new(device, &winograd_shapes)?),
+        };
         let mut dispatches = Vec::with_capacity(net.ops.len());
         for op in &net.ops {
             let y = act(op.output());
-            dispatches.push(match op {
+            match op {
                 FoldedOp::Conv(c) => {
                     // The plan keeps no handle on its weights: the dispatches'
                     // bind groups hold them.
-                    let wt = upload_forward_weights(device, &c.shape, &c.weight)?;
                     let bias = Tensor::from_slice(device, &[c.bias.len()], &c.bias)?;
                     let residual = c.residual.map(act);
-                    conv2d_forward_fused(device, kernels, &c.shape, act(c.x), &wt, &bias, residual, c.relu, y)
+                    match &scratch {
+                        Some(scratch) if winograd(c) => {
+                            let u = upload_winograd_weights(device, &c.shape, &c.weight)?;
+                            dispatches.extend(conv2d_forward_winograd(
+                                device,
+                                kernels,
+                                &c.shape,
+                                act(c.x),
+                                &u,
+                                &bias,
+                                residual,
+                                c.relu,
+                                y,
+                                scratch,
+                            ));
+                        }
+                        _ => {
+                            let wt = upload_forward_weights(device, &c.shape, &c.weight)?;
+                            dispatches.push(conv2d_forward_fused(
+                                device,
+                                kernels,
+                                &c.shape,
+                                act(c.x),
+                                &wt,
+                                &bias,
+                                residual,
+                                c.relu,
+                                y,
+                            ));
+                        }
+                    }
                 }
-                FoldedOp::ShortcutA { shape, x, .. } => shortcut_a_forward(device, kernels, *shape, act(*x), y),
-                FoldedOp::MaxPool { shape, x, .. } => max_pool_forward(device, kernels, *shape, act(*x), y),
+                FoldedOp::ShortcutA { shape, x, .. } => {
+                    dispatches.push(shortcut_a_forward(device, kernels, *shape, act(*x), y))
+                }
+                FoldedOp::MaxPool { shape, x, .. } => {
+                    dispatches.push(max_pool_forward(device, kernels, *shape, act(*x), y))
+                }
                 FoldedOp::GlobalAvgPool { shape, x, .. } => {
-                    global_avg_pool_forward(device, kernels, *shape, act(*x), y)
+                    dispatches.push(global_avg_pool_forward(device, kernels, *shape, act(*x), y))
                 }
                 FoldedOp::Linear {
                     shape, x, weight, bias, ..
                 } => {
                     let w = Tensor::from_slice(device, &[shape.out_features, shape.in_features], weight)?;
                     let b = Tensor::from_slice(device, &[shape.out_features], bias)?;
-                    linear_forward(device, kernels, *shape, act(*x), &w, &b, y)
+                    dispatches.push(linear_forward(device, kernels, *shape, act(*x), &w, &b, y));
                 }
-            });
+            }
         }
         let logits = act(net.logits).clone();
         Ok(Self {
@@ -329,6 +379,17 @@ impl InferencePlan {
         for d in &self.dispatches {
             d.record(pass);
         }
+    }
+
+    /// Runs one inference dispatch by dispatch, waiting for each: the time of
+    /// every dispatch, in order (see [`crate::kernel::profile`]).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+    ) -> Result<Vec<(&Dispatch, std::time::Duration)>, EngineError> {
+        crate::kernel::profile(device, queue, &self.dispatches)
     }
 
     /// Submits one inference as a single command buffer; nothing is read back.

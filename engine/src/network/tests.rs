@@ -361,7 +361,8 @@ fn assert_logits_match(what: &str, got: &[f32], want: &[f64]) {
     assert_close(what, got, want, 1e-4 * scale, 1e-3);
 }
 
-fn assert_inference_plan_matches_reference(spec: ModelSpec, batch: usize) {
+/// `winograd`: whether the compact kernels run some convolutions as Winograd.
+fn assert_inference_plan_matches_reference(spec: ModelSpec, batch: usize, winograd: bool) {
     let Some(ctx) = context() else { return };
     let (device, queue) = (ctx.device(), ctx.queue());
     let model = trained_like(spec, 5);
@@ -383,6 +384,16 @@ fn assert_inference_plan_matches_reference(spec: ModelSpec, batch: usize) {
             ""
         };
         let variant = kernels.variant;
+        let ran_winograd = plan
+            .profile(device, queue)
+            .unwrap()
+            .iter()
+            .any(|(d, _)| d.entry_point() == "conv2d_winograd_gemm");
+        assert_eq!(
+            ran_winograd,
+            winograd && variant == Variant::CompactTile,
+            "{variant:?}{with}"
+        );
         // Twice: the second run reuses the staging buffer and every activation.
         for run in 0..2 {
             let got = pollster::block_on(plan.logits(device, queue, &images)).unwrap();
@@ -393,12 +404,14 @@ fn assert_inference_plan_matches_reference(spec: ModelSpec, batch: usize) {
 
 #[test]
 fn folded_resnet8_inference_plan_matches_the_unfolded_reference_in_every_variant() {
-    assert_inference_plan_matches_reference(cifar_spec(8), 3);
+    assert_inference_plan_matches_reference(cifar_spec(8), 3, false);
 }
 
 #[test]
 fn folded_imagenet_resnet18_option_b_inference_plan_matches_the_unfolded_reference_in_every_variant() {
-    assert_inference_plan_matches_reference(imagenet18_spec(), 2);
+    // Batch 3: the 16x16 stage has 48 tiles of 4x4 pixels, enough for
+    // Winograd with the compact tile.
+    assert_inference_plan_matches_reference(imagenet18_spec(), 3, true);
 }
 
 #[test]
