@@ -575,7 +575,12 @@ fn bench_model(
             plan.write_input(queue, &images)?;
             let timing = time(ctx, gemm, || plan.run(device, queue), reps, &MODEL_BUDGET)?;
             let profile = profiled
-                .then(|| profile_plan(|| plan.profile(device, queue), timing.reps))
+                .then(|| {
+                    profile_plan(
+                        || engine::kernel::profile(device, queue, plan.dispatches()),
+                        timing.reps,
+                    )
+                })
                 .transpose()?;
             (timing, profile)
         }

@@ -1415,6 +1415,57 @@ mod tests {
             .unwrap_or_else(|e| panic!("{}", e.emit_to_string(&source)));
     }
 
+    /// Signature of a fused inference forward under test: dispatches for
+    /// (shape, OIHW weights, x, bias, residual, relu, y), weights uploaded
+    /// its own way.
+    pub(super) type FusedForward<'a> =
+        dyn Fn(&Conv2dShape, &[f32], &Tensor, &Tensor, Option<&Tensor>, bool, &Tensor) -> Vec<Dispatch> + 'a;
+
+    /// `forward` on each shape, with and without residual and ReLU, against
+    /// the reference's fused forward within `atol` (and 1e-4 relative).
+    /// Returns the entry points that ran.
+    pub(super) fn check_fused_forward(
+        kernels: &Kernels,
+        shapes: &[Conv2dShape],
+        atol: f64,
+        forward: &FusedForward,
+    ) -> std::collections::BTreeSet<&'static str> {
+        let mut entry_points = std::collections::BTreeSet::new();
+        let Some(ctx) = context() else { return entry_points };
+        let (device, queue) = (ctx.device(), ctx.queue());
+        let mut rng = Rng::new(13);
+        for s in shapes {
+            let x = rng.vec(s.input_len(), -1.0, 1.0);
+            let w = rng.vec(s.weight_len(), -1.0, 1.0);
+            let bias = rng.vec(s.out_channels, -1.0, 1.0);
+            let residual = rng.vec(s.output_len(), -1.0, 1.0);
+            let w32: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+            let xt = Tensor::from_f64(device, &[s.input_len()], &x).unwrap();
+            let bt = Tensor::from_f64(device, &[s.out_channels], &bias).unwrap();
+            let rt = Tensor::from_f64(device, &[s.output_len()], &residual).unwrap();
+            for (with_residual, relu) in [(false, false), (false, true), (true, false), (true, true)] {
+                let len = s.output_len();
+                let yt = Tensor::from_slice(device, &[len], &vec![f32::NAN; len]).unwrap();
+                let r = with_residual.then_some(&rt);
+                let dispatches = forward(s, &w32, &xt, &bt, r, relu, &yt);
+                entry_points.extend(dispatches.iter().map(Dispatch::entry_point));
+                crate::kernel::submit(device, queue, &dispatches.iter().collect::<Vec<_>>());
+                let want = cpu::conv2d_forward_fused(s, &x, &w, &bias, with_residual.then_some(&residual), relu);
+                assert_close(
+                    &format!(
+                        "fused y {} residual {with_residual} relu {relu} {s:?}",
+                        describe(kernels)
+                    ),
+                    &yt.read_blocking(device, queue).unwrap(),
+                    &want,
+                    atol,
+                    1e-4,
+                );
+            }
+        }
+        entry_points
+    }
+
     /// The fused epilogues on the awkward shapes: the inference forward, with
     /// and without residual and ReLU, over weights transposed at load; and
     /// backward-data fused with the backward of a ReLU that produced x (its
@@ -1426,38 +1477,16 @@ mod tests {
     fn check_fused(kernels: &Kernels) {
         let Some(ctx) = context() else { return };
         let (device, queue) = (ctx.device(), ctx.queue());
-        let mut rng = Rng::new(13);
-        let mut entry_points = std::collections::BTreeSet::new();
+        // The forward as the plain one: two more terms in [-1, 1) change nothing.
+        let mut entry_points = check_fused_forward(kernels, &shapes(), 1e-4, &|s, w, x, bias, residual, relu, y| {
+            let wt = upload_forward_weights(device, s, w).unwrap();
+            vec![conv2d_forward_fused(
+                device, kernels, s, x, &wt, bias, residual, relu, y,
+            )]
+        });
+        let mut rng = Rng::new(14);
         for s in shapes() {
-            let x = rng.vec(s.input_len(), -1.0, 1.0);
             let w = rng.vec(s.weight_len(), -1.0, 1.0);
-            let bias = rng.vec(s.out_channels, -1.0, 1.0);
-            let residual = rng.vec(s.output_len(), -1.0, 1.0);
-            let w32: Vec<f32> = w.iter().map(|&v| v as f32).collect();
-            let xt = Tensor::from_f64(device, &[s.input_len()], &x).unwrap();
-            let wt = upload_forward_weights(device, &s, &w32).unwrap();
-            let bt = Tensor::from_f64(device, &[s.out_channels], &bias).unwrap();
-            let rt = Tensor::from_f64(device, &[s.output_len()], &residual).unwrap();
-            for (with_residual, relu) in [(false, false), (false, true), (true, false), (true, true)] {
-                let len = s.output_len();
-                let yt = Tensor::from_slice(device, &[len], &vec![f32::NAN; len]).unwrap();
-                let r = with_residual.then_some(&rt);
-                let dispatch = conv2d_forward_fused(device, kernels, &s, &xt, &wt, &bt, r, relu, &yt);
-                entry_points.insert(dispatch.entry_point());
-                crate::kernel::submit(device, queue, &[&dispatch]);
-                let want = cpu::conv2d_forward_fused(&s, &x, &w, &bias, with_residual.then_some(&residual), relu);
-                // As the plain forward: two more terms in [-1, 1) change nothing.
-                assert_close(
-                    &format!(
-                        "fused y {} residual {with_residual} relu {relu} {s:?}",
-                        describe(kernels)
-                    ),
-                    &yt.read_blocking(device, queue).unwrap(),
-                    &want,
-                    1e-4,
-                    1e-4,
-                );
-            }
             let dy = rng.vec(s.output_len(), -1.0, 1.0);
             let relu_output = rng.vec(s.input_len(), -1.0, 1.0);
             let residual = rng.vec(s.input_len(), -1.0, 1.0);

@@ -381,15 +381,9 @@ impl InferencePlan {
         }
     }
 
-    /// Runs one inference dispatch by dispatch, waiting for each: the time of
-    /// every dispatch, in order (see [`crate::kernel::profile`]).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn profile(
-        &self,
-        device: &wgpu::Device,
-        queue: &wgpu::Queue,
-    ) -> Result<Vec<(&Dispatch, std::time::Duration)>, EngineError> {
-        crate::kernel::profile(device, queue, &self.dispatches)
+    /// The dispatches of one inference, in order.
+    pub fn dispatches(&self) -> &[Dispatch] {
+        &self.dispatches
     }
 
     /// Submits one inference as a single command buffer; nothing is read back.

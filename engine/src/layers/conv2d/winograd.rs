@@ -257,10 +257,9 @@ pub fn conv2d_forward_winograd(
 
 #[cfg(test)]
 mod tests {
-    use super::super::cpu;
+    use super::super::tests::check_fused_forward;
     use super::*;
-    use crate::rng::Rng;
-    use crate::testing::{assert_close, context};
+    use crate::testing::context;
 
     /// Awkward Winograd shapes: odd output sizes (a half tile at the edges),
     /// pad 0 and 2, channels off multiples of 4 and 8, batch 2, tiles that
@@ -277,43 +276,18 @@ mod tests {
 
     fn check(kernels: &Kernels) {
         let Some(ctx) = context() else { return };
-        let (device, queue) = (ctx.device(), ctx.queue());
-        let mut rng = Rng::new(21);
-        for s in shapes() {
-            let x = rng.vec(s.input_len(), -1.0, 1.0);
-            let w = rng.vec(s.weight_len(), -1.0, 1.0);
-            let bias = rng.vec(s.out_channels, -1.0, 1.0);
-            let residual = rng.vec(s.output_len(), -1.0, 1.0);
-            let w32: Vec<f32> = w.iter().map(|&v| v as f32).collect();
-            let xt = Tensor::from_f64(device, &[s.input_len()], &x).unwrap();
-            let u = upload_winograd_weights(device, &s, &w32).unwrap();
-            let bt = Tensor::from_f64(device, &[s.out_channels], &bias).unwrap();
-            let rt = Tensor::from_f64(device, &[s.output_len()], &residual).unwrap();
-            // Scratch for a larger shape too: the plan shares one.
-            let big = Conv2dShape::new(2, 20, (10, 10), 20, 3, 1, 1);
-            let scratch = WinogradScratch::new(device, [&s, &big]).unwrap();
-            for (with_residual, relu) in [(false, false), (false, true), (true, false), (true, true)] {
-                let len = s.output_len();
-                let yt = Tensor::from_slice(device, &[len], &vec![f32::NAN; len]).unwrap();
-                let r = with_residual.then_some(&rt);
-                let dispatches = conv2d_forward_winograd(device, kernels, &s, &xt, &u, &bt, r, relu, &yt, &scratch);
-                crate::kernel::submit(device, queue, &dispatches.iter().collect::<Vec<_>>());
-                let want = cpu::conv2d_forward_fused(&s, &x, &w, &bias, with_residual.then_some(&residual), relu);
-                // F(4x4, 3x3)'s transforms scale by up to 8 and 1/24, which
-                // grows f32 rounding about 10x over the direct sum's (on 576
-                // products of magnitude < 1: 1.2e-4 at worst here).
-                assert_close(
-                    &format!(
-                        "winograd y subgroups {} residual {with_residual} relu {relu} {s:?}",
-                        kernels.conv2d.subgroup_loads()
-                    ),
-                    &yt.read_blocking(device, queue).unwrap(),
-                    &want,
-                    1e-3,
-                    1e-4,
-                );
-            }
-        }
+        let device = ctx.device();
+        // Scratch for a larger shape too: the plan shares one.
+        let big = Conv2dShape::new(2, 20, (10, 10), 20, 3, 1, 1);
+        // F(4x4, 3x3)'s transforms scale by up to 8 and 1/24, which grows f32
+        // rounding about 10x over the direct sum's (on 576 products of
+        // magnitude < 1: 1.2e-4 at worst here).
+        let ran = check_fused_forward(kernels, &shapes(), 1e-3, &|s, w, x, bias, residual, relu, y| {
+            let u = upload_winograd_weights(device, s, w).unwrap();
+            let scratch = WinogradScratch::new(device, [s, &big]).unwrap();
+            conv2d_forward_winograd(device, kernels, s, x, &u, bias, residual, relu, y, &scratch).into()
+        });
+        assert!(ran.contains("conv2d_winograd_gemm"), "{ran:?}");
     }
 
     #[test]
