@@ -19,9 +19,9 @@ const POINTS: usize = 36;
 
 /// Input and output channels, and tiles, from which a compact-tile
 /// convolution takes Winograd. With fewer channels the transforms weigh more;
-/// with fewer tiles most of the GEMM's 8-tile blocks and 8-block workgroups
+/// with fewer tiles most of the GEMM's 8-tile blocks and 8-invocation workgroups
 /// are padding: on SwiftShader, ResNet-18's 56x56 and 28x28 convolutions at
-/// batch 1 (196 and 49 tiles) took 0.6-0.7x and 0.55x the direct kernel's
+/// batch 1 (196 and 49 tiles) took 0.6-0.8x and 0.55-0.7x the direct kernel's
 /// time, its 14x14 and 7x7 ones (16 and 4 tiles) 1.7x and 6x.
 const MIN_CHANNELS: usize = 64;
 const MIN_TILES: usize = 48;
