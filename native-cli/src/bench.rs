@@ -21,7 +21,7 @@ use engine::network::resnet::{BottleneckStride, Shortcut};
 use engine::network::{FoldedNetwork, InferencePlan, Plan};
 use engine::preprocess::Normalization;
 use engine::rng::Rng;
-use engine::{Context, Dispatch, EngineError, Kernels, Tensor, Variant};
+use engine::{Context, Dispatch, Kernels, Tensor, Variant};
 use resnet_native::kernel_choice::{self, TrainingStep};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -479,13 +479,12 @@ fn model_cases() -> Vec<ModelCase> {
     cases
 }
 
-/// Profiles `runs` runs of a plan (at least one), each `profile_run`: the
+/// Profiles `runs` runs of a plan's `dispatches` (at least one run): the
 /// median time of each dispatch, and their sums per entry point.
-fn profile_plan<'a>(
-    profile_run: impl Fn() -> Result<Vec<(&'a Dispatch, Duration)>, EngineError>,
-    runs: usize,
-) -> anyhow::Result<Profile> {
-    let mut runs = (0..runs.max(1)).map(|_| profile_run()).collect::<Result<Vec<_>, _>>()?;
+fn profile_plan(ctx: &Context, dispatches: &[&Dispatch], runs: usize) -> anyhow::Result<Profile> {
+    let mut runs = (0..runs.max(1))
+        .map(|_| engine::kernel::profile(ctx.device(), ctx.queue(), dispatches.iter().copied()))
+        .collect::<Result<Vec<_>, _>>()?;
     let dispatches: Vec<DispatchProfile> = (0..runs[0].len())
         .map(|index| {
             let mut times: Vec<Duration> = runs.iter_mut().map(|run| run[index].1).collect();
@@ -543,9 +542,9 @@ fn bench_model(
 ) -> anyhow::Result<ModelResult> {
     let (device, queue, kernels) = (ctx.device(), ctx.queue(), &ctx.kernels);
     // Plans are profiled on request.
-    let profile = |plan: &Plan, timing: &Timing| {
+    let profile = |dispatches: Vec<&Dispatch>, timing: &Timing| {
         profiled
-            .then(|| profile_plan(|| plan.profile(device, queue), timing.reps))
+            .then(|| profile_plan(ctx, &dispatches, timing.reps))
             .transpose()
     };
     // Inference arms start from freshly initialised weights on random images.
@@ -557,7 +556,7 @@ fn bench_model(
         Mode::Train => {
             let step = TrainingStep::new(&ctx.gpu, kernels, &case.spec, case.batch)?;
             let timing = median_time(Some(&|| gemm.run(ctx)), || step.run(&ctx.gpu), reps, &MODEL_BUDGET)?;
-            let profile = profile(step.plan(), &timing)?;
+            let profile = profile(step.plan().dispatches().collect(), &timing)?;
             (timing, profile)
         }
         Mode::Infer => {
@@ -566,7 +565,7 @@ fn bench_model(
             let plan = Plan::inference(device, kernels, graph, &model.params, &model.running)?;
             plan.write_batch(queue, &images, &[])?;
             let timing = time(ctx, gemm, || plan.step(device, queue), reps, &MODEL_BUDGET)?;
-            let profile = profile(&plan, &timing)?;
+            let profile = profile(plan.dispatches().collect(), &timing)?;
             (timing, profile)
         }
         Mode::InferFolded => {
@@ -574,14 +573,7 @@ fn bench_model(
             let plan = InferencePlan::new(device, kernels, &model, case.batch)?;
             plan.write_input(queue, &images)?;
             let timing = time(ctx, gemm, || plan.run(device, queue), reps, &MODEL_BUDGET)?;
-            let profile = profiled
-                .then(|| {
-                    profile_plan(
-                        || engine::kernel::profile(device, queue, plan.dispatches()),
-                        timing.reps,
-                    )
-                })
-                .transpose()?;
+            let profile = profile(plan.dispatches().iter().collect(), &timing)?;
             (timing, profile)
         }
         Mode::InferCpu => {
