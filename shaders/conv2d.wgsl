@@ -1645,12 +1645,16 @@ fn conv2d_reduce_partials(@builtin(global_invocation_id) gid: vec3<u32>, @builti
 // 2.25x fewer of them, ran slower than the direct kernel; F(4x4, 3x3) saves 4x.
 // - conv2d_winograd_input: v[xi][c][tile] = (B^T d B)[xi] per channel;
 // - conv2d_winograd_gemm: m[xi] = u[xi] v[xi] for the 36 points xi, over the
-//   weights u[xi][c][row] = (G g G^T)[xi] transformed at load (rows padded
-//   to a multiple of 8), as the compact tile's GEMM: 8 rows x 8 tiles per
-//   invocation, weights through ct_rows;
+//   weights u[xi][c][row] = (G g G^T)[xi] transformed at load (output
+//   channels padded to a multiple of 8), as the compact tile's GEMM: 8 x 8
+//   per invocation, the operand shared by the workgroup through ct_rows.
+//   That operand is u (m[xi][channel][tile]) or, where there are fewer
+//   tiles than a workgroup has invocations (ResNet-18's 14x14 and 7x7 maps
+//   at batch 1), v (m[xi][tile][channel]), so that the workgroups run
+//   over output channels instead of mostly padding tiles;
 // - conv2d_winograd_output: y = relu?(A^T m A + bias + residual?).
-// Tiles (batch x tiles_h x tiles_w) are padded to a multiple of 8 in v and m;
-// the padding stays zero in v, and m's is computed and never read.
+// Tiles (batch x tiles_h x tiles_w) are padded to a multiple of 8 in v; the
+// padding stays zero there, and its products are computed and never read.
 struct Winograd {
     batch: u32,
     channels: u32,
@@ -1665,6 +1669,11 @@ struct Winograd {
     tiles_padded: u32,
     // EPILOGUE_RESIDUAL and EPILOGUE_RELU (conv2d_winograd_output).
     epilogue: u32,
+    // Strides in m of a point xi, an output channel and a tile
+    // (conv2d_winograd_output).
+    m_point: u32,
+    m_channel: u32,
+    m_tile: u32,
     _pad: u32,
 }
 
@@ -1730,9 +1739,11 @@ fn conv2d_winograd_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     }
 }
 
-// m[xi][row][tile] over ct_params: channels = input channels, rows = output
-// channels (rows_padded in wt), columns = tiles_padded; the workgroup's
-// point xi and row block in workgroup_id.z, uniform over the workgroup (ct_rows).
+// m[xi][row][column] = sum over c of ct_wt[xi][c][row] ct_src[xi][c][column]
+// over ct_params: channels = input channels, rows (rows_padded in ct_wt) and
+// columns (a multiple of 8) as the caller lays them out (u and v, or v and
+// u); the workgroup's point xi and row block in workgroup_id.z, uniform over
+// the workgroup (ct_rows).
 @compute @workgroup_size(8)
 fn conv2d_winograd_gemm(ids: Ids) {
     let p = ct_params;
@@ -1742,32 +1753,32 @@ fn conv2d_winograd_gemm(ids: Ids) {
     let blocks = p.columns / 8u;
     let index = ct_block_index(ids);
     // Past the last block: a clamped one, computed and not stored.
-    let tile0 = min(index, blocks - 1u) * 8u;
+    let column0 = min(index, blocks - 1u) * 8u;
     let lane = subgroup_lane(ids);
     var acc: array<vec4<f32>, 16>;
-    var v = xi * p.channels * p.columns + tile0;
+    var b = xi * p.channels * p.columns + column0;
     let a_step = p.rows_padded / 4u;
     var a = xi * p.channels * a_step + row_block * 2u;
     for (var c = 0u; c < p.channels; c++) {
-        let x = vec4<f32>(ct_src[v], ct_src[v + 1u], ct_src[v + 2u], ct_src[v + 3u]);
-        let y = vec4<f32>(ct_src[v + 4u], ct_src[v + 5u], ct_src[v + 6u], ct_src[v + 7u]);
+        let x = vec4<f32>(ct_src[b], ct_src[b + 1u], ct_src[b + 2u], ct_src[b + 3u]);
+        let y = vec4<f32>(ct_src[b + 4u], ct_src[b + 5u], ct_src[b + 6u], ct_src[b + 7u]);
         ct_outer_product(&acc, ct_rows(a, lane), Window(x, y));
-        v += p.columns;
+        b += p.columns;
         a += a_step;
     }
     if index < blocks {
-        wg_store(p, xi, row_block * 8u, tile0, &acc);
+        wg_store(p, xi, row_block * 8u, column0, &acc);
     }
 }
 
-// Stores the 8 x 8 tile of acc: rows from row0 of m[xi], tiles from tile0.
-fn wg_store(p: ImplicitGemm, xi: u32, row0: u32, tile0: u32, acc: ptr<function, array<vec4<f32>, 16>>) {
+// Stores the 8 x 8 tile of acc: rows from row0 of m[xi], columns from column0.
+fn wg_store(p: ImplicitGemm, xi: u32, row0: u32, column0: u32, acc: ptr<function, array<vec4<f32>, 16>>) {
     // A loop over a copy, as in ct_epilogue, so that acc keeps constant indices.
     var rows = *acc;
     for (var i = 0u; i < 8u; i++) {
         let row = row0 + i;
         if row < p.rows {
-            let o = (xi * p.rows + row) * p.columns + tile0;
+            let o = (xi * p.rows + row) * p.columns + column0;
             let lo = rows[2u * i];
             let hi = rows[2u * i + 1u];
             ct_dst[o] = lo.x;
@@ -1807,14 +1818,13 @@ fn conv2d_winograd_output(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     if at.x >= p.batch {
         return;
     }
-    let step = p.channels * p.tiles_padded;
-    let o = at.y * p.tiles_padded + at.x * p.tiles_h * p.tiles_w + at.z;
+    let o = at.y * p.m_channel + (at.x * p.tiles_h * p.tiles_w + at.z) * p.m_tile;
     // Columns of A^T m (4 values each), then its rows times A.
     var at_m: array<vec4<f32>, 6>;
     for (var j = 0u; j < 6u; j++) {
         var column: array<f32, 6>;
         for (var i = 0u; i < 6u; i++) {
-            column[i] = wo_m[o + (6u * i + j) * step];
+            column[i] = wo_m[o + (6u * i + j) * p.m_point];
         }
         at_m[j] = wo_at(column);
     }

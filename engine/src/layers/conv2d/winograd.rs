@@ -17,14 +17,16 @@ const TILE: usize = 4;
 /// Points of the Winograd domain: the 6x6 input patch of a 4x4 output tile.
 const POINTS: usize = 36;
 
-/// Input and output channels, and tiles, from which a compact-tile
-/// convolution takes Winograd. With fewer channels the transforms weigh more;
-/// with fewer tiles most of the GEMM's 8-tile blocks and 8-invocation workgroups
-/// are padding: on SwiftShader, ResNet-18's 56x56 and 28x28 convolutions at
-/// batch 1 (196 and 49 tiles) took 0.6-0.8x and 0.55-0.7x the direct kernel's
-/// time, its 14x14 and 7x7 ones (16 and 4 tiles) 1.7x and 6x.
+/// Input and output channels, and multiply-adds per point of the Winograd
+/// domain (tiles x input x output channels), from which a compact-tile
+/// convolution takes Winograd. With fewer channels the transforms weigh more,
+/// with less work the GEMMs' padding and the extra passes. On SwiftShader at
+/// batch 1, ResNet-18's convolutions (0.8-1 Mi multiply-adds per point) took
+/// 0.45-0.6x the direct kernel's time at 56x56, 0.65x at 28x28, 0.5-0.6x at
+/// 14x14 and 0.7-0.8x at 7x7; ResNet-20's (16 Ki, 16 to 64 channels) made
+/// the whole network 1.1-1.4x slower, even with 64 channels only.
 const MIN_CHANNELS: usize = 64;
-const MIN_TILES: usize = 48;
+const MIN_MULTIPLY_ADDS_PER_POINT: usize = 1 << 18;
 
 /// The three passes, entry points of the compact tile's module.
 pub(super) struct WinogradKernels {
@@ -58,6 +60,9 @@ struct WinogradParams {
     tiles_w: u32,
     tiles_padded: u32,
     epilogue: u32,
+    m_point: u32,
+    m_channel: u32,
+    m_tile: u32,
     _pad: u32,
 }
 
@@ -68,6 +73,67 @@ fn tiles(shape: &Conv2dShape) -> (usize, usize, usize) {
     (th, tw, (shape.batch * th * tw).next_multiple_of(8))
 }
 
+/// The 4x4 output tiles of the batch.
+fn tile_count(shape: &Conv2dShape) -> usize {
+    let (tiles_h, tiles_w, _) = tiles(shape);
+    shape.batch * tiles_h * tiles_w
+}
+
+/// How the 36 GEMMs lie over the compact tile's GEMM, which computes 8 rows x
+/// 8 columns per invocation, in workgroups of 8 along the columns that share
+/// the rows' operand. Output channels as rows and tiles as columns leave most
+/// of a workgroup on padding where tiles are few (ResNet-18's 14x14 map at
+/// batch 1: 16 tiles, 2 blocks for 8 invocations), so the layout with fewer
+/// invocations in all is taken: tiles as rows (`swapped`) where that is it.
+struct GemmLayout {
+    swapped: bool,
+    /// Rows that m holds, and rows padded to whole 8-row blocks.
+    rows: usize,
+    rows_padded: usize,
+    /// Columns, a multiple of 8.
+    columns: usize,
+}
+
+impl GemmLayout {
+    fn new(shape: &Conv2dShape) -> Self {
+        let (_, _, tiles_padded) = tiles(shape);
+        let tiles = tile_count(shape);
+        let channels_padded = shape.out_channels.next_multiple_of(COMPACT_ROWS);
+        let invocations = |rows_padded: usize, columns: usize| {
+            rows_padded / COMPACT_ROWS * (columns / 8).next_multiple_of(COMPACT_WORKGROUP)
+        };
+        if invocations(tiles_padded, channels_padded) < invocations(channels_padded, tiles_padded) {
+            Self {
+                swapped: true,
+                rows: tiles,
+                rows_padded: tiles_padded,
+                columns: channels_padded,
+            }
+        } else {
+            Self {
+                swapped: false,
+                rows: shape.out_channels,
+                rows_padded: channels_padded,
+                columns: tiles_padded,
+            }
+        }
+    }
+
+    /// Elements of m.
+    fn m_len(&self) -> usize {
+        POINTS * self.rows * self.columns
+    }
+
+    /// Strides in m of an output channel and a tile.
+    fn m_strides(&self) -> (usize, usize) {
+        if self.swapped {
+            (1, self.columns)
+        } else {
+            (self.columns, 1)
+        }
+    }
+}
+
 /// Whether a 3x3 stride-1 convolution can run as Winograd F(4x4, 3x3).
 pub fn winograd_fits(shape: &Conv2dShape) -> bool {
     shape.kernel == 3 && shape.stride == 1
@@ -76,13 +142,13 @@ pub fn winograd_fits(shape: &Conv2dShape) -> bool {
 /// Whether the inference forward of `shape` takes Winograd with `kernels`:
 /// the compact tile (the others are not tuned for it), a 3x3 stride-1
 /// convolution of at least [`MIN_CHANNELS`] channels each way and
-/// [`MIN_TILES`] tiles, and scratch that fits one binding.
+/// [`MIN_MULTIPLY_ADDS_PER_POINT`], and scratch that fits one binding.
 pub fn winograd_applies(device: &wgpu::Device, kernels: &Kernels, shape: &Conv2dShape) -> bool {
     let limit = device.limits().max_storage_buffer_binding_size as usize / 4;
     kernels.variant == Variant::CompactTile
         && winograd_fits(shape)
         && shape.in_channels.min(shape.out_channels) >= MIN_CHANNELS
-        && shape.batch * shape.out_h().div_ceil(TILE) * shape.out_w().div_ceil(TILE) >= MIN_TILES
+        && tile_count(shape) * shape.in_channels * shape.out_channels >= MIN_MULTIPLY_ADDS_PER_POINT
         && WinogradScratch::lens(shape).into_iter().all(|len| len <= limit)
 }
 
@@ -97,7 +163,7 @@ impl WinogradScratch {
     /// Elements of v and m for `shape`.
     fn lens(shape: &Conv2dShape) -> [usize; 2] {
         let (_, _, tiles) = tiles(shape);
-        [POINTS * shape.in_channels * tiles, POINTS * shape.out_channels * tiles]
+        [POINTS * shape.in_channels * tiles, GemmLayout::new(shape).m_len()]
     }
 
     /// Scratch large enough for each of `shapes`.
@@ -204,6 +270,8 @@ pub fn conv2d_forward_winograd(
         check_len("residual", r, shape.output_len(), shape);
     }
     let (tiles_h, tiles_w, tiles_padded) = tiles(shape);
+    let layout = GemmLayout::new(shape);
+    let (m_channel, m_tile) = layout.m_strides();
     let params = |channels: usize, epilogue: u32| WinogradParams {
         batch: shape.batch as u32,
         channels: channels as u32,
@@ -216,32 +284,40 @@ pub fn conv2d_forward_winograd(
         tiles_w: tiles_w as u32,
         tiles_padded: tiles_padded as u32,
         epilogue,
+        m_point: (layout.rows * layout.columns) as u32,
+        m_channel: m_channel as u32,
+        m_tile: m_tile as u32,
         _pad: 0,
     };
-    let tiles = shape.batch * tiles_h * tiles_w;
+    let tiles = tile_count(shape);
     let input = k.input.bind(
         device,
         &params(cin, 0),
         &[x, &scratch.v],
         grid_1d(cin * tiles, ELEMENTWISE_WORKGROUP),
     );
-    // The GEMMs as the compact tile's: rows (output channels) by columns
-    // (tiles), depth the input channels; the fields it does not read stay 0.
+    // The GEMMs as the compact tile's, depth the input channels; the fields
+    // it does not read stay 0.
     let gemm_params = ImplicitGemmParams {
         channels: cin as u32,
-        rows: cout as u32,
-        rows_padded: rows as u32,
-        columns: tiles_padded as u32,
+        rows: layout.rows as u32,
+        rows_padded: layout.rows_padded as u32,
+        columns: layout.columns as u32,
         ..bytemuck::Zeroable::zeroed()
     };
-    let [gx, gy, _] = grid_1d(tiles_padded / 8, COMPACT_WORKGROUP as u32);
+    let [gx, gy, _] = grid_1d(layout.columns / 8, COMPACT_WORKGROUP as u32);
+    let operands = if layout.swapped {
+        [&scratch.v, u]
+    } else {
+        [u, &scratch.v]
+    };
     let gemm = k
         .gemm
         .bind(
             device,
             &gemm_params,
-            &[u, &scratch.v, &scratch.m],
-            [gx, gy, (POINTS * rows / COMPACT_ROWS) as u32],
+            &[operands[0], operands[1], &scratch.m],
+            [gx, gy, (POINTS * layout.rows_padded / COMPACT_ROWS) as u32],
         )
         .with_flops(2.0 * (POINTS * cin * cout * tiles) as f64);
     let epilogue = if residual.is_some() { EPILOGUE_RESIDUAL } else { 0 } | if relu { EPILOGUE_RELU } else { 0 };
@@ -263,7 +339,7 @@ mod tests {
 
     /// Awkward Winograd shapes: odd output sizes (a half tile at the edges),
     /// pad 0 and 2, channels off multiples of 4 and 8, batch 2, tiles that
-    /// do not fill the GEMM's 8-tile blocks.
+    /// do not fill the GEMM's 8-tile blocks, and both GEMM layouts.
     fn shapes() -> Vec<Conv2dShape> {
         vec![
             Conv2dShape::new(1, 3, (5, 5), 5, 3, 1, 1),
@@ -279,6 +355,8 @@ mod tests {
         let device = ctx.device();
         // Scratch for a larger shape too: the plan shares one.
         let big = Conv2dShape::new(2, 20, (10, 10), 20, 3, 1, 1);
+        let swapped = shapes().iter().filter(|s| GemmLayout::new(s).swapped).count();
+        assert!(swapped > 0 && swapped < shapes().len(), "{swapped} of the shapes swap");
         // F(4x4, 3x3)'s transforms scale by up to 8 and 1/24, which grows f32
         // rounding about 10x over the direct sum's (on 576 products of
         // magnitude < 1: 1.2e-4 at worst here).
@@ -296,6 +374,31 @@ mod tests {
     }
 
     #[test]
+    fn the_gemm_takes_tiles_as_rows_where_that_leaves_fewer_invocations_idle() {
+        let layout = |batch, size, channels| {
+            GemmLayout::new(&Conv2dShape::new(batch, channels, (size, size), channels, 3, 1, 1))
+        };
+        // ResNet-18 at batch 1, 14x14: 16 tiles (2 blocks of 8) would leave 6
+        // of a workgroup's 8 invocations idle; 256 channels fill 4 workgroups.
+        let small = layout(1, 14, 256);
+        assert!(small.swapped);
+        assert_eq!((small.rows, small.rows_padded, small.columns), (16, 16, 256));
+        assert_eq!(small.m_strides(), (1, 256));
+        // Batch 32 of 8x8 maps: 128 tiles fill 2 workgroups, where 32
+        // channels as columns would fill a quarter of one.
+        let many = layout(32, 8, 32);
+        assert!(!many.swapped);
+        assert_eq!((many.rows, many.rows_padded, many.columns), (32, 32, 128));
+        assert_eq!(many.m_strides(), (128, 1));
+        // 12 tiles (padded to 16) as rows, and 20 output channels as columns,
+        // padded to 24 as the weights' rows are.
+        let odd = GemmLayout::new(&Conv2dShape::new(3, 20, (8, 8), 20, 3, 1, 1));
+        assert!(odd.swapped);
+        assert_eq!((odd.rows, odd.rows_padded, odd.columns), (12, 16, 24));
+        assert_eq!(odd.m_len(), POINTS * 12 * 24);
+    }
+
+    #[test]
     fn winograd_applies_to_wide_3x3_stride1_compact_convolutions_only() {
         let Some(ctx) = context() else { return };
         let device = ctx.device();
@@ -304,17 +407,19 @@ mod tests {
         let register = Kernels::new(device, Variant::RegisterTile);
         let wide = Conv2dShape::new(1, 64, (56, 56), 64, 3, 1, 1);
         assert!(winograd_applies(device, &compact, &wide));
+        // ResNet-18's 7x7 convolutions at batch 1: 4 tiles, 512 channels.
         assert!(winograd_applies(
             device,
             &compact,
-            &Conv2dShape::new(4, 256, (14, 14), 256, 3, 1, 1)
+            &Conv2dShape::new(1, 512, (7, 7), 512, 3, 1, 1)
         ));
         assert!(!winograd_applies(device, &register, &wide));
         for other in [
             Conv2dShape::new(1, 64, (56, 56), 64, 3, 2, 1),
             Conv2dShape::new(1, 64, (56, 56), 64, 1, 1, 0),
             Conv2dShape::new(1, 32, (32, 32), 64, 3, 1, 1),
-            Conv2dShape::new(1, 256, (14, 14), 256, 3, 1, 1),
+            // ResNet-20's widest at batch 1: 4 tiles of 64 channels.
+            Conv2dShape::new(1, 64, (8, 8), 64, 3, 1, 1),
             // A batch whose transformed input (36 points x 64 channels x 16
             // tiles per image x 4 bytes) outgrows the device's largest binding.
             Conv2dShape::new(limit / (POINTS * 64 * 16 * 4) + 1, 64, (16, 16), 64, 3, 1, 1),
