@@ -408,10 +408,9 @@ fn folded_resnet8_inference_plan_matches_the_unfolded_reference_in_every_variant
 
 #[test]
 fn folded_imagenet_resnet18_option_b_inference_plan_matches_the_unfolded_reference_in_every_variant() {
-    // Batch 4: every stage's 3x3 stride-1 convolutions make 2^18
-    // multiply-adds per Winograd point (64 tiles x 64 x 64 channels at 16x16
-    // down to 4 x 512 x 512 at 2x2), enough for Winograd with the compact
-    // tile, in both GEMM layouts.
+    // Batch 4: the 16x16 and 8x8 stages have 64 and 16 tiles of 4x4 pixels,
+    // enough for Winograd with the compact tile, in its two GEMM layouts
+    // (tiles as columns, then as rows).
     assert_inference_plan_matches_reference(imagenet18_spec(), 4, true);
 }
 

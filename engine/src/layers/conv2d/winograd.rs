@@ -17,16 +17,17 @@ const TILE: usize = 4;
 /// Points of the Winograd domain: the 6x6 input patch of a 4x4 output tile.
 const POINTS: usize = 36;
 
-/// Input and output channels, and multiply-adds per point of the Winograd
-/// domain (tiles x input x output channels), from which a compact-tile
-/// convolution takes Winograd. With fewer channels the transforms weigh more,
-/// with less work the GEMMs' padding and the extra passes. On SwiftShader at
-/// batch 1, ResNet-18's convolutions (0.8-1 Mi multiply-adds per point) took
-/// 0.45-0.6x the direct kernel's time at 56x56, 0.65x at 28x28, 0.5-0.6x at
-/// 14x14 and 0.7-0.8x at 7x7; ResNet-20's (16 Ki, 16 to 64 channels) made
-/// the whole network 1.1-1.4x slower, even with 64 channels only.
+/// Input and output channels, and tiles, from which a compact-tile
+/// convolution takes Winograd. With fewer channels the transforms weigh more:
+/// ResNet-20 at batch 1 with Winograd wherever it fits (16 to 64 channels)
+/// was 1.1-1.4x slower on SwiftShader. With fewer tiles each transformed
+/// weight (4x the direct kernel's weights in memory) serves too few
+/// multiply-adds: ResNet-18's 7x7 convolutions at batch 1 (4 tiles) took
+/// 0.7-0.8x the direct kernel's time natively, but their 113 MB of weights
+/// added 1.2-2 s to the page's cold start. Its 56x56, 28x28 and 14x14 ones
+/// (196, 49 and 16 tiles) took 0.45-0.6x, 0.65x and 0.5-0.6x.
 const MIN_CHANNELS: usize = 64;
-const MIN_MULTIPLY_ADDS_PER_POINT: usize = 1 << 18;
+const MIN_TILES: usize = 16;
 
 /// The three passes, entry points of the compact tile's module.
 pub(super) struct WinogradKernels {
@@ -142,13 +143,13 @@ pub fn winograd_fits(shape: &Conv2dShape) -> bool {
 /// Whether the inference forward of `shape` takes Winograd with `kernels`:
 /// the compact tile (the others are not tuned for it), a 3x3 stride-1
 /// convolution of at least [`MIN_CHANNELS`] channels each way and
-/// [`MIN_MULTIPLY_ADDS_PER_POINT`], and scratch that fits one binding.
+/// [`MIN_TILES`] tiles, and scratch that fits one binding.
 pub fn winograd_applies(device: &wgpu::Device, kernels: &Kernels, shape: &Conv2dShape) -> bool {
     let limit = device.limits().max_storage_buffer_binding_size as usize / 4;
     kernels.variant == Variant::CompactTile
         && winograd_fits(shape)
         && shape.in_channels.min(shape.out_channels) >= MIN_CHANNELS
-        && tile_count(shape) * shape.in_channels * shape.out_channels >= MIN_MULTIPLY_ADDS_PER_POINT
+        && tile_count(shape) >= MIN_TILES
         && WinogradScratch::lens(shape).into_iter().all(|len| len <= limit)
 }
 
@@ -407,18 +408,19 @@ mod tests {
         let register = Kernels::new(device, Variant::RegisterTile);
         let wide = Conv2dShape::new(1, 64, (56, 56), 64, 3, 1, 1);
         assert!(winograd_applies(device, &compact, &wide));
-        // ResNet-18's 7x7 convolutions at batch 1: 4 tiles, 512 channels.
+        // ResNet-18's 14x14 convolutions at batch 1: 16 tiles.
         assert!(winograd_applies(
             device,
             &compact,
-            &Conv2dShape::new(1, 512, (7, 7), 512, 3, 1, 1)
+            &Conv2dShape::new(1, 256, (14, 14), 256, 3, 1, 1)
         ));
         assert!(!winograd_applies(device, &register, &wide));
         for other in [
             Conv2dShape::new(1, 64, (56, 56), 64, 3, 2, 1),
             Conv2dShape::new(1, 64, (56, 56), 64, 1, 1, 0),
             Conv2dShape::new(1, 32, (32, 32), 64, 3, 1, 1),
-            // ResNet-20's widest at batch 1: 4 tiles of 64 channels.
+            // ResNet-18's 7x7 and ResNet-20's 8x8 at batch 1: 4 tiles.
+            Conv2dShape::new(1, 512, (7, 7), 512, 3, 1, 1),
             Conv2dShape::new(1, 64, (8, 8), 64, 3, 1, 1),
             // A batch whose transformed input (36 points x 64 channels x 16
             // tiles per image x 4 bytes) outgrows the device's largest binding.
