@@ -959,6 +959,36 @@ fn ct_gemm_7_taps_stride2(p: ImplicitGemm, block: RtBlock, row_block: u32, lane:
     }
 }
 
+// ct_gemm for 3 taps of stride 2 (ResNets' downsampling 3x3 convolutions):
+// as ct_gemm_7_taps_stride2, the 17 pixels first..first + 16 (four gathers
+// of 4 and one pixel) serve all 3 taps, instead of 6 gathers.
+fn ct_gemm_3_taps_stride2(p: ImplicitGemm, block: RtBlock, row_block: u32, lane: u32, acc: ptr<function, array<vec4<f32>, 16>>) {
+    let plane = p.src_h * p.src_w;
+    let a_step = p.rows_padded / 4u;
+    let tap_step = p.channels_padded * a_step;
+    let evens = vec4<i32>(0, 2, 4, 6);
+    let first = i32(block.qw0 * 2u) + p.src_first_w;
+    for (var th = 0u; th < p.taps_h; th++) {
+        let row = ct_row(p, block, th);
+        let e0 = ct_cols(p, row, vec4<i32>(first) + evens);
+        let e1 = ct_cols(p, row, vec4<i32>(first + 8) + evens);
+        let o0 = ct_cols(p, row, vec4<i32>(first + 1) + evens);
+        let o1 = ct_cols(p, row, vec4<i32>(first + 9) + evens);
+        let last = ct_cols(p, row, vec4<i32>(first + 16));
+        var a = weight_tap(p, th, 0u) * tap_step + row_block * 2u;
+        for (var c = 0u; c < p.channels; c++) {
+            let offset = c * plane;
+            let x0 = ct_pixels(offset, e0);
+            let x1 = ct_pixels(offset, e1);
+            let x2 = ct_src[offset + last.offset.x] * last.mask.x;
+            ct_outer_product(acc, ct_rows(a, lane), Window(x0, x1));
+            ct_outer_product(acc, ct_rows(a + tap_step, lane), Window(ct_pixels(offset, o0), ct_pixels(offset, o1)));
+            ct_outer_product(acc, ct_rows(a + 2u * tap_step, lane), Window(vec4<f32>(x0.yzw, x1.x), vec4<f32>(x1.yzw, x2)));
+            a += a_step;
+        }
+    }
+}
+
 // Block index of an invocation: blocks over x and y, 8 per workgroup.
 fn ct_block_index(ids: Ids) -> u32 {
     return ids.global.x + ids.global.y * ids.groups.x * 8u;
@@ -1070,6 +1100,24 @@ fn conv2d_implicit_gemm_compact_7_taps_stride2_fused(ids: Ids) {
     let block = ct_block(p, ct_block_index(ids));
     var acc: array<vec4<f32>, 16>;
     ct_gemm_7_taps_stride2(p, block, ids.workgroup.z, subgroup_lane(ids), &acc);
+    ct_epilogue(p, block, ids.workgroup.z * 8u, &acc);
+}
+
+@compute @workgroup_size(8)
+fn conv2d_implicit_gemm_compact_3_taps_stride2(ids: Ids) {
+    let p = ct_params;
+    let block = ct_block(p, ct_block_index(ids));
+    var acc: array<vec4<f32>, 16>;
+    ct_gemm_3_taps_stride2(p, block, ids.workgroup.z, subgroup_lane(ids), &acc);
+    ct_store(p, block, ids.workgroup.z * 8u, &acc);
+}
+
+@compute @workgroup_size(8)
+fn conv2d_implicit_gemm_compact_3_taps_stride2_fused(ids: Ids) {
+    let p = ct_params;
+    let block = ct_block(p, ct_block_index(ids));
+    var acc: array<vec4<f32>, 16>;
+    ct_gemm_3_taps_stride2(p, block, ids.workgroup.z, subgroup_lane(ids), &acc);
     ct_epilogue(p, block, ids.workgroup.z * 8u, &acc);
 }
 

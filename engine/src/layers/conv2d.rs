@@ -152,6 +152,9 @@ struct ConvGemms {
     /// ResNets' stem; see [`seven_taps_stride2`]). Their pipelines compile
     /// only for networks that have such a layer.
     seven_taps_stride2: Option<GemmPair>,
+    /// Compact tile: the GEMMs of 3-tap stride-2 convolutions
+    /// (see [`three_taps_stride2`]).
+    three_taps_stride2: Option<GemmPair>,
     weight_grad: Kernel,
     /// Register tile: the backward-weight at stride 1, over pixel quads.
     weight_grad_stride1: Option<Kernel>,
@@ -186,12 +189,20 @@ impl ConvGemms {
                 60,
             )
         });
+        let three_taps_stride2 = (variant == Variant::CompactTile).then(|| {
+            pair(
+                "conv2d_implicit_gemm_compact_3_taps_stride2",
+                "conv2d_implicit_gemm_compact_3_taps_stride2_fused",
+                60,
+            )
+        });
         let weight_grad_stride1 =
             (variant == Variant::RegisterTile).then(|| Kernel::new(device, module, "conv2d_weight_grad_stride1", 30));
         Self {
             implicit_gemm,
             aligned,
             seven_taps_stride2,
+            three_taps_stride2,
             weight_grad,
             weight_grad_stride1,
         }
@@ -200,9 +211,10 @@ impl ConvGemms {
     /// The plain or fused GEMM for `params`: a specialised one where there is
     /// one for it.
     fn implicit_gemm(&self, params: &ImplicitGemmParams, fused: bool) -> &Kernel {
-        let pair = match (&self.aligned, &self.seven_taps_stride2) {
-            (Some(aligned), _) if aligned_blocks(params) => aligned,
-            (_, Some(stem)) if seven_taps_stride2(params) => stem,
+        let pair = match (&self.aligned, &self.seven_taps_stride2, &self.three_taps_stride2) {
+            (Some(aligned), _, _) if aligned_blocks(params) => aligned,
+            (_, Some(stem), _) if seven_taps_stride2(params) => stem,
+            (_, _, Some(downsampling)) if three_taps_stride2(params) => downsampling,
             _ => &self.implicit_gemm,
         };
         if fused { &pair.fused } else { &pair.plain }
@@ -712,6 +724,24 @@ fn seven_taps_stride2(params: &ImplicitGemmParams) -> bool {
     params.taps_w == 7 && params.src_step == 2 && params.src_tap_step == 1 && params.kernel_step == 1
 }
 
+/// Whether a GEMM reads 3 taps per tap row at source stride 2 (a forward 3x3
+/// stride-2 convolution), which the compact tile loads per tap row once, and
+/// has at least [`THREE_TAPS_STRIDE2_MIN_CHANNELS`] input channels.
+fn three_taps_stride2(params: &ImplicitGemmParams) -> bool {
+    params.taps_w == 3
+        && params.src_step == 2
+        && params.src_tap_step == 1
+        && params.kernel_step == 1
+        && params.channels as usize >= THREE_TAPS_STRIDE2_MIN_CHANNELS
+}
+
+/// On SwiftShader the 3-tap stride-2 GEMM took 0.7-0.83x the general path's
+/// time on ResNet-18's downsampling convolutions (64 to 256 input channels),
+/// but its fused pipeline takes about 145 ms to compile: more than it would
+/// save on ResNet-20's (16 and 32 channels, about 1 ms each at batch 1),
+/// whose cold start in the page is under a second.
+const THREE_TAPS_STRIDE2_MIN_CHANNELS: usize = 64;
+
 /// One implicit GEMM, plain or, with an epilogue, fused.
 fn implicit_gemm(
     device: &wgpu::Device,
@@ -1148,7 +1178,9 @@ mod tests {
     /// stride-2 kernel over whole blocks of 8 output pixels (ResNet-18's first
     /// convolution, where every lane of a register-tile block is live) and
     /// over rows wide enough that every tap of a block's last pixel reads
-    /// inside the image.
+    /// inside the image, and 3x3 stride-2 convolutions wide enough for the
+    /// compact tile's 3-tap stride-2 GEMM (64 input channels), with pad 1 and
+    /// 0 and a last block of one pixel.
     fn shapes() -> Vec<Conv2dShape> {
         let mut shapes = vec![
             shape(1, 3, 8, 16, 3, 1, 1),
@@ -1168,6 +1200,7 @@ mod tests {
             shape(1, 3, 9, 4, 5, 4, 2),
             shape(2, 5, 16, 6, 3, 1, 1),
             shape(1, 3, 16, 5, 7, 2, 3),
+            shape(2, 64, 9, 8, 3, 2, 1),
         ];
         shapes.push(Conv2dShape {
             in_h: 6,
@@ -1178,6 +1211,11 @@ mod tests {
             in_h: 9,
             in_w: 21,
             ..shape(2, 3, 0, 9, 7, 2, 3)
+        });
+        shapes.push(Conv2dShape {
+            in_h: 6,
+            in_w: 19,
+            ..shape(1, 64, 0, 5, 3, 2, 0)
         });
         shapes
     }
@@ -1221,6 +1259,7 @@ mod tests {
             Variant::CompactTile => &[
                 "conv2d_implicit_gemm_compact",
                 "conv2d_implicit_gemm_compact_7_taps_stride2",
+                "conv2d_implicit_gemm_compact_3_taps_stride2",
             ],
             Variant::WorkgroupTile => &[],
         };
@@ -1522,6 +1561,7 @@ mod tests {
             Variant::CompactTile => &[
                 "conv2d_implicit_gemm_compact_fused",
                 "conv2d_implicit_gemm_compact_7_taps_stride2_fused",
+                "conv2d_implicit_gemm_compact_3_taps_stride2_fused",
             ],
             Variant::WorkgroupTile => &[],
         };
