@@ -14,8 +14,8 @@
 //! Inference uses a fused forward, [`conv2d_forward_fused`]: batch norm folded
 //! into the weights and a bias, then residual and ReLU in the GEMM's epilogue,
 //! over weights transposed once at load ([`upload_forward_weights`]); with
-//! the compact tile, wide 3x3 stride-1 convolutions on large maps take
-//! Winograd F(4x4, 3x3) instead ([`winograd`]).
+//! the compact tile, wide 3x3 stride-1 convolutions with enough 4x4 tiles
+//! take Winograd F(4x4, 3x3) instead ([`winograd`]).
 
 use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, ShaderModule, grid_1d, module_source, shader_module};
 use crate::{Dispatch, EngineError, Kernels, Tensor, Variant};
