@@ -20,11 +20,11 @@ const POINTS: usize = 36;
 /// Input and output channels, and tiles, from which a compact-tile
 /// convolution takes Winograd. With fewer channels the transforms weigh more:
 /// ResNet-20 at batch 1 with Winograd wherever it fits (16 to 64 channels)
-/// was 1.1-1.4x slower on SwiftShader. With fewer tiles each transformed
+/// was 1.1-1.5x slower on SwiftShader. With fewer tiles each transformed
 /// weight (4x the direct kernel's weights in memory) serves too few
 /// multiply-adds: ResNet-18's 7x7 convolutions at batch 1 (4 tiles) took
 /// 0.7-0.8x the direct kernel's time natively, but their 113 MB of weights
-/// added 1.2-2 s to the page's cold start. Its 56x56, 28x28 and 14x14 ones
+/// added 0.7-2.7 s to the page's cold start (six pairs). Its 56x56, 28x28 and 14x14 ones
 /// (196, 49 and 16 tiles) took 0.45-0.6x, 0.65x and 0.5-0.6x.
 const MIN_CHANNELS: usize = 64;
 const MIN_TILES: usize = 16;
@@ -386,7 +386,7 @@ mod tests {
         assert_eq!((small.rows, small.rows_padded, small.columns), (16, 16, 256));
         assert_eq!(small.m_strides(), (1, 256));
         // Batch 32 of 8x8 maps: 128 tiles fill 2 workgroups, where 32
-        // channels as columns would fill a quarter of one.
+        // channels as columns would fill half of one.
         let many = layout(32, 8, 32);
         assert!(!many.swapped);
         assert_eq!((many.rows, many.rows_padded, many.columns), (32, 32, 128));
