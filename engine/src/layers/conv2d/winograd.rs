@@ -23,9 +23,12 @@ const POINTS: usize = 36;
 /// was 1.1-1.5x slower on SwiftShader. With fewer tiles each transformed
 /// weight (4x the direct kernel's weights in memory) serves too few
 /// multiply-adds: ResNet-18's 7x7 convolutions at batch 1 (4 tiles) took
-/// 0.7-0.8x the direct kernel's time natively, but their 113 MB of weights
-/// added 0.7-2.7 s to the page's cold start (six pairs). Its 56x56, 28x28 and 14x14 ones
-/// (196, 49 and 16 tiles) took 0.45-0.6x, 0.65x and 0.5-0.6x.
+/// 0.7-0.9x the direct kernel's time natively, but their 113 MB of weights
+/// added 0.7-2.7 s to the page's cold start (six pairs). Its 56x56, 28x28
+/// and 14x14 ones (196, 49 and 16 tiles) take it: at 14x14, 0.45-0.55x the
+/// direct kernel's time; at 56x56 and 28x28, 0.6-0.8x and 0.55-0.7x with
+/// channels as rows, then 0.77-0.93x and 0.83-0.99x of that with the layout
+/// chosen ([`GemmLayout`]).
 const MIN_CHANNELS: usize = 64;
 const MIN_TILES: usize = 16;
 
