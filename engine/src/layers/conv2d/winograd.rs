@@ -145,8 +145,8 @@ pub fn winograd_fits(shape: &Conv2dShape) -> bool {
 
 /// Whether the inference forward of `shape` takes Winograd with `kernels`:
 /// the compact tile (the others are not tuned for it), a 3x3 stride-1
-/// convolution of at least [`MIN_CHANNELS`] channels each way and
-/// [`MIN_TILES`] tiles, and scratch that fits one binding.
+/// convolution of at least `MIN_CHANNELS` channels each way and
+/// `MIN_TILES` tiles, and scratch that fits one binding.
 pub fn winograd_applies(device: &wgpu::Device, kernels: &Kernels, shape: &Conv2dShape) -> bool {
     let limit = device.limits().max_storage_buffer_binding_size as usize / 4;
     kernels.variant == Variant::CompactTile
