@@ -738,7 +738,7 @@ fn three_taps_stride2(params: &ImplicitGemmParams) -> bool {
 /// On SwiftShader the 3-tap stride-2 GEMM took 0.7-0.83x the general path's
 /// time on ResNet-18's downsampling convolutions (64 to 256 input channels),
 /// but its fused pipeline takes about 145 ms to compile: more than it would
-/// save on ResNet-20's (16 and 32 channels, about 1 ms each at batch 1),
+/// save on ResNet-20's (16 and 32 channels, about 2 ms each at batch 1),
 /// whose cold start in the page is under a second.
 const THREE_TAPS_STRIDE2_MIN_CHANNELS: usize = 64;
 
