@@ -211,12 +211,16 @@ impl ConvGemms {
     /// The plain or fused GEMM for `params`: a specialised one where there is
     /// one for it.
     fn implicit_gemm(&self, params: &ImplicitGemmParams, fused: bool) -> &Kernel {
-        let pair = match (&self.aligned, &self.seven_taps_stride2, &self.three_taps_stride2) {
-            (Some(aligned), _, _) if aligned_blocks(params) => aligned,
-            (_, Some(stem), _) if seven_taps_stride2(params) => stem,
-            (_, _, Some(downsampling)) if three_taps_stride2(params) => downsampling,
-            _ => &self.implicit_gemm,
-        };
+        // The first specialised pair that this variant has and that fits.
+        let specialised = [
+            (&self.aligned, aligned_blocks as fn(&ImplicitGemmParams) -> bool),
+            (&self.seven_taps_stride2, seven_taps_stride2),
+            (&self.three_taps_stride2, three_taps_stride2),
+        ];
+        let pair = specialised
+            .into_iter()
+            .find_map(|(pair, fits)| pair.as_ref().filter(|_| fits(params)))
+            .unwrap_or(&self.implicit_gemm);
         if fused { &pair.fused } else { &pair.plain }
     }
 

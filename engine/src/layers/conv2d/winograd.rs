@@ -310,17 +310,18 @@ pub fn conv2d_forward_winograd(
         ..bytemuck::Zeroable::zeroed()
     };
     let [gx, gy, _] = grid_1d(layout.columns / 8, COMPACT_WORKGROUP as u32);
-    let operands = if layout.swapped {
-        [&scratch.v, u]
+    // The rows' operand (shared by a workgroup) binds first.
+    let (rows_operand, columns_operand) = if layout.swapped {
+        (&scratch.v, u)
     } else {
-        [u, &scratch.v]
+        (u, &scratch.v)
     };
     let gemm = k
         .gemm
         .bind(
             device,
             &gemm_params,
-            &[operands[0], operands[1], &scratch.m],
+            &[rows_operand, columns_operand, &scratch.m],
             [gx, gy, (POINTS * layout.rows_padded / COMPACT_ROWS) as u32],
         )
         .with_flops(2.0 * (POINTS * cin * cout * tiles) as f64);
