@@ -797,6 +797,11 @@ fn ct_rows(index: u32, lane: u32) -> Rows8 {
     return Rows8(ct_wt[index], ct_wt[index + 1u]);
 }
 
+// 4 consecutive rows of wt.
+fn ct_rows4(index: u32, lane: u32) -> vec4<f32> {
+    return ct_wt[index];
+}
+
 // 16 consecutive rows of wt (one tap and channel).
 fn rt_rows(index: u32, lane: u32) -> Rows16 {
     return Rows16(rt_wt[index], rt_wt[index + 1u], rt_wt[index + 2u], rt_wt[index + 3u]);
@@ -1693,13 +1698,14 @@ fn conv2d_reduce_partials(@builtin(global_invocation_id) gid: vec3<u32>, @builti
 // 2.25x fewer of them, ran slower than the direct kernel; F(4x4, 3x3) saves 4x.
 // - conv2d_winograd_input: v[xi][c][tile] = (B^T d B)[xi] per channel;
 // - conv2d_winograd_gemm: m[xi] = u[xi] v[xi] for the 36 points xi, over the
-//   weights u[xi][c][row] = (G g G^T)[xi] transformed at load (output
-//   channels padded to a multiple of 8), as the compact tile's GEMM: 8 x 8
-//   per invocation, the operand shared by the workgroup through ct_rows.
-//   That operand is u (m[xi][channel][tile]) or, where there are fewer
-//   tiles than a workgroup has invocations (ResNet-18's 14x14 and 7x7 maps
-//   at batch 1), v (m[xi][tile][channel]), so that the workgroups run
-//   over output channels instead of mostly padding tiles;
+//   weights u[xi][c][row] = (G g G^T)[xi] (conv2d_winograd_weights, at
+//   load; output channels padded to a multiple of 8, or 16), as the compact
+//   tile's GEMM: 8 x 8 per invocation, the operand shared by the workgroup
+//   through ct_rows. That operand is u (m[xi][channel][tile]) or, where
+//   there are fewer tiles than a workgroup has invocations (ResNet-18's
+//   14x14 map at batch 1), v (m[xi][tile][channel]), so that the workgroups
+//   run over output channels instead of mostly padding tiles; at most 4
+//   tiles (its 7x7 map) take conv2d_winograd_gemm_4_rows, 4 x 16;
 // - conv2d_winograd_output: y = relu?(A^T m A + bias + residual?).
 // Tiles (batch x tiles_h x tiles_w) are padded to a multiple of 8 in v; the
 // padding stays zero there, and its products are computed and never read.
@@ -1731,6 +1737,62 @@ fn wi_tile(p: Winograd, gid: vec3<u32>, groups: vec3<u32>) -> vec3<u32> {
     let tiles = p.tiles_h * p.tiles_w;
     let g = gid.x + gid.y * groups.x * 256u;
     return vec3<u32>(g / (tiles * p.channels), (g / tiles) % p.channels, g % tiles);
+}
+
+// conv2d_winograd_weights: u[xi][ci][row] = (G g G^T)[xi] for each 3x3
+// kernel g = w[co][ci] (OIHW), rows (output channels) padded with zeros to
+// rows_padded. Run once at load: the raw weights upload, and the 4x larger u
+// never leaves the device.
+struct WinogradWeights {
+    in_channels: u32,
+    out_channels: u32,
+    rows_padded: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(95) var<uniform> wu_params: WinogradWeights;
+@group(0) @binding(96) var<storage, read> wu_w: array<f32>;
+@group(0) @binding(97) var<storage, read_write> wu_u: array<f32>;
+
+// G r for a column r of a kernel (G's rows: 1/4 0 0, -1/6 -1/6 -1/6,
+// -1/6 1/6 -1/6, 1/24 1/12 1/6, 1/24 -1/12 1/6, 0 0 1).
+fn wu_g(r: vec3<f32>) -> array<f32, 6> {
+    return array<f32, 6>(
+        r.x / 4.0,
+        -(r.x + r.y + r.z) / 6.0,
+        -(r.x - r.y + r.z) / 6.0,
+        r.x / 24.0 + r.y / 12.0 + r.z / 6.0,
+        r.x / 24.0 - r.y / 12.0 + r.z / 6.0,
+        r.z,
+    );
+}
+
+// One invocation per (ci, row), rows fastest, so that the stores of
+// consecutive invocations are consecutive.
+@compute @workgroup_size(256)
+fn conv2d_winograd_weights(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let p = wu_params;
+    let g = gid.x + gid.y * groups.x * 256u;
+    let row = g % p.rows_padded;
+    let ci = g / p.rows_padded;
+    if ci >= p.in_channels {
+        return;
+    }
+    // Padding rows read a valid kernel and store zeros.
+    let live = select(0.0, 1.0, row < p.out_channels);
+    let base = (min(row, p.out_channels - 1u) * p.in_channels + ci) * 9u;
+    // G g: its columns, then each row of it times G^T.
+    var columns: array<array<f32, 6>, 3>;
+    for (var j = 0u; j < 3u; j++) {
+        columns[j] = wu_g(live * vec3<f32>(wu_w[base + j], wu_w[base + 3u + j], wu_w[base + 6u + j]));
+    }
+    let step = p.in_channels * p.rows_padded;
+    for (var i = 0u; i < 6u; i++) {
+        let u = wu_g(vec3<f32>(columns[0][i], columns[1][i], columns[2][i]));
+        for (var j = 0u; j < 6u; j++) {
+            wu_u[(6u * i + j) * step + g] = u[j];
+        }
+    }
 }
 
 @group(0) @binding(80) var<uniform> wi_params: Winograd;
@@ -1816,6 +1878,64 @@ fn conv2d_winograd_gemm(ids: Ids) {
     }
     if index < blocks {
         wg_store(p, xi, row_block * 8u, column0, &acc);
+    }
+}
+
+// conv2d_winograd_gemm_4_rows: the GEMM where there are at most 4 rows
+// (tiles: ResNet-18's 7x7 map at batch 1 has 4), 4 rows x 16 columns per
+// invocation, so that no invocation multiplies padding rows. Columns are a
+// multiple of 16; the workgroup's point xi in workgroup_id.z.
+@compute @workgroup_size(8)
+fn conv2d_winograd_gemm_4_rows(ids: Ids) {
+    let p = ct_params;
+    let xi = ids.workgroup.z;
+    let blocks = p.columns / 16u;
+    let index = ct_block_index(ids);
+    let column0 = min(index, blocks - 1u) * 16u;
+    let lane = subgroup_lane(ids);
+    var acc: array<vec4<f32>, 16>;
+    var b = xi * p.channels * p.columns + column0;
+    let a_step = p.rows_padded / 4u;
+    var a = xi * p.channels * a_step;
+    for (var c = 0u; c < p.channels; c++) {
+        let r = ct_rows4(a, lane);
+        let x0 = vec4<f32>(ct_src[b], ct_src[b + 1u], ct_src[b + 2u], ct_src[b + 3u]);
+        let x1 = vec4<f32>(ct_src[b + 4u], ct_src[b + 5u], ct_src[b + 6u], ct_src[b + 7u]);
+        let x2 = vec4<f32>(ct_src[b + 8u], ct_src[b + 9u], ct_src[b + 10u], ct_src[b + 11u]);
+        let x3 = vec4<f32>(ct_src[b + 12u], ct_src[b + 13u], ct_src[b + 14u], ct_src[b + 15u]);
+        acc[0] += r.x * x0;
+        acc[1] += r.x * x1;
+        acc[2] += r.x * x2;
+        acc[3] += r.x * x3;
+        acc[4] += r.y * x0;
+        acc[5] += r.y * x1;
+        acc[6] += r.y * x2;
+        acc[7] += r.y * x3;
+        acc[8] += r.z * x0;
+        acc[9] += r.z * x1;
+        acc[10] += r.z * x2;
+        acc[11] += r.z * x3;
+        acc[12] += r.w * x0;
+        acc[13] += r.w * x1;
+        acc[14] += r.w * x2;
+        acc[15] += r.w * x3;
+        b += p.columns;
+        a += a_step;
+    }
+    if index < blocks {
+        var rows = acc;
+        for (var i = 0u; i < 4u; i++) {
+            if i < p.rows {
+                let o = (xi * p.rows + i) * p.columns + column0;
+                for (var j = 0u; j < 4u; j++) {
+                    let v = rows[4u * i + j];
+                    ct_dst[o + 4u * j] = v.x;
+                    ct_dst[o + 4u * j + 1u] = v.y;
+                    ct_dst[o + 4u * j + 2u] = v.z;
+                    ct_dst[o + 4u * j + 3u] = v.w;
+                }
+            }
+        }
     }
 }
 

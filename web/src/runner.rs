@@ -143,7 +143,7 @@ impl Runner {
         let network = FoldedNetwork::new(model, 1).map_err(|e| error("unsupported model", e))?;
         match backend {
             Backend::Gpu { context, adapter } => {
-                let plan = InferencePlan::from_folded(context.device(), &context.kernels, &network)
+                let plan = InferencePlan::from_folded(context.device(), context.queue(), &context.kernels, &network)
                     .map_err(|e| error("cannot prepare the network on the GPU", e))?;
                 Ok((Runner::Gpu { context, plan }, "webgpu", adapter))
             }

@@ -288,6 +288,11 @@ fn ct_rows(index: u32, lane: u32) -> Rows8 {
     );
 }
 
+fn ct_rows4(index: u32, lane: u32) -> vec4<f32> {
+    let v = ct_wt[index][lane % 4u];
+    return vec4<f32>(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
+}
+
 // The 16 values that lanes 0 to 3 hold in v, 4 each.
 fn broadcast_rows16(v: vec4<f32>) -> Rows16 {
     return Rows16(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));

@@ -271,11 +271,24 @@ pub struct InferencePlan {
 
 impl InferencePlan {
     /// Folds `model` for `batch` images and builds the plan.
-    pub fn new(device: &wgpu::Device, kernels: &Kernels, model: &Model, batch: usize) -> Result<Self, EngineError> {
-        Self::from_folded(device, kernels, &FoldedNetwork::new(model, batch)?)
+    pub fn new(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        kernels: &Kernels,
+        model: &Model,
+        batch: usize,
+    ) -> Result<Self, EngineError> {
+        Self::from_folded(device, queue, kernels, &FoldedNetwork::new(model, batch)?)
     }
 
-    pub fn from_folded(device: &wgpu::Device, kernels: &Kernels, net: &FoldedNetwork) -> Result<Self, EngineError> {
+    /// Builds the plan of `net`; `queue` takes the weights' transforms that
+    /// run on the device (Winograd's), ahead of any inference.
+    pub fn from_folded(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        kernels: &Kernels,
+        net: &FoldedNetwork,
+    ) -> Result<Self, EngineError> {
         let acts = allocate_activations(device, net)?;
         let act = |t: TensorId| acts[t].as_ref().expect("every activation read is written first");
         // One scratch for every Winograd convolution: they run one by one.
@@ -303,7 +316,7 @@ impl InferencePlan {
                     let residual = c.residual.map(act);
                     match &scratch {
                         Some(scratch) if winograd(c) => {
-                            let u = upload_winograd_weights(device, &c.shape, &c.weight)?;
+                            let u = upload_winograd_weights(device, queue, kernels, &c.shape, &c.weight)?;
                             dispatches.extend(conv2d_forward_winograd(
                                 device,
                                 kernels,

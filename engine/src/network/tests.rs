@@ -12,6 +12,7 @@ use crate::preprocess::Normalization;
 use crate::rng::Rng;
 use crate::testing::{assert_close, context};
 use crate::{EngineError, Kernels, Variant};
+use std::collections::BTreeSet;
 
 fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
@@ -361,8 +362,9 @@ fn assert_logits_match(what: &str, got: &[f32], want: &[f64]) {
     assert_close(what, got, want, 1e-4 * scale, 1e-3);
 }
 
-/// `winograd`: whether the compact kernels run some convolutions as Winograd.
-fn assert_inference_plan_matches_reference(spec: ModelSpec, batch: usize, winograd: bool) {
+/// `winograd_gemms`: the Winograd GEMMs that the compact kernels run (the
+/// others run none).
+fn assert_inference_plan_matches_reference(spec: ModelSpec, batch: usize, winograd_gemms: &[&str]) {
     let Some(ctx) = context() else { return };
     let (device, queue) = (ctx.device(), ctx.queue());
     let model = trained_like(spec, 5);
@@ -376,7 +378,7 @@ fn assert_inference_plan_matches_reference(spec: ModelSpec, batch: usize, winogr
         kernel_sets.push(Kernels::with_subgroups(device, Variant::CompactTile, false));
     }
     for kernels in &kernel_sets {
-        let plan = InferencePlan::new(device, kernels, &model, batch).unwrap();
+        let plan = InferencePlan::new(device, queue, kernels, &model, batch).unwrap();
         assert_eq!((plan.batch(), plan.classes()), (batch, 10));
         let with = if kernels.conv2d.subgroup_loads() {
             " with subgroups"
@@ -384,15 +386,17 @@ fn assert_inference_plan_matches_reference(spec: ModelSpec, batch: usize, winogr
             ""
         };
         let variant = kernels.variant;
-        let ran_winograd = plan
+        let ran: BTreeSet<&str> = plan
             .dispatches()
             .iter()
-            .any(|d| d.entry_point() == "conv2d_winograd_gemm");
-        assert_eq!(
-            ran_winograd,
-            winograd && variant == Variant::CompactTile,
-            "{variant:?}{with}"
-        );
+            .map(|d| d.entry_point())
+            .filter(|e| e.starts_with("conv2d_winograd_gemm"))
+            .collect();
+        let expected: BTreeSet<&str> = match variant {
+            Variant::CompactTile => winograd_gemms.iter().copied().collect(),
+            _ => BTreeSet::new(),
+        };
+        assert_eq!(ran, expected, "{variant:?}{with}");
         // Twice: the second run reuses the staging buffer and every activation.
         for run in 0..2 {
             let got = pollster::block_on(plan.logits(device, queue, &images)).unwrap();
@@ -403,15 +407,20 @@ fn assert_inference_plan_matches_reference(spec: ModelSpec, batch: usize, winogr
 
 #[test]
 fn folded_resnet8_inference_plan_matches_the_unfolded_reference_in_every_variant() {
-    assert_inference_plan_matches_reference(cifar_spec(8), 3, false);
+    assert_inference_plan_matches_reference(cifar_spec(8), 3, &[]);
 }
 
 #[test]
 fn folded_imagenet_resnet18_option_b_inference_plan_matches_the_unfolded_reference_in_every_variant() {
     // Batch 4: the 16x16 and 8x8 stages have 64 and 16 tiles of 4x4 pixels,
-    // enough for Winograd with the compact tile, in its two GEMM layouts
-    // (tiles as columns, then as rows).
-    assert_inference_plan_matches_reference(imagenet18_spec(), 4, true);
+    // enough for Winograd with the compact tile (tiles as columns, then as
+    // rows), and the 4x4 and 2x2 ones 4 tiles of 256 and 512 channels (the
+    // 4-row GEMM).
+    assert_inference_plan_matches_reference(
+        imagenet18_spec(),
+        4,
+        &["conv2d_winograd_gemm", "conv2d_winograd_gemm_4_rows"],
+    );
 }
 
 #[test]
@@ -458,7 +467,7 @@ fn inference_plan_rejects_an_input_of_the_wrong_length() {
     let Some(ctx) = context() else { return };
     let (device, queue) = (ctx.device(), ctx.queue());
     let model = trained_like(cifar_spec(8), 2);
-    let plan = InferencePlan::new(device, &ctx.kernels, &model, 2).unwrap();
+    let plan = InferencePlan::new(device, queue, &ctx.kernels, &model, 2).unwrap();
     let short = vec![0.0; 3 * 32 * 32];
     let result = pollster::block_on(plan.logits(device, queue, &short));
     assert!(
@@ -474,7 +483,7 @@ fn inference_plan_rejects_an_input_of_the_wrong_length() {
     );
     assert!(plan.write_input(queue, &short).is_err());
     assert!(matches!(
-        InferencePlan::new(device, &ctx.kernels, &model, 0),
+        InferencePlan::new(device, queue, &ctx.kernels, &model, 0),
         Err(EngineError::Model(_))
     ));
 }
@@ -492,7 +501,7 @@ fn resnet20_inference_timing_folded_plan_against_unfolded_plan() {
         let images = images_for(&model, batch);
         let graph = model.spec.graph(batch).unwrap();
         let unfolded = Plan::inference(device, &ctx.kernels, graph, &model.params, &model.running).unwrap();
-        let folded = InferencePlan::new(device, &ctx.kernels, &model, batch).unwrap();
+        let folded = InferencePlan::new(device, queue, &ctx.kernels, &model, batch).unwrap();
         unfolded.write_batch(queue, &images, &[]).unwrap();
         folded.write_input(queue, &images).unwrap();
         let time = |run: &dyn Fn()| {

@@ -3,7 +3,7 @@
 //! an input transform, 36 GEMMs with 4x fewer multiply-adds than the direct
 //! convolution, and an output transform with the fused epilogue (see
 //! the Winograd section of `shaders/conv2d.wgsl`). The weights are
-//! transformed on the CPU at load, like [`super::upload_forward_weights`].
+//! transformed on the device at load ([`upload_winograd_weights`]).
 
 use super::{
     COMPACT_ROWS, COMPACT_WORKGROUP, Conv2dShape, EPILOGUE_RELU, EPILOGUE_RESIDUAL, ImplicitGemmParams, check_len,
@@ -17,33 +17,39 @@ const TILE: usize = 4;
 /// Points of the Winograd domain: the 6x6 input patch of a 4x4 output tile.
 const POINTS: usize = 36;
 
-/// Input and output channels, and tiles, from which a compact-tile
-/// convolution takes Winograd. With fewer channels the transforms weigh more:
-/// ResNet-20 at batch 1 with Winograd wherever it fits (16 to 64 channels)
-/// was 1.1-1.5x slower on SwiftShader. With fewer tiles each transformed
-/// weight (4x the direct kernel's weights in memory) serves too few
-/// multiply-adds: ResNet-18's 7x7 convolutions at batch 1 (4 tiles) took
-/// 0.7-0.9x the direct kernel's time natively, but their 113 MB of weights
-/// added 0.7-2.7 s to the page's cold start (six pairs). Its 56x56, 28x28
-/// and 14x14 ones (196, 49 and 16 tiles) take it: at 14x14, 0.45-0.55x the
-/// direct kernel's time; at 56x56 and 28x28, 0.6-0.8x and 0.55-0.7x with
-/// channels as rows, then 0.77-0.93x and 0.83-0.99x of that with the layout
-/// chosen ([`GemmLayout`]).
+/// Input and output channels from which a compact-tile convolution takes
+/// Winograd: the transforms' work grows with channels x tiles, the GEMMs'
+/// savings with channels squared x tiles. ResNet-20 at batch 1 with
+/// Winograd wherever it fits (16 to 64 channels) was 1.1-1.5x slower on
+/// SwiftShader; ResNet-18's 56x56, 28x28 and 14x14 convolutions (64 to 256
+/// channels; 196, 49 and 16 tiles) take it: at 14x14, 0.45-0.55x the direct
+/// kernel's time; at 56x56 and 28x28, 0.6-0.8x and 0.55-0.7x with channels
+/// as rows, then 0.77-0.93x and 0.83-0.99x of that with the layout chosen
+/// ([`GemmLayout`]).
 const MIN_CHANNELS: usize = 64;
-const MIN_TILES: usize = 16;
+/// Below `FEW_TILES` tiles the transforms weigh more, and more channels are
+/// needed: ResNet-20's 8x8 convolutions at batch 1 (4 tiles, 64 channels)
+/// took 1.5-1.6x the direct kernel's time, ResNet-18's 7x7 ones (4 tiles,
+/// 512 channels) about 0.5x with `conv2d_winograd_gemm_4_rows`.
+const FEW_TILES: usize = 16;
+const MIN_CHANNELS_FEW_TILES: usize = 256;
 
 /// The three passes, entry points of the compact tile's module.
 pub(super) struct WinogradKernels {
+    weights: Kernel,
     input: Kernel,
     gemm: Kernel,
+    gemm_4_rows: Kernel,
     output: Kernel,
 }
 
 impl WinogradKernels {
     pub(super) fn new(device: &wgpu::Device, module: &Arc<ShaderModule>) -> Self {
         Self {
+            weights: Kernel::new(device, module, "conv2d_winograd_weights", 95),
             input: Kernel::new(device, module, "conv2d_winograd_input", 80),
             gemm: Kernel::new(device, module, "conv2d_winograd_gemm", 60),
+            gemm_4_rows: Kernel::new(device, module, "conv2d_winograd_gemm_4_rows", 60),
             output: Kernel::new(device, module, "conv2d_winograd_output", 90),
         }
     }
@@ -70,6 +76,16 @@ struct WinogradParams {
     _pad: u32,
 }
 
+/// `struct WinogradWeights` in the shader.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct WinogradWeightsParams {
+    in_channels: u32,
+    out_channels: u32,
+    rows_padded: u32,
+    _pad: u32,
+}
+
 /// The 4x4 output tiles of `shape`: per column, per row, and of the whole
 /// batch padded to whole 8-tile blocks of the GEMM.
 fn tiles(shape: &Conv2dShape) -> (usize, usize, usize) {
@@ -87,14 +103,19 @@ fn tile_count(shape: &Conv2dShape) -> usize {
 /// 8 columns per invocation, in workgroups of 8 along the columns that share
 /// the rows' operand. Output channels as rows and tiles as columns leave most
 /// of a workgroup on padding where tiles are few (ResNet-18's 14x14 map at
-/// batch 1: 16 tiles, 2 blocks for 8 invocations), so the layout with fewer
-/// invocations in all is taken: tiles as rows (`swapped`) where that is it.
+/// batch 1: 16 tiles, 2 blocks for 8 invocations), and 8 rows of at most 4
+/// tiles leave half of each invocation's products on padding (its 7x7 map:
+/// 4 tiles), so the layout with the fewest invocations in all is taken:
+/// tiles as rows (`swapped`), and at most 4 tiles as the rows of
+/// `conv2d_winograd_gemm_4_rows` (4 rows x 16 columns per invocation).
+#[derive(Debug, PartialEq)]
 struct GemmLayout {
     swapped: bool,
-    /// Rows that m holds, and rows padded to whole 8-row blocks.
+    four_rows: bool,
+    /// Rows that m holds, and rows padded to the rows' operand's stride.
     rows: usize,
     rows_padded: usize,
-    /// Columns, a multiple of 8.
+    /// Columns, a multiple of the columns per invocation.
     columns: usize,
 }
 
@@ -102,25 +123,41 @@ impl GemmLayout {
     fn new(shape: &Conv2dShape) -> Self {
         let (_, _, tiles_padded) = tiles(shape);
         let tiles = tile_count(shape);
-        let channels_padded = shape.out_channels.next_multiple_of(COMPACT_ROWS);
-        let invocations = |rows_padded: usize, columns: usize| {
-            rows_padded / COMPACT_ROWS * (columns / 8).next_multiple_of(COMPACT_WORKGROUP)
+        let cout = shape.out_channels;
+        let by_channels = Self {
+            swapped: false,
+            four_rows: false,
+            rows: cout,
+            rows_padded: cout.next_multiple_of(COMPACT_ROWS),
+            columns: tiles_padded,
         };
-        if invocations(tiles_padded, channels_padded) < invocations(channels_padded, tiles_padded) {
-            Self {
-                swapped: true,
-                rows: tiles,
-                rows_padded: tiles_padded,
-                columns: channels_padded,
-            }
+        let by_tiles = |four_rows: bool| Self {
+            swapped: true,
+            four_rows,
+            rows: tiles,
+            rows_padded: tiles_padded,
+            columns: cout.next_multiple_of(if four_rows { 16 } else { COMPACT_ROWS }),
+        };
+        // On a tie the first: fewer pipelines to compile.
+        [by_channels, by_tiles(false), by_tiles(true)]
+            .into_iter()
+            .filter(|l| !l.four_rows || tiles <= 4)
+            .min_by_key(Self::invocations)
+            .expect("the layouts by channels and by tiles always fit")
+    }
+
+    /// The GEMMs' invocations per point, whole workgroups.
+    fn invocations(&self) -> usize {
+        if self.four_rows {
+            (self.columns / 16).next_multiple_of(COMPACT_WORKGROUP)
         } else {
-            Self {
-                swapped: false,
-                rows: shape.out_channels,
-                rows_padded: channels_padded,
-                columns: tiles_padded,
-            }
+            self.rows_padded / COMPACT_ROWS * (self.columns / 8).next_multiple_of(COMPACT_WORKGROUP)
         }
+    }
+
+    /// Output channels of u, padded as its operand is.
+    fn weight_rows(&self) -> usize {
+        if self.swapped { self.columns } else { self.rows_padded }
     }
 
     /// Elements of m.
@@ -145,15 +182,28 @@ pub fn winograd_fits(shape: &Conv2dShape) -> bool {
 
 /// Whether the inference forward of `shape` takes Winograd with `kernels`:
 /// the compact tile (the others are not tuned for it), a 3x3 stride-1
-/// convolution of at least `MIN_CHANNELS` channels each way and
-/// `MIN_TILES` tiles, and scratch that fits one binding.
+/// convolution of at least `MIN_CHANNELS` channels each way
+/// (`MIN_CHANNELS_FEW_TILES` below `FEW_TILES` tiles), and weights and
+/// scratch that fit one binding each.
 pub fn winograd_applies(device: &wgpu::Device, kernels: &Kernels, shape: &Conv2dShape) -> bool {
     let limit = device.limits().max_storage_buffer_binding_size as usize / 4;
+    let min_channels = if tile_count(shape) < FEW_TILES {
+        MIN_CHANNELS_FEW_TILES
+    } else {
+        MIN_CHANNELS
+    };
     kernels.variant == Variant::CompactTile
         && winograd_fits(shape)
-        && shape.in_channels.min(shape.out_channels) >= MIN_CHANNELS
-        && tile_count(shape) >= MIN_TILES
-        && WinogradScratch::lens(shape).into_iter().all(|len| len <= limit)
+        && shape.in_channels.min(shape.out_channels) >= min_channels
+        && WinogradScratch::lens(shape)
+            .into_iter()
+            .chain([weights_len(shape)])
+            .all(|len| len <= limit)
+}
+
+/// Elements of the transformed weights u of `shape`.
+fn weights_len(shape: &Conv2dShape) -> usize {
+    POINTS * shape.in_channels * GemmLayout::new(shape).weight_rows()
 }
 
 /// The transformed input and the GEMMs' output, shared by every Winograd
@@ -186,10 +236,18 @@ impl WinogradScratch {
     }
 }
 
-/// The weights `w` (OIHW) transformed to the Winograd domain on the CPU,
+/// The weights `w` (OIHW) uploaded and transformed to the Winograd domain
+/// on the device (`conv2d_winograd_weights`, submitted to `queue`):
 /// `u[xi][ci][co] = (G g G^T)[xi]` for each 3x3 kernel g, output channels
-/// padded with zeros to a multiple of 8, and uploaded.
-pub fn upload_winograd_weights(device: &wgpu::Device, shape: &Conv2dShape, w: &[f32]) -> Result<Tensor, EngineError> {
+/// padded with zeros as the GEMM's layout needs. Only the raw weights cross
+/// to the device, a quarter of u's size (113 MB for ResNet-18's 7x7 stage).
+pub fn upload_winograd_weights(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    kernels: &Kernels,
+    shape: &Conv2dShape,
+    w: &[f32],
+) -> Result<Tensor, EngineError> {
     assert!(
         winograd_fits(shape),
         "conv2d: Winograd needs a 3x3 stride-1 convolution, got {shape:?}"
@@ -202,34 +260,29 @@ pub fn upload_winograd_weights(device: &wgpu::Device, shape: &Conv2dShape, w: &[
             got: w.len(),
         });
     }
-    // G's rows: 1/4 0 0, -1/6 -1/6 -1/6, -1/6 1/6 -1/6, 1/24 1/12 1/6,
-    // 1/24 -1/12 1/6, 0 0 1.
-    let g_times = |v: [f64; 3]| {
-        [
-            v[0] / 4.0,
-            -(v[0] + v[1] + v[2]) / 6.0,
-            -(v[0] - v[1] + v[2]) / 6.0,
-            v[0] / 24.0 + v[1] / 12.0 + v[2] / 6.0,
-            v[0] / 24.0 - v[1] / 12.0 + v[2] / 6.0,
-            v[2],
-        ]
+    let k = winograd_kernels(kernels);
+    let rows = GemmLayout::new(shape).weight_rows();
+    let raw = Tensor::from_slice(device, &[w.len()], w)?;
+    let u = Tensor::zeros(device, &[POINTS, cin, rows])?;
+    let params = WinogradWeightsParams {
+        in_channels: cin as u32,
+        out_channels: cout as u32,
+        rows_padded: rows as u32,
+        _pad: 0,
     };
-    let rows = cout.next_multiple_of(COMPACT_ROWS);
-    let mut u = vec![0.0; POINTS * cin * rows];
-    for co in 0..cout {
-        for ci in 0..cin {
-            let g = &w[(co * cin + ci) * 9..][..9];
-            // G g: 6 rows of 3, then each row times G^T.
-            let columns: [[f64; 6]; 3] = std::array::from_fn(|j| g_times([0, 1, 2].map(|i| g[3 * i + j] as f64)));
-            for i in 0..6 {
-                let row = g_times([columns[0][i], columns[1][i], columns[2][i]]);
-                for (j, value) in row.into_iter().enumerate() {
-                    u[((6 * i + j) * cin + ci) * rows + co] = value as f32;
-                }
-            }
-        }
-    }
-    Tensor::from_slice(device, &[POINTS, cin, rows], &u)
+    let transform = k
+        .weights
+        .bind(device, &params, &[&raw, &u], grid_1d(cin * rows, ELEMENTWISE_WORKGROUP));
+    crate::kernel::submit(device, queue, &[&transform]);
+    Ok(u)
+}
+
+fn winograd_kernels(kernels: &Kernels) -> &WinogradKernels {
+    kernels
+        .conv2d
+        .winograd
+        .as_ref()
+        .expect("Winograd runs with the compact tile's kernels")
 }
 
 /// `y = relu?(conv2d(x, w) + bias[co] + residual?)` as Winograd F(4x4, 3x3),
@@ -254,17 +307,17 @@ pub fn conv2d_forward_winograd(
         winograd_fits(shape),
         "conv2d: Winograd needs a 3x3 stride-1 convolution, got {shape:?}"
     );
-    let k = kernels
-        .conv2d
-        .winograd
-        .as_ref()
-        .expect("Winograd runs with the compact tile's kernels");
+    let k = winograd_kernels(kernels);
     check_len("x", x, shape.input_len(), shape);
     check_len("bias", bias, shape.out_channels, shape);
     check_len("y", y, shape.output_len(), shape);
     let (cin, cout) = (shape.in_channels, shape.out_channels);
-    let rows = cout.next_multiple_of(COMPACT_ROWS);
-    assert_eq!(u.shape, [POINTS, cin, rows], "conv2d: Winograd weights for {shape:?}");
+    let layout = GemmLayout::new(shape);
+    assert_eq!(
+        u.shape,
+        [POINTS, cin, layout.weight_rows()],
+        "conv2d: Winograd weights for {shape:?}"
+    );
     let [v_len, m_len] = WinogradScratch::lens(shape);
     assert!(
         scratch.v.len() >= v_len && scratch.m.len() >= m_len,
@@ -274,7 +327,6 @@ pub fn conv2d_forward_winograd(
         check_len("residual", r, shape.output_len(), shape);
     }
     let (tiles_h, tiles_w, tiles_padded) = tiles(shape);
-    let layout = GemmLayout::new(shape);
     let (m_channel, m_tile) = layout.m_strides();
     let params = |channels: usize, epilogue: u32| WinogradParams {
         batch: shape.batch as u32,
@@ -309,20 +361,25 @@ pub fn conv2d_forward_winograd(
         columns: layout.columns as u32,
         ..bytemuck::Zeroable::zeroed()
     };
-    let [gx, gy, _] = grid_1d(layout.columns / 8, COMPACT_WORKGROUP as u32);
     // The rows' operand (shared by a workgroup) binds first.
     let (rows_operand, columns_operand) = if layout.swapped {
         (&scratch.v, u)
     } else {
         (u, &scratch.v)
     };
-    let gemm = k
-        .gemm
+    // Workgroups along the column blocks, and (z) over points and row blocks.
+    let (gemm, columns_per_invocation, row_blocks) = if layout.four_rows {
+        (&k.gemm_4_rows, 16, 1)
+    } else {
+        (&k.gemm, 8, layout.rows_padded / COMPACT_ROWS)
+    };
+    let [gx, gy, _] = grid_1d(layout.columns / columns_per_invocation, COMPACT_WORKGROUP as u32);
+    let gemm = gemm
         .bind(
             device,
             &gemm_params,
             &[rows_operand, columns_operand, &scratch.m],
-            [gx, gy, (POINTS * layout.rows_padded / COMPACT_ROWS) as u32],
+            [gx, gy, (POINTS * row_blocks) as u32],
         )
         .with_flops(2.0 * (POINTS * cin * cout * tiles) as f64);
     let epilogue = if residual.is_some() { EPILOGUE_RESIDUAL } else { 0 } | if relu { EPILOGUE_RELU } else { 0 };
@@ -343,8 +400,9 @@ mod tests {
     use crate::testing::context;
 
     /// Awkward Winograd shapes: odd output sizes (a half tile at the edges),
-    /// pad 0 and 2, channels off multiples of 4 and 8, batch 2, tiles that
-    /// do not fill the GEMM's 8-tile blocks, and both GEMM layouts.
+    /// pad 0 and 2, channels off multiples of 4, 8 and 16, batch 2, tiles
+    /// that do not fill the GEMM's 8-tile blocks, and every GEMM layout (at
+    /// most 4 tiles as rows: 4, and 2 of 4 rows).
     fn shapes() -> Vec<Conv2dShape> {
         vec![
             Conv2dShape::new(1, 3, (5, 5), 5, 3, 1, 1),
@@ -352,7 +410,71 @@ mod tests {
             Conv2dShape::new(1, 8, (8, 8), 16, 3, 1, 0),
             Conv2dShape::new(2, 5, (9, 4), 12, 3, 1, 2),
             Conv2dShape::new(1, 64, (14, 14), 64, 3, 1, 1),
+            Conv2dShape::new(1, 12, (7, 7), 136, 3, 1, 1),
+            Conv2dShape::new(1, 6, (8, 4), 100, 3, 1, 1),
         ]
+    }
+
+    /// CPU reference of `conv2d_winograd_weights`, in f64: u[xi][ci][co] for
+    /// `rows` padded output channels.
+    fn winograd_weights_reference(shape: &Conv2dShape, w: &[f32], rows: usize) -> Vec<f32> {
+        let (cin, cout) = (shape.in_channels, shape.out_channels);
+        // G's rows: 1/4 0 0, -1/6 -1/6 -1/6, -1/6 1/6 -1/6, 1/24 1/12 1/6,
+        // 1/24 -1/12 1/6, 0 0 1.
+        const G: [[f64; 3]; 6] = [
+            [0.25, 0.0, 0.0],
+            [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+            [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+            [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+            [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+            [0.0, 0.0, 1.0],
+        ];
+        let mut u = vec![0.0; POINTS * cin * rows];
+        for co in 0..cout {
+            for ci in 0..cin {
+                let g = &w[(co * cin + ci) * 9..][..9];
+                for i in 0..6 {
+                    for j in 0..6 {
+                        let mut sum = 0.0;
+                        for a in 0..3 {
+                            for b in 0..3 {
+                                sum += G[i][a] * f64::from(g[3 * a + b]) * G[j][b];
+                            }
+                        }
+                        u[((6 * i + j) * cin + ci) * rows + co] = sum as f32;
+                    }
+                }
+            }
+        }
+        u
+    }
+
+    #[test]
+    fn conv2d_winograd_weights_matches_the_cpu_reference() {
+        let Some(ctx) = context() else { return };
+        let (device, queue) = (ctx.device(), ctx.queue());
+        let kernels = Kernels::new(device, Variant::CompactTile);
+        let mut rng = crate::rng::Rng::new(5);
+        for s in shapes() {
+            let w: Vec<f32> = rng.vec(s.weight_len(), -1.0, 1.0).iter().map(|&v| v as f32).collect();
+            let u = upload_winograd_weights(device, queue, &kernels, &s, &w).unwrap();
+            let rows = GemmLayout::new(&s).weight_rows();
+            crate::testing::assert_close(
+                &format!("u {s:?}"),
+                &u.read_blocking(device, queue).unwrap(),
+                &winograd_weights_reference(&s, &w, rows)
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect::<Vec<_>>(),
+                1e-6,
+                1e-5,
+            );
+        }
+        let short = upload_winograd_weights(device, queue, &kernels, &shapes()[0], &[0.0; 8]);
+        assert!(
+            matches!(short, Err(EngineError::ShapeMismatch { got: 8, .. })),
+            "{short:?}"
+        );
     }
 
     fn check(kernels: &Kernels) {
@@ -360,17 +482,24 @@ mod tests {
         let device = ctx.device();
         // Scratch for a larger shape too: the plan shares one.
         let big = Conv2dShape::new(2, 20, (10, 10), 20, 3, 1, 1);
-        let swapped = shapes().iter().filter(|s| GemmLayout::new(s).swapped).count();
-        assert!(swapped > 0 && swapped < shapes().len(), "{swapped} of the shapes swap");
+        let layouts: Vec<GemmLayout> = shapes().iter().map(GemmLayout::new).collect();
+        for (swapped, four_rows) in [(false, false), (true, false), (true, true)] {
+            assert!(
+                layouts.iter().any(|l| (l.swapped, l.four_rows) == (swapped, four_rows)),
+                "no shape lays out swapped {swapped} four_rows {four_rows}: {layouts:?}"
+            );
+        }
         // F(4x4, 3x3)'s transforms scale by up to 8 and 1/24, which grows f32
         // rounding about 10x over the direct sum's (on 576 products of
         // magnitude < 1: 1.2e-4 at worst here).
         let ran = check_fused_forward(kernels, &shapes(), 1e-3, &|s, w, x, bias, residual, relu, y| {
-            let u = upload_winograd_weights(device, s, w).unwrap();
+            let u = upload_winograd_weights(device, ctx.queue(), kernels, s, w).unwrap();
             let scratch = WinogradScratch::new(device, [s, &big]).unwrap();
             conv2d_forward_winograd(device, kernels, s, x, &u, bias, residual, relu, y, &scratch).into()
         });
-        assert!(ran.contains("conv2d_winograd_gemm"), "{ran:?}");
+        for entry_point in ["conv2d_winograd_gemm", "conv2d_winograd_gemm_4_rows"] {
+            assert!(ran.contains(entry_point), "{entry_point} did not run: {ran:?}");
+        }
     }
 
     #[test]
@@ -398,9 +527,23 @@ mod tests {
         // 12 tiles (padded to 16) as rows, and 20 output channels as columns,
         // padded to 24 as the weights' rows are.
         let odd = GemmLayout::new(&Conv2dShape::new(3, 20, (8, 8), 20, 3, 1, 1));
-        assert!(odd.swapped);
+        assert!(odd.swapped && !odd.four_rows);
         assert_eq!((odd.rows, odd.rows_padded, odd.columns), (12, 16, 24));
         assert_eq!(odd.m_len(), POINTS * 12 * 24);
+        assert_eq!(odd.weight_rows(), 24);
+        // ResNet-18 at batch 1, 7x7: 4 tiles as the rows of the 4-row GEMM
+        // (32 invocations per point, where 8 rows would take 64), 512
+        // output channels padded to whole 16-column blocks.
+        let few = layout(1, 7, 512);
+        assert!(few.swapped && few.four_rows);
+        assert_eq!((few.rows, few.rows_padded, few.columns), (4, 8, 512));
+        assert_eq!(few.invocations(), 32);
+        let few_odd = GemmLayout::new(&Conv2dShape::new(1, 9, (6, 6), 100, 3, 1, 1));
+        assert_eq!((few_odd.four_rows, few_odd.rows, few_odd.columns), (true, 4, 112));
+        assert_eq!(few_odd.weight_rows(), 112);
+        // A tie (8 invocations each way: 8 channels, 4 tiles) keeps channels
+        // as rows, one pipeline fewer.
+        assert!(!layout(1, 7, 8).swapped);
     }
 
     #[test]
@@ -412,20 +555,21 @@ mod tests {
         let register = Kernels::new(device, Variant::RegisterTile);
         let wide = Conv2dShape::new(1, 64, (56, 56), 64, 3, 1, 1);
         assert!(winograd_applies(device, &compact, &wide));
-        // ResNet-18's 14x14 convolutions at batch 1: 16 tiles.
-        assert!(winograd_applies(
-            device,
-            &compact,
-            &Conv2dShape::new(1, 256, (14, 14), 256, 3, 1, 1)
-        ));
+        // ResNet-18's 14x14 and 7x7 convolutions at batch 1: 16 and 4 tiles.
+        for resnet18 in [
+            Conv2dShape::new(1, 256, (14, 14), 256, 3, 1, 1),
+            Conv2dShape::new(1, 512, (7, 7), 512, 3, 1, 1),
+        ] {
+            assert!(winograd_applies(device, &compact, &resnet18), "{resnet18:?}");
+        }
         assert!(!winograd_applies(device, &register, &wide));
         for other in [
             Conv2dShape::new(1, 64, (56, 56), 64, 3, 2, 1),
             Conv2dShape::new(1, 64, (56, 56), 64, 1, 1, 0),
             Conv2dShape::new(1, 32, (32, 32), 64, 3, 1, 1),
-            // ResNet-18's 7x7 and ResNet-20's 8x8 at batch 1: 4 tiles.
-            Conv2dShape::new(1, 512, (7, 7), 512, 3, 1, 1),
+            // ResNet-20's 8x8 at batch 1: 4 tiles of too few channels.
             Conv2dShape::new(1, 64, (8, 8), 64, 3, 1, 1),
+            Conv2dShape::new(1, 128, (12, 12), 128, 3, 1, 1),
             // A batch whose transformed input (36 points x 64 channels x 16
             // tiles per image x 4 bytes) outgrows the device's largest binding.
             Conv2dShape::new(limit / (POINTS * 64 * 16 * 4) + 1, 64, (16, 16), 64, 3, 1, 1),
