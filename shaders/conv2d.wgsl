@@ -1812,6 +1812,54 @@ fn wi_bt(r: array<f32, 6>) -> array<f32, 6> {
     );
 }
 
+// The 6 positions of a patch along one axis from `start`: offsets clamped
+// into 0..size (times `stride`) and 0/1 masks (0 outside), as 3 + 3.
+struct WiAxis {
+    lo: vec3<u32>,
+    hi: vec3<u32>,
+    lo_mask: vec3<f32>,
+    hi_mask: vec3<f32>,
+}
+
+fn wi_axis(start: i32, size: u32, stride: u32) -> WiAxis {
+    let lo = vec3<i32>(start) + vec3<i32>(0, 1, 2);
+    let hi = lo + vec3<i32>(3);
+    let last = vec3<i32>(i32(size) - 1);
+    return WiAxis(
+        vec3<u32>(clamp(lo, vec3<i32>(0), last)) * stride,
+        vec3<u32>(clamp(hi, vec3<i32>(0), last)) * stride,
+        select(vec3<f32>(0.0), vec3<f32>(1.0), (lo >= vec3<i32>(0)) & (lo <= last)),
+        select(vec3<f32>(0.0), vec3<f32>(1.0), (hi >= vec3<i32>(0)) & (hi <= last)),
+    );
+}
+
+// B^T times column `col` (offset and mask) of the patch whose rows are `rows`.
+fn wi_column(base: u32, rows: WiAxis, col: u32, mask: f32) -> array<f32, 6> {
+    let b = base + col;
+    return wi_bt(array<f32, 6>(
+        wi_x[b + rows.lo.x] * (rows.lo_mask.x * mask),
+        wi_x[b + rows.lo.y] * (rows.lo_mask.y * mask),
+        wi_x[b + rows.lo.z] * (rows.lo_mask.z * mask),
+        wi_x[b + rows.hi.x] * (rows.hi_mask.x * mask),
+        wi_x[b + rows.hi.y] * (rows.hi_mask.y * mask),
+        wi_x[b + rows.hi.z] * (rows.hi_mask.z * mask),
+    ));
+}
+
+// Row i of v = (B^T d) B, given row i of B^T d: its 6 points, `step` apart.
+fn wi_store_row(o: u32, step: u32, i: u32, bt_d: array<f32, 6>) {
+    let v = wi_bt(bt_d);
+    let first = o + 6u * i * step;
+    wi_v[first] = v[0];
+    wi_v[first + step] = v[1];
+    wi_v[first + 2u * step] = v[2];
+    wi_v[first + 3u * step] = v[3];
+    wi_v[first + 4u * step] = v[4];
+    wi_v[first + 5u * step] = v[5];
+}
+
+// Unrolled by hand, every array index a constant: SwiftShader keeps arrays
+// indexed by a loop counter in memory, lane by lane.
 @compute @workgroup_size(256)
 fn conv2d_winograd_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let p = wi_params;
@@ -1820,33 +1868,23 @@ fn conv2d_winograd_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
         return;
     }
     let plane = (at.x * p.channels + at.y) * p.src_h * p.src_w;
-    let h = i32(4u * (at.z / p.tiles_w)) - i32(p.pad);
-    let w = i32(4u * (at.z % p.tiles_w)) - i32(p.pad);
+    let rows = wi_axis(i32(4u * (at.z / p.tiles_w)) - i32(p.pad), p.src_h, p.src_w);
+    let cols = wi_axis(i32(4u * (at.z % p.tiles_w)) - i32(p.pad), p.src_w, 1u);
     // Columns of B^T d, then its rows times B.
-    var bt_d: array<array<f32, 6>, 6>;
-    for (var j = 0; j < 6; j++) {
-        var column: array<f32, 6>;
-        let x = w + j;
-        for (var i = 0; i < 6; i++) {
-            let y = h + i;
-            let inside = (x >= 0) & (x < i32(p.src_w)) & (y >= 0) & (y < i32(p.src_h));
-            let o = plane + u32(clamp(y, 0, i32(p.src_h) - 1)) * p.src_w + u32(clamp(x, 0, i32(p.src_w) - 1));
-            column[i] = select(0.0, wi_x[o], inside);
-        }
-        bt_d[j] = wi_bt(column);
-    }
+    let c0 = wi_column(plane, rows, cols.lo.x, cols.lo_mask.x);
+    let c1 = wi_column(plane, rows, cols.lo.y, cols.lo_mask.y);
+    let c2 = wi_column(plane, rows, cols.lo.z, cols.lo_mask.z);
+    let c3 = wi_column(plane, rows, cols.hi.x, cols.hi_mask.x);
+    let c4 = wi_column(plane, rows, cols.hi.y, cols.hi_mask.y);
+    let c5 = wi_column(plane, rows, cols.hi.z, cols.hi_mask.z);
     let step = p.channels * p.tiles_padded;
     let o = at.y * p.tiles_padded + at.x * p.tiles_h * p.tiles_w + at.z;
-    for (var i = 0u; i < 6u; i++) {
-        var row: array<f32, 6>;
-        for (var j = 0u; j < 6u; j++) {
-            row[j] = bt_d[j][i];
-        }
-        let v = wi_bt(row);
-        for (var j = 0u; j < 6u; j++) {
-            wi_v[o + (6u * i + j) * step] = v[j];
-        }
-    }
+    wi_store_row(o, step, 0u, array<f32, 6>(c0[0], c1[0], c2[0], c3[0], c4[0], c5[0]));
+    wi_store_row(o, step, 1u, array<f32, 6>(c0[1], c1[1], c2[1], c3[1], c4[1], c5[1]));
+    wi_store_row(o, step, 2u, array<f32, 6>(c0[2], c1[2], c2[2], c3[2], c4[2], c5[2]));
+    wi_store_row(o, step, 3u, array<f32, 6>(c0[3], c1[3], c2[3], c3[3], c4[3], c5[3]));
+    wi_store_row(o, step, 4u, array<f32, 6>(c0[4], c1[4], c2[4], c3[4], c4[4], c5[4]));
+    wi_store_row(o, step, 5u, array<f32, 6>(c0[5], c1[5], c2[5], c3[5], c4[5], c5[5]));
 }
 
 // m[xi][row][column] = sum over c of ct_wt[xi][c][row] ct_src[xi][c][column]
@@ -1977,8 +2015,40 @@ fn wo_at(r: array<f32, 6>) -> vec4<f32> {
     return vec4<f32>(r[0] + sum + sum2, difference + 2.0 * difference2, sum + 4.0 * sum2, difference + 8.0 * difference2 + r[5]);
 }
 
+// A^T times column j of the tile's m: its 6 points, `point` apart.
+fn wo_column(o: u32, point: u32, j: u32) -> vec4<f32> {
+    let first = o + j * point;
+    return wo_at(array<f32, 6>(
+        wo_m[first],
+        wo_m[first + 6u * point],
+        wo_m[first + 12u * point],
+        wo_m[first + 18u * point],
+        wo_m[first + 24u * point],
+        wo_m[first + 30u * point],
+    ));
+}
+
+// Row i of the output tile, (A^T m A)[i] from row i of A^T m, with the
+// epilogue, stored. Pixels past the output's edge read and write its last
+// row or column: the caller goes last row to first and this last column to
+// first, so that the pixel's own value lands last.
+fn wo_store_row(p: Winograd, plane: u32, h: u32, columns: vec4<u32>, bias: f32, at_m: array<f32, 6>) {
+    var y = wo_at(at_m) + bias;
+    let index = plane + min(h, p.dst_h - 1u) * p.dst_w + columns;
+    if (p.epilogue & EPILOGUE_RESIDUAL) != 0u {
+        y += vec4<f32>(wo_residual[index.x], wo_residual[index.y], wo_residual[index.z], wo_residual[index.w]);
+    }
+    if (p.epilogue & EPILOGUE_RELU) != 0u {
+        y = max(y, vec4<f32>(0.0));
+    }
+    wo_y[index.w] = y.w;
+    wo_y[index.z] = y.z;
+    wo_y[index.y] = y.y;
+    wo_y[index.x] = y.x;
+}
+
 // One invocation per output channel and tile of an image (as wi_tile, with
-// `channels` the output channels).
+// `channels` the output channels). Unrolled by hand, as conv2d_winograd_input.
 @compute @workgroup_size(256)
 fn conv2d_winograd_output(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let p = wo_params;
@@ -1988,34 +2058,19 @@ fn conv2d_winograd_output(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     }
     let o = at.y * p.m_channel + (at.x * p.tiles_h * p.tiles_w + at.z) * p.m_tile;
     // Columns of A^T m (4 values each), then its rows times A.
-    var at_m: array<vec4<f32>, 6>;
-    for (var j = 0u; j < 6u; j++) {
-        var column: array<f32, 6>;
-        for (var i = 0u; i < 6u; i++) {
-            column[i] = wo_m[o + (6u * i + j) * p.m_point];
-        }
-        at_m[j] = wo_at(column);
-    }
+    let c0 = wo_column(o, p.m_point, 0u);
+    let c1 = wo_column(o, p.m_point, 1u);
+    let c2 = wo_column(o, p.m_point, 2u);
+    let c3 = wo_column(o, p.m_point, 3u);
+    let c4 = wo_column(o, p.m_point, 4u);
+    let c5 = wo_column(o, p.m_point, 5u);
     let bias = wo_bias[at.y];
     let h = 4u * (at.z / p.tiles_w);
     let w = 4u * (at.z % p.tiles_w);
     let plane = (at.x * p.channels + at.y) * p.dst_h * p.dst_w;
-    // Pixels past the output's edge read and write its last row or column:
-    // rows and columns go last to first, so the pixel's own value lands last.
     let columns = min(vec4<u32>(w) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.dst_w - 1u));
-    for (var r = 3; r >= 0; r--) {
-        let i = u32(r);
-        var y = wo_at(array<f32, 6>(at_m[0][i], at_m[1][i], at_m[2][i], at_m[3][i], at_m[4][i], at_m[5][i])) + bias;
-        let index = plane + min(h + i, p.dst_h - 1u) * p.dst_w + columns;
-        if (p.epilogue & EPILOGUE_RESIDUAL) != 0u {
-            y += vec4<f32>(wo_residual[index.x], wo_residual[index.y], wo_residual[index.z], wo_residual[index.w]);
-        }
-        if (p.epilogue & EPILOGUE_RELU) != 0u {
-            y = max(y, vec4<f32>(0.0));
-        }
-        wo_y[index.w] = y.w;
-        wo_y[index.z] = y.z;
-        wo_y[index.y] = y.y;
-        wo_y[index.x] = y.x;
-    }
+    wo_store_row(p, plane, h + 3u, columns, bias, array<f32, 6>(c0.w, c1.w, c2.w, c3.w, c4.w, c5.w));
+    wo_store_row(p, plane, h + 2u, columns, bias, array<f32, 6>(c0.z, c1.z, c2.z, c3.z, c4.z, c5.z));
+    wo_store_row(p, plane, h + 1u, columns, bias, array<f32, 6>(c0.y, c1.y, c2.y, c3.y, c4.y, c5.y));
+    wo_store_row(p, plane, h, columns, bias, array<f32, 6>(c0.x, c1.x, c2.x, c3.x, c4.x, c5.x));
 }
