@@ -21,7 +21,9 @@ const POINTS: usize = 36;
 /// Winograd: the transforms' work grows with channels x tiles, the GEMMs'
 /// savings with channels squared x tiles. ResNet-20 at batch 1 with
 /// Winograd wherever it fits (16 to 64 channels) was 1.1-1.5x slower on
-/// SwiftShader; ResNet-18's 56x56, 28x28 and 14x14 convolutions (64 to 256
+/// SwiftShader (with the transforms unrolled, its 32x32 stage took 0.82x the
+/// direct kernel's time and its 16x16 one 1.15x; four more pipelines would
+/// weigh on its cold start); ResNet-18's 56x56, 28x28 and 14x14 convolutions (64 to 256
 /// channels; 196, 49 and 16 tiles) take it: at 14x14, 0.45-0.55x the direct
 /// kernel's time; at 56x56 and 28x28, 0.6-0.8x and 0.55-0.7x with channels
 /// as rows, then 0.77-0.93x and 0.83-0.99x of that with the layout chosen
@@ -29,12 +31,13 @@ const POINTS: usize = 36;
 const MIN_CHANNELS: usize = 64;
 /// Below `FEW_TILES` tiles the transforms weigh more, and more channels are
 /// needed: ResNet-20's 8x8 convolutions at batch 1 (4 tiles, 64 channels)
-/// took 1.5-1.6x the direct kernel's time, ResNet-18's 7x7 ones (4 tiles,
-/// 512 channels) about 0.5x with `conv2d_winograd_gemm_4_rows`.
+/// took 1.15x the direct kernel's time, ResNet-18's 7x7 ones (4 tiles, 512
+/// channels) about 0.6x, with `conv2d_winograd_gemm_4_rows`.
 const FEW_TILES: usize = 16;
 const MIN_CHANNELS_FEW_TILES: usize = 256;
 
-/// The three passes, entry points of the compact tile's module.
+/// The weights' transform and the three passes (two GEMMs), entry points
+/// of the compact tile's module.
 pub(super) struct WinogradKernels {
     weights: Kernel,
     input: Kernel,
