@@ -1767,8 +1767,21 @@ fn wu_g(r: vec3<f32>) -> array<f32, 6> {
     );
 }
 
+// Row i of G g G^T, from row i of G g: its 6 points, `step` apart from `o`.
+fn wu_store_row(o: u32, step: u32, i: u32, g_row: vec3<f32>) {
+    let u = wu_g(g_row);
+    let first = o + 6u * i * step;
+    wu_u[first] = u[0];
+    wu_u[first + step] = u[1];
+    wu_u[first + 2u * step] = u[2];
+    wu_u[first + 3u * step] = u[3];
+    wu_u[first + 4u * step] = u[4];
+    wu_u[first + 5u * step] = u[5];
+}
+
 // One invocation per (ci, row), rows fastest, so that the stores of
-// consecutive invocations are consecutive.
+// consecutive invocations are consecutive. Unrolled by hand, as
+// conv2d_winograd_input.
 @compute @workgroup_size(256)
 fn conv2d_winograd_weights(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let p = wu_params;
@@ -1780,19 +1793,18 @@ fn conv2d_winograd_weights(@builtin(global_invocation_id) gid: vec3<u32>, @built
     }
     // Padding rows read a valid kernel and store zeros.
     let live = select(0.0, 1.0, row < p.out_channels);
-    let base = (min(row, p.out_channels - 1u) * p.in_channels + ci) * 9u;
-    // G g: its columns, then each row of it times G^T.
-    var columns: array<array<f32, 6>, 3>;
-    for (var j = 0u; j < 3u; j++) {
-        columns[j] = wu_g(live * vec3<f32>(wu_w[base + j], wu_w[base + 3u + j], wu_w[base + 6u + j]));
-    }
+    let b = (min(row, p.out_channels - 1u) * p.in_channels + ci) * 9u;
+    // G g: its 3 columns, then each of its rows times G^T.
+    let c0 = wu_g(live * vec3<f32>(wu_w[b], wu_w[b + 3u], wu_w[b + 6u]));
+    let c1 = wu_g(live * vec3<f32>(wu_w[b + 1u], wu_w[b + 4u], wu_w[b + 7u]));
+    let c2 = wu_g(live * vec3<f32>(wu_w[b + 2u], wu_w[b + 5u], wu_w[b + 8u]));
     let step = p.in_channels * p.rows_padded;
-    for (var i = 0u; i < 6u; i++) {
-        let u = wu_g(vec3<f32>(columns[0][i], columns[1][i], columns[2][i]));
-        for (var j = 0u; j < 6u; j++) {
-            wu_u[(6u * i + j) * step + g] = u[j];
-        }
-    }
+    wu_store_row(g, step, 0u, vec3<f32>(c0[0], c1[0], c2[0]));
+    wu_store_row(g, step, 1u, vec3<f32>(c0[1], c1[1], c2[1]));
+    wu_store_row(g, step, 2u, vec3<f32>(c0[2], c1[2], c2[2]));
+    wu_store_row(g, step, 3u, vec3<f32>(c0[3], c1[3], c2[3]));
+    wu_store_row(g, step, 4u, vec3<f32>(c0[4], c1[4], c2[4]));
+    wu_store_row(g, step, 5u, vec3<f32>(c0[5], c1[5], c2[5]));
 }
 
 @group(0) @binding(80) var<uniform> wi_params: Winograd;

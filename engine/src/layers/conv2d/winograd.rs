@@ -21,13 +21,13 @@ const POINTS: usize = 36;
 /// Winograd: the transforms' work grows with channels x tiles, the GEMMs'
 /// savings with channels squared x tiles. ResNet-20 at batch 1 with
 /// Winograd wherever it fits (16 to 64 channels) was 1.1-1.5x slower on
-/// SwiftShader (with the transforms unrolled, its 32x32 stage took 0.82x the
-/// direct kernel's time and its 16x16 one 1.15x; four more pipelines would
-/// weigh on its cold start); ResNet-18's 56x56, 28x28 and 14x14 convolutions (64 to 256
-/// channels; 196, 49 and 16 tiles) take it: at 14x14, 0.45-0.55x the direct
-/// kernel's time; at 56x56 and 28x28, 0.6-0.8x and 0.55-0.7x with channels
-/// as rows, then 0.77-0.93x and 0.83-0.99x of that with the layout chosen
-/// ([`GemmLayout`]).
+/// SwiftShader (with the transforms unrolled, its 32x32 stage took 0.82x
+/// the direct kernel's time and its 16x16 one 1.15x; four more pipelines
+/// would weigh on its cold start). ResNet-18's 56x56, 28x28 and 14x14
+/// convolutions (64 to 256 channels; 196, 49 and 16 tiles) take it: at
+/// 14x14, 0.45-0.55x the direct kernel's time; at 56x56 and 28x28, 0.6-0.8x
+/// and 0.55-0.7x with channels as rows, then 0.77-0.93x and 0.83-0.99x of
+/// that with the layout chosen ([`GemmLayout`]).
 const MIN_CHANNELS: usize = 64;
 /// Below `FEW_TILES` tiles the transforms weigh more, and more channels are
 /// needed: ResNet-20's 8x8 convolutions at batch 1 (4 tiles, 64 channels)
@@ -111,7 +111,7 @@ fn tile_count(shape: &Conv2dShape) -> usize {
 /// 4 tiles), so the layout with the fewest invocations in all is taken:
 /// tiles as rows (`swapped`), and at most 4 tiles as the rows of
 /// `conv2d_winograd_gemm_4_rows` (4 rows x 16 columns per invocation).
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 struct GemmLayout {
     swapped: bool,
     four_rows: bool,
@@ -243,7 +243,8 @@ impl WinogradScratch {
 /// on the device (`conv2d_winograd_weights`, submitted to `queue`):
 /// `u[xi][ci][co] = (G g G^T)[xi]` for each 3x3 kernel g, output channels
 /// padded with zeros as the GEMM's layout needs. Only the raw weights cross
-/// to the device, a quarter of u's size (113 MB for ResNet-18's 7x7 stage).
+/// to the device, a quarter of u's size (ResNet-18's 7x7 stage: 28 MB
+/// instead of 113 MB).
 pub fn upload_winograd_weights(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
@@ -420,7 +421,7 @@ mod tests {
 
     /// CPU reference of `conv2d_winograd_weights`, in f64: u[xi][ci][co] for
     /// `rows` padded output channels.
-    fn winograd_weights_reference(shape: &Conv2dShape, w: &[f32], rows: usize) -> Vec<f32> {
+    fn winograd_weights_reference(shape: &Conv2dShape, w: &[f32], rows: usize) -> Vec<f64> {
         let (cin, cout) = (shape.in_channels, shape.out_channels);
         // G's rows: 1/4 0 0, -1/6 -1/6 -1/6, -1/6 1/6 -1/6, 1/24 1/12 1/6,
         // 1/24 -1/12 1/6, 0 0 1.
@@ -444,7 +445,7 @@ mod tests {
                                 sum += G[i][a] * f64::from(g[3 * a + b]) * G[j][b];
                             }
                         }
-                        u[((6 * i + j) * cin + ci) * rows + co] = sum as f32;
+                        u[((6 * i + j) * cin + ci) * rows + co] = sum;
                     }
                 }
             }
@@ -465,10 +466,7 @@ mod tests {
             crate::testing::assert_close(
                 &format!("u {s:?}"),
                 &u.read_blocking(device, queue).unwrap(),
-                &winograd_weights_reference(&s, &w, rows)
-                    .iter()
-                    .map(|&v| f64::from(v))
-                    .collect::<Vec<_>>(),
+                &winograd_weights_reference(&s, &w, rows),
                 1e-6,
                 1e-5,
             );
