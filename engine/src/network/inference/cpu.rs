@@ -4,16 +4,16 @@
 //! Each convolution is, per image, the matrix product `y[co, p] = bias[co] +
 //! sum_k w[co, k] * x[k, p]` over taps `k = (ci, kh, kw)` and output pixels
 //! `p = (oh, ow)`. The weights are packed once, on the network's first CPU
-//! inference, into panels of [`MR`] output channels interleaved per `k`. The
+//! inference, into panels of `MR` output channels interleaved per `k`. The
 //! product runs over `MR x NR` tiles whose accumulators stay in registers
 //! (plain Rust over fixed-size arrays, which LLVM turns into SSE natively and
-//! SIMD128 on wasm), a block of [`KC`] `k`s at a time so a block of weights
+//! SIMD128 on wasm), a block of `KC` `k`s at a time so a block of weights
 //! stays in cache; the stores add the bias (first block), the residual and
 //! the ReLU (last block).
 //! The `NR` pixels of a tile come either straight from a zero-padded copy of
-//! the image (stride 1, [`direct`]: `NR` consecutive pixels of an output row
+//! the image (stride 1, `direct`: `NR` consecutive pixels of an output row
 //! read `NR` consecutive inputs per tap), or from the image unrolled (im2col)
-//! into panels of `NR` pixels per `k` ([`unrolled`]). Channel and pixel counts
+//! into panels of `NR` pixels per `k` (`unrolled`). Channel and pixel counts
 //! that are not multiples of the tile are padded in the panels and tiles and
 //! left out of the store.
 
