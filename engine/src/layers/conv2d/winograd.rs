@@ -139,7 +139,7 @@ impl GemmLayout {
             four_rows,
             rows: tiles,
             rows_padded: tiles_padded,
-            columns: cout.next_multiple_of(if four_rows { 16 } else { COMPACT_ROWS }),
+            columns: cout.next_multiple_of(if four_rows { 16 } else { 8 }),
         };
         // On a tie the first: fewer pipelines to compile.
         [by_channels, by_tiles(false), by_tiles(true)]
@@ -149,13 +149,23 @@ impl GemmLayout {
             .expect("the layouts by channels and by tiles always fit")
     }
 
+    /// Columns per invocation of the layout's GEMM.
+    fn columns_per_invocation(&self) -> usize {
+        if self.four_rows { 16 } else { 8 }
+    }
+
+    /// Blocks of rows per point, one invocation's rows each.
+    fn row_blocks(&self) -> usize {
+        if self.four_rows {
+            1
+        } else {
+            self.rows_padded / COMPACT_ROWS
+        }
+    }
+
     /// The GEMMs' invocations per point, whole workgroups.
     fn invocations(&self) -> usize {
-        if self.four_rows {
-            (self.columns / 16).next_multiple_of(COMPACT_WORKGROUP)
-        } else {
-            self.rows_padded / COMPACT_ROWS * (self.columns / 8).next_multiple_of(COMPACT_WORKGROUP)
-        }
+        self.row_blocks() * (self.columns / self.columns_per_invocation()).next_multiple_of(COMPACT_WORKGROUP)
     }
 
     /// Output channels of u, padded as its operand is.
@@ -372,18 +382,17 @@ pub fn conv2d_forward_winograd(
         (u, &scratch.v)
     };
     // Workgroups along the column blocks, and (z) over points and row blocks.
-    let (gemm, columns_per_invocation, row_blocks) = if layout.four_rows {
-        (&k.gemm_4_rows, 16, 1)
-    } else {
-        (&k.gemm, 8, layout.rows_padded / COMPACT_ROWS)
-    };
-    let [gx, gy, _] = grid_1d(layout.columns / columns_per_invocation, COMPACT_WORKGROUP as u32);
+    let gemm = if layout.four_rows { &k.gemm_4_rows } else { &k.gemm };
+    let [gx, gy, _] = grid_1d(
+        layout.columns / layout.columns_per_invocation(),
+        COMPACT_WORKGROUP as u32,
+    );
     let gemm = gemm
         .bind(
             device,
             &gemm_params,
             &[rows_operand, columns_operand, &scratch.m],
-            [gx, gy, (POINTS * row_blocks) as u32],
+            [gx, gy, (POINTS * layout.row_blocks()) as u32],
         )
         .with_flops(2.0 * (POINTS * cin * cout * tiles) as f64);
     let epilogue = if residual.is_some() { EPILOGUE_RESIDUAL } else { 0 } | if relu { EPILOGUE_RELU } else { 0 };
