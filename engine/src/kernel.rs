@@ -258,6 +258,23 @@ pub fn submit(device: &wgpu::Device, queue: &wgpu::Queue, dispatches: &[&Dispatc
     queue.submit([encoder.finish()]);
 }
 
+/// Runs `work`, and if the device rejected anything it was asked to do
+/// meanwhile (an invalid pipeline, a bind group or a submission that fails
+/// validation), returns that as [`crate::EngineError::Device`]. Without this a
+/// browser only logs the error to its console, and the results come back as
+/// zeros; natively wgpu would panic.
+pub async fn checked_by_device<T>(
+    device: &wgpu::Device,
+    work: impl Future<Output = Result<T, crate::EngineError>>,
+) -> Result<T, crate::EngineError> {
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let result = work.await;
+    match scope.pop().await {
+        Some(rejected) => Err(crate::EngineError::Device(rejected.to_string())),
+        None => result,
+    }
+}
+
 /// Waits until all work submitted to `device` has finished (native only;
 /// the browser never blocks, it awaits read-backs instead).
 #[cfg(not(target_arch = "wasm32"))]
@@ -314,5 +331,28 @@ mod tests {
             assert!(x <= MAX_WORKGROUPS_PER_DIMENSION && y <= MAX_WORKGROUPS_PER_DIMENSION && z == 1);
             assert!(x as usize * y as usize * 256 >= n, "n={n} grid={x}x{y}");
         }
+    }
+
+    #[test]
+    fn checked_by_device_returns_what_the_device_rejected_as_an_error() {
+        let Some(ctx) = crate::testing::context() else { return };
+        let (device, queue) = (ctx.device(), ctx.queue());
+        let x = Tensor::from_slice(device, &[4], &[1.0, -2.0, 3.0, -4.0]).unwrap();
+        let y = Tensor::zeros(device, &[4]).unwrap();
+        let relu = crate::layers::relu::relu_forward(device, &ctx.kernels, &x, &y);
+        let run = || {
+            checked_by_device(device, async {
+                submit(device, queue, &[&relu]);
+                Ok(())
+            })
+        };
+        assert!(pollster::block_on(run()).is_ok());
+        // Submitting work over a destroyed buffer fails WebGPU's validation.
+        y.buffer.destroy();
+        let rejected = pollster::block_on(run());
+        assert!(
+            matches!(&rejected, Err(crate::EngineError::Device(m)) if m.contains("destroyed")),
+            "{rejected:?}"
+        );
     }
 }

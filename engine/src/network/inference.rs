@@ -7,6 +7,7 @@
 //! CPU (the browser's fallback without WebGPU) and [`InferencePlan`] on the GPU.
 
 use super::graph::{BN_EPS, Graph, Op, TensorId};
+use crate::kernel::checked_by_device;
 use crate::layers::conv2d::winograd::{
     WinogradScratch, conv2d_forward_winograd, upload_winograd_weights, winograd_applies,
 };
@@ -271,19 +272,29 @@ pub struct InferencePlan {
 
 impl InferencePlan {
     /// Folds `model` for `batch` images and builds the plan.
-    pub fn new(
+    pub async fn new(
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         kernels: &Kernels,
         model: &Model,
         batch: usize,
     ) -> Result<Self, EngineError> {
-        Self::from_folded(device, queue, kernels, &FoldedNetwork::new(model, batch)?)
+        Self::from_folded(device, queue, kernels, &FoldedNetwork::new(model, batch)?).await
     }
 
     /// Builds the plan of `net`; `queue` takes the weights' transforms that
-    /// run on the device (Winograd's), ahead of any inference.
-    pub fn from_folded(
+    /// run on the device (Winograd's), ahead of any inference. Awaits the
+    /// device's verdict on them, and on every buffer and bind group made.
+    pub async fn from_folded(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        kernels: &Kernels,
+        net: &FoldedNetwork,
+    ) -> Result<Self, EngineError> {
+        checked_by_device(device, async { Self::build(device, queue, kernels, net) }).await
+    }
+
+    fn build(
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         kernels: &Kernels,
@@ -416,17 +427,14 @@ impl InferencePlan {
         queue: &wgpu::Queue,
         images: &[f32],
     ) -> Result<Vec<f32>, EngineError> {
-        // A shader or pipeline the device rejected (a browser only logs it to
-        // the console) would otherwise come back as logits of zeros.
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        self.write_input(queue, images)?;
-        let mut encoder = device.create_command_encoder(&Default::default());
-        self.record(&mut encoder.begin_compute_pass(&Default::default()));
-        let words = read_tensors_after(device, queue, encoder, &[&self.logits], &self.staging).await;
-        if let Some(rejected) = scope.pop().await {
-            return Err(EngineError::Device(rejected.to_string()));
-        }
-        Ok(bytemuck::cast_slice(&words?).to_vec())
+        let words = checked_by_device(device, async {
+            self.write_input(queue, images)?;
+            let mut encoder = device.create_command_encoder(&Default::default());
+            self.record(&mut encoder.begin_compute_pass(&Default::default()));
+            read_tensors_after(device, queue, encoder, &[&self.logits], &self.staging).await
+        })
+        .await?;
+        Ok(bytemuck::cast_slice(&words).to_vec())
     }
 }
 

@@ -378,7 +378,7 @@ fn assert_inference_plan_matches_reference(spec: ModelSpec, batch: usize, winogr
         kernel_sets.push(Kernels::with_subgroups(device, Variant::CompactTile, false));
     }
     for kernels in &kernel_sets {
-        let plan = InferencePlan::new(device, queue, kernels, &model, batch).unwrap();
+        let plan = pollster::block_on(InferencePlan::new(device, queue, kernels, &model, batch)).unwrap();
         assert_eq!((plan.batch(), plan.classes()), (batch, 10));
         let with = if kernels.conv2d.subgroup_loads() {
             " with subgroups"
@@ -467,7 +467,7 @@ fn inference_plan_rejects_an_input_of_the_wrong_length() {
     let Some(ctx) = context() else { return };
     let (device, queue) = (ctx.device(), ctx.queue());
     let model = trained_like(cifar_spec(8), 2);
-    let plan = InferencePlan::new(device, queue, &ctx.kernels, &model, 2).unwrap();
+    let plan = pollster::block_on(InferencePlan::new(device, queue, &ctx.kernels, &model, 2)).unwrap();
     let short = vec![0.0; 3 * 32 * 32];
     let result = pollster::block_on(plan.logits(device, queue, &short));
     assert!(
@@ -483,7 +483,7 @@ fn inference_plan_rejects_an_input_of_the_wrong_length() {
     );
     assert!(plan.write_input(queue, &short).is_err());
     assert!(matches!(
-        InferencePlan::new(device, queue, &ctx.kernels, &model, 0),
+        pollster::block_on(InferencePlan::new(device, queue, &ctx.kernels, &model, 0)),
         Err(EngineError::Model(_))
     ));
 }
@@ -501,7 +501,7 @@ fn resnet20_inference_timing_folded_plan_against_unfolded_plan() {
         let images = images_for(&model, batch);
         let graph = model.spec.graph(batch).unwrap();
         let unfolded = Plan::inference(device, &ctx.kernels, graph, &model.params, &model.running).unwrap();
-        let folded = InferencePlan::new(device, queue, &ctx.kernels, &model, batch).unwrap();
+        let folded = pollster::block_on(InferencePlan::new(device, queue, &ctx.kernels, &model, batch)).unwrap();
         unfolded.write_batch(queue, &images, &[]).unwrap();
         folded.write_input(queue, &images).unwrap();
         let time = |run: &dyn Fn()| {
