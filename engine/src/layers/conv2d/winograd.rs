@@ -109,17 +109,36 @@ fn tile_count(shape: &Conv2dShape) -> usize {
 /// batch 1: 16 tiles, 2 blocks for 8 invocations), and 8 rows of at most 4
 /// tiles leave half of each invocation's products on padding (its 7x7 map:
 /// 4 tiles), so the layout with the fewest invocations in all is taken:
-/// tiles as rows (`swapped`), and at most 4 tiles as the rows of
+/// tiles as rows, and at most 4 tiles as the rows of
 /// `conv2d_winograd_gemm_4_rows` (4 rows x 16 columns per invocation).
 #[derive(Debug)]
 struct GemmLayout {
-    swapped: bool,
-    four_rows: bool,
+    by: GemmRows,
     /// Rows that m holds, and rows padded to the rows' operand's stride.
     rows: usize,
     rows_padded: usize,
     /// Columns, a multiple of the columns per invocation.
     columns: usize,
+}
+
+/// What a [`GemmLayout`]'s rows are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GemmRows {
+    /// Output channels, tiles as columns; 8 x 8 per invocation.
+    Channels,
+    /// Tiles, output channels as columns; 8 x 8 per invocation.
+    Tiles,
+    /// At most 4 tiles, output channels as columns; 4 x 16 per invocation.
+    FourTiles,
+}
+
+impl GemmRows {
+    fn columns_per_invocation(self) -> usize {
+        match self {
+            GemmRows::FourTiles => 16,
+            GemmRows::Channels | GemmRows::Tiles => 8,
+        }
+    }
 }
 
 impl GemmLayout {
@@ -128,49 +147,44 @@ impl GemmLayout {
         let tiles = tile_count(shape);
         let cout = shape.out_channels;
         let by_channels = Self {
-            swapped: false,
-            four_rows: false,
+            by: GemmRows::Channels,
             rows: cout,
             rows_padded: cout.next_multiple_of(COMPACT_ROWS),
             columns: tiles_padded,
         };
-        let by_tiles = |four_rows: bool| Self {
-            swapped: true,
-            four_rows,
+        let by_tiles = |by: GemmRows| Self {
+            by,
             rows: tiles,
             rows_padded: tiles_padded,
-            columns: cout.next_multiple_of(if four_rows { 16 } else { 8 }),
+            columns: cout.next_multiple_of(by.columns_per_invocation()),
         };
         // On a tie the first: fewer pipelines to compile.
-        [by_channels, by_tiles(false), by_tiles(true)]
+        [by_channels, by_tiles(GemmRows::Tiles), by_tiles(GemmRows::FourTiles)]
             .into_iter()
-            .filter(|l| !l.four_rows || tiles <= 4)
+            .filter(|l| l.by != GemmRows::FourTiles || tiles <= 4)
             .min_by_key(Self::invocations)
             .expect("the layouts by channels and by tiles always fit")
     }
 
-    /// Columns per invocation of the layout's GEMM.
-    fn columns_per_invocation(&self) -> usize {
-        if self.four_rows { 16 } else { 8 }
-    }
-
     /// Blocks of rows per point, one invocation's rows each.
     fn row_blocks(&self) -> usize {
-        if self.four_rows {
-            1
-        } else {
-            self.rows_padded / COMPACT_ROWS
+        match self.by {
+            GemmRows::FourTiles => 1,
+            GemmRows::Channels | GemmRows::Tiles => self.rows_padded / COMPACT_ROWS,
         }
     }
 
     /// The GEMMs' invocations per point, whole workgroups.
     fn invocations(&self) -> usize {
-        self.row_blocks() * (self.columns / self.columns_per_invocation()).next_multiple_of(COMPACT_WORKGROUP)
+        self.row_blocks() * (self.columns / self.by.columns_per_invocation()).next_multiple_of(COMPACT_WORKGROUP)
     }
 
     /// Output channels of u, padded as its operand is.
     fn weight_rows(&self) -> usize {
-        if self.swapped { self.columns } else { self.rows_padded }
+        match self.by {
+            GemmRows::Channels => self.rows_padded,
+            GemmRows::Tiles | GemmRows::FourTiles => self.columns,
+        }
     }
 
     /// Elements of m.
@@ -180,10 +194,9 @@ impl GemmLayout {
 
     /// Strides in m of an output channel and a tile.
     fn m_strides(&self) -> (usize, usize) {
-        if self.swapped {
-            (1, self.columns)
-        } else {
-            (self.columns, 1)
+        match self.by {
+            GemmRows::Channels => (self.columns, 1),
+            GemmRows::Tiles | GemmRows::FourTiles => (1, self.columns),
         }
     }
 }
@@ -376,15 +389,17 @@ pub fn conv2d_forward_winograd(
         ..bytemuck::Zeroable::zeroed()
     };
     // The rows' operand (shared by a workgroup) binds first.
-    let (rows_operand, columns_operand) = if layout.swapped {
-        (&scratch.v, u)
-    } else {
-        (u, &scratch.v)
+    let (rows_operand, columns_operand) = match layout.by {
+        GemmRows::Channels => (u, &scratch.v),
+        GemmRows::Tiles | GemmRows::FourTiles => (&scratch.v, u),
     };
     // Workgroups along the column blocks, and (z) over points and row blocks.
-    let gemm = if layout.four_rows { &k.gemm_4_rows } else { &k.gemm };
+    let gemm = match layout.by {
+        GemmRows::FourTiles => &k.gemm_4_rows,
+        GemmRows::Channels | GemmRows::Tiles => &k.gemm,
+    };
     let [gx, gy, _] = grid_1d(
-        layout.columns / layout.columns_per_invocation(),
+        layout.columns / layout.by.columns_per_invocation(),
         COMPACT_WORKGROUP as u32,
     );
     let gemm = gemm
@@ -493,10 +508,10 @@ mod tests {
         // Scratch for a larger shape too: the plan shares one.
         let big = Conv2dShape::new(2, 20, (10, 10), 20, 3, 1, 1);
         let layouts: Vec<GemmLayout> = shapes().iter().map(GemmLayout::new).collect();
-        for (swapped, four_rows) in [(false, false), (true, false), (true, true)] {
+        for by in [GemmRows::Channels, GemmRows::Tiles, GemmRows::FourTiles] {
             assert!(
-                layouts.iter().any(|l| (l.swapped, l.four_rows) == (swapped, four_rows)),
-                "no shape lays out swapped {swapped} four_rows {four_rows}: {layouts:?}"
+                layouts.iter().any(|l| l.by == by),
+                "no shape takes {by:?} as rows: {layouts:?}"
             );
         }
         // F(4x4, 3x3)'s transforms scale by up to 8 and 1/24, which grows f32
@@ -525,19 +540,19 @@ mod tests {
         // ResNet-18 at batch 1, 14x14: 16 tiles (2 blocks of 8) would leave 6
         // of a workgroup's 8 invocations idle; 256 channels fill 4 workgroups.
         let small = layout(1, 14, 256);
-        assert!(small.swapped);
+        assert_eq!(small.by, GemmRows::Tiles);
         assert_eq!((small.rows, small.rows_padded, small.columns), (16, 16, 256));
         assert_eq!(small.m_strides(), (1, 256));
         // Batch 32 of 8x8 maps: 128 tiles fill 2 workgroups, where 32
         // channels as columns would fill half of one.
         let many = layout(32, 8, 32);
-        assert!(!many.swapped);
+        assert_eq!(many.by, GemmRows::Channels);
         assert_eq!((many.rows, many.rows_padded, many.columns), (32, 32, 128));
         assert_eq!(many.m_strides(), (128, 1));
         // 12 tiles (padded to 16) as rows, and 20 output channels as columns,
         // padded to 24 as the weights' rows are.
         let odd = GemmLayout::new(&Conv2dShape::new(3, 20, (8, 8), 20, 3, 1, 1));
-        assert!(odd.swapped && !odd.four_rows);
+        assert_eq!(odd.by, GemmRows::Tiles);
         assert_eq!((odd.rows, odd.rows_padded, odd.columns), (12, 16, 24));
         assert_eq!(odd.m_len(), POINTS * 12 * 24);
         assert_eq!(odd.weight_rows(), 24);
@@ -545,15 +560,18 @@ mod tests {
         // (32 invocations per point, where 8 rows would take 64), 512
         // output channels padded to whole 16-column blocks.
         let few = layout(1, 7, 512);
-        assert!(few.swapped && few.four_rows);
+        assert_eq!(few.by, GemmRows::FourTiles);
         assert_eq!((few.rows, few.rows_padded, few.columns), (4, 8, 512));
         assert_eq!(few.invocations(), 32);
         let few_odd = GemmLayout::new(&Conv2dShape::new(1, 9, (6, 6), 100, 3, 1, 1));
-        assert_eq!((few_odd.four_rows, few_odd.rows, few_odd.columns), (true, 4, 112));
+        assert_eq!(
+            (few_odd.by, few_odd.rows, few_odd.columns),
+            (GemmRows::FourTiles, 4, 112)
+        );
         assert_eq!(few_odd.weight_rows(), 112);
         // A tie (8 invocations each way: 8 channels, 4 tiles) keeps channels
         // as rows, one pipeline fewer.
-        assert!(!layout(1, 7, 8).swapped);
+        assert_eq!(layout(1, 7, 8).by, GemmRows::Channels);
     }
 
     #[test]
