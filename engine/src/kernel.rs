@@ -275,6 +275,22 @@ pub async fn checked_by_device<T>(
     }
 }
 
+/// The device's verdict, still in flight, on work done in an error scope: the
+/// first error it rejected, if any.
+#[cfg(not(target_arch = "wasm32"))]
+pub type DeviceVerdict = std::pin::Pin<Box<dyn Future<Output = Option<wgpu::Error>> + Send>>;
+#[cfg(target_arch = "wasm32")]
+pub type DeviceVerdict = std::pin::Pin<Box<dyn Future<Output = Option<wgpu::Error>>>>;
+
+/// Runs `work` in an error scope, as [`checked_by_device`], without waiting
+/// for the verdict: in a browser that wait lasts until the GPU process has
+/// compiled every pipeline created before.
+pub fn with_device_verdict<T>(device: &wgpu::Device, work: impl FnOnce() -> T) -> (T, DeviceVerdict) {
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let result = work();
+    (result, Box::pin(scope.pop()))
+}
+
 /// Waits until all work submitted to `device` has finished (native only;
 /// the browser never blocks, it awaits read-backs instead).
 #[cfg(not(target_arch = "wasm32"))]
@@ -334,7 +350,7 @@ mod tests {
     }
 
     #[test]
-    fn checked_by_device_returns_what_the_device_rejected_as_an_error() {
+    fn checked_by_device_and_with_device_verdict_return_what_the_device_rejected() {
         let Some(ctx) = crate::testing::context() else { return };
         let (device, queue) = (ctx.device(), ctx.queue());
         let x = Tensor::from_slice(device, &[4], &[1.0, -2.0, 3.0, -4.0]).unwrap();
@@ -354,5 +370,8 @@ mod tests {
             matches!(&rejected, Err(crate::EngineError::Device(m)) if m.contains("destroyed")),
             "{rejected:?}"
         );
+        let ((), verdict) = with_device_verdict(device, || submit(device, queue, &[&relu]));
+        let rejected = pollster::block_on(verdict);
+        assert!(rejected.is_some_and(|e| e.to_string().contains("destroyed")));
     }
 }

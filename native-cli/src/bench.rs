@@ -570,7 +570,7 @@ fn bench_model(
         }
         Mode::InferFolded => {
             let (model, images) = model_and_images()?;
-            let plan = pollster::block_on(InferencePlan::new(device, queue, kernels, &model, case.batch))?;
+            let plan = InferencePlan::new(device, queue, kernels, &model, case.batch)?;
             plan.write_input(queue, &images)?;
             let timing = time(ctx, gemm, || plan.run(device, queue), reps, &MODEL_BUDGET)?;
             let profile = profile(plan.dispatches().iter().collect(), &timing)?;

@@ -335,7 +335,7 @@ fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
     let model = load_model(&args.weights)?;
     let ctx = context()?;
     // The browser's path: batch norm folded, epilogues fused.
-    let plan = pollster::block_on(InferencePlan::new(ctx.device(), ctx.queue(), &ctx.kernels, &model, 1))?;
+    let plan = InferencePlan::new(ctx.device(), ctx.queue(), &ctx.kernels, &model, 1)?;
     let mut results = Vec::new();
     for path in &args.images {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

@@ -111,9 +111,9 @@ fn error(context: &str, e: impl std::fmt::Display) -> JsError {
 impl Classifier {
     /// The classifier of the weights in `bytes` on `backend`; `start` is when
     /// loading started (for `loadMs`).
-    async fn load_on(bytes: &[u8], backend: Backend, start: f64) -> Result<Classifier, JsError> {
+    fn load_on(bytes: &[u8], backend: Backend, start: f64) -> Result<Classifier, JsError> {
         let model = Model::load(bytes).map_err(|e| error("cannot load these weights", e))?;
-        let (runner, backend, adapter) = Runner::new(&model, backend).await?;
+        let (runner, backend, adapter) = Runner::new(&model, backend)?;
         Ok(Classifier {
             inner: Rc::new(Inner {
                 model,
@@ -157,7 +157,7 @@ impl Classifier {
         let start = now_ms();
         let (preference, variant) = load_options(&options)?;
         let backend = Backend::open(preference, variant).await?;
-        Self::load_on(&bytes, backend, start).await
+        Self::load_on(&bytes, backend, start)
     }
 
     /// Fetches a `.safetensors` file and loads it (see [`Classifier::load`]),
@@ -171,7 +171,7 @@ impl Classifier {
         let (bytes, backend) = futures_util::future::join(fetch_bytes(&url), Backend::open(preference, variant)).await;
         let (bytes, backend) = (bytes?, backend?);
         // Load time as for `load`: from the bytes being there.
-        Self::load_on(&bytes, backend, now_ms()).await
+        Self::load_on(&bytes, backend, now_ms())
     }
 
     /// Classifies one image, resolving to its `k` most probable classes

@@ -139,12 +139,11 @@ pub enum Runner {
 impl Runner {
     /// The runner of `model` on `backend`, its backend name and a
     /// description of the adapter (or of why there is none).
-    pub async fn new(model: &Model, backend: Backend) -> Result<(Self, &'static str, String), JsError> {
+    pub fn new(model: &Model, backend: Backend) -> Result<(Self, &'static str, String), JsError> {
         let network = FoldedNetwork::new(model, 1).map_err(|e| error("unsupported model", e))?;
         match backend {
             Backend::Gpu { context, adapter } => {
                 let plan = InferencePlan::from_folded(context.device(), context.queue(), &context.kernels, &network)
-                    .await
                     .map_err(|e| error("cannot prepare the network on the GPU", e))?;
                 Ok((Runner::Gpu { context, plan }, "webgpu", adapter))
             }

@@ -7,7 +7,7 @@
 //! CPU (the browser's fallback without WebGPU) and [`InferencePlan`] on the GPU.
 
 use super::graph::{BN_EPS, Graph, Op, TensorId};
-use crate::kernel::checked_by_device;
+use crate::kernel::{DeviceVerdict, checked_by_device, with_device_verdict};
 use crate::layers::conv2d::winograd::{
     WinogradScratch, conv2d_forward_winograd, upload_winograd_weights, winograd_applies,
 };
@@ -18,6 +18,7 @@ use crate::layers::residual::{ShortcutAShape, shortcut_a_forward};
 use crate::model::{Model, ModelError};
 use crate::tensor::{read_tensors_after, staging_buffer};
 use crate::{Dispatch, EngineError, Kernels, Tensor};
+use std::sync::Mutex;
 
 pub mod cpu;
 
@@ -268,30 +269,38 @@ pub struct InferencePlan {
     dispatches: Vec<Dispatch>,
     /// Reused by every read of the logits.
     staging: wgpu::Buffer,
+    /// Taken by the first [`Self::logits`]: awaiting it in the build would
+    /// hold a page's load until the browser has compiled every pipeline,
+    /// where the first inference overlaps that with decoding its image.
+    build_verdict: Mutex<Option<DeviceVerdict>>,
 }
 
 impl InferencePlan {
     /// Folds `model` for `batch` images and builds the plan.
-    pub async fn new(
+    pub fn new(
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         kernels: &Kernels,
         model: &Model,
         batch: usize,
     ) -> Result<Self, EngineError> {
-        Self::from_folded(device, queue, kernels, &FoldedNetwork::new(model, batch)?).await
+        Self::from_folded(device, queue, kernels, &FoldedNetwork::new(model, batch)?)
     }
 
     /// Builds the plan of `net`; `queue` takes the weights' transforms that
-    /// run on the device (Winograd's), ahead of any inference. Awaits the
-    /// device's verdict on them, and on every buffer and bind group made.
-    pub async fn from_folded(
+    /// run on the device (Winograd's), ahead of any inference. The device's
+    /// verdict on them, and on every buffer and bind group made, comes with
+    /// the first [`Self::logits`].
+    pub fn from_folded(
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         kernels: &Kernels,
         net: &FoldedNetwork,
     ) -> Result<Self, EngineError> {
-        checked_by_device(device, async { Self::build(device, queue, kernels, net) }).await
+        let (plan, verdict) = with_device_verdict(device, || Self::build(device, queue, kernels, net));
+        let mut plan = plan?;
+        plan.build_verdict = Mutex::new(Some(verdict));
+        Ok(plan)
     }
 
     fn build(
@@ -382,6 +391,7 @@ impl InferencePlan {
             logits,
             classes: net.classes,
             dispatches,
+            build_verdict: Mutex::new(None),
         })
     }
 
@@ -427,14 +437,29 @@ impl InferencePlan {
         queue: &wgpu::Queue,
         images: &[f32],
     ) -> Result<Vec<f32>, EngineError> {
+        let build_verdict = self.build_verdict.lock().expect("no logits call panics").take();
         let words = checked_by_device(device, async {
             self.write_input(queue, images)?;
             let mut encoder = device.create_command_encoder(&Default::default());
             self.record(&mut encoder.begin_compute_pass(&Default::default()));
             read_tensors_after(device, queue, encoder, &[&self.logits], &self.staging).await
         })
-        .await?;
-        Ok(bytemuck::cast_slice(&words).to_vec())
+        .await;
+        // A build the device rejected fails the inference too; its error says why.
+        if let Some(verdict) = build_verdict
+            && let Some(rejected) = verdict.await
+        {
+            return Err(EngineError::Device(format!("the inference plan's build: {rejected}")));
+        }
+        Ok(bytemuck::cast_slice(&words?).to_vec())
+    }
+}
+
+#[cfg(test)]
+impl InferencePlan {
+    /// Stands `verdict` in for the device's verdict on the build.
+    pub(super) fn replace_build_verdict(&self, verdict: DeviceVerdict) {
+        *self.build_verdict.lock().unwrap() = Some(verdict);
     }
 }
 

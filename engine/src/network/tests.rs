@@ -378,7 +378,7 @@ fn assert_inference_plan_matches_reference(spec: ModelSpec, batch: usize, winogr
         kernel_sets.push(Kernels::with_subgroups(device, Variant::CompactTile, false));
     }
     for kernels in &kernel_sets {
-        let plan = pollster::block_on(InferencePlan::new(device, queue, kernels, &model, batch)).unwrap();
+        let plan = InferencePlan::new(device, queue, kernels, &model, batch).unwrap();
         assert_eq!((plan.batch(), plan.classes()), (batch, 10));
         let with = if kernels.conv2d.subgroup_loads() {
             " with subgroups"
@@ -467,7 +467,7 @@ fn inference_plan_rejects_an_input_of_the_wrong_length() {
     let Some(ctx) = context() else { return };
     let (device, queue) = (ctx.device(), ctx.queue());
     let model = trained_like(cifar_spec(8), 2);
-    let plan = pollster::block_on(InferencePlan::new(device, queue, &ctx.kernels, &model, 2)).unwrap();
+    let plan = InferencePlan::new(device, queue, &ctx.kernels, &model, 2).unwrap();
     let short = vec![0.0; 3 * 32 * 32];
     let result = pollster::block_on(plan.logits(device, queue, &short));
     assert!(
@@ -483,9 +483,36 @@ fn inference_plan_rejects_an_input_of_the_wrong_length() {
     );
     assert!(plan.write_input(queue, &short).is_err());
     assert!(matches!(
-        pollster::block_on(InferencePlan::new(device, queue, &ctx.kernels, &model, 0)),
+        InferencePlan::new(device, queue, &ctx.kernels, &model, 0),
         Err(EngineError::Model(_))
     ));
+}
+
+#[test]
+fn the_first_logits_report_a_build_the_device_rejected() {
+    let Some(ctx) = context() else { return };
+    let (device, queue) = (ctx.device(), ctx.queue());
+    let model = trained_like(cifar_spec(8), 2);
+    let images = images_for(&model, 1);
+    let plan = InferencePlan::new(device, queue, &ctx.kernels, &model, 1).unwrap();
+    // A rejected submission stands in for a rejected weight transform.
+    let (x, doomed) = (
+        crate::Tensor::zeros(device, &[4]).unwrap(),
+        crate::Tensor::zeros(device, &[4]).unwrap(),
+    );
+    let relu = crate::layers::relu::relu_forward(device, &ctx.kernels, &x, &doomed);
+    doomed.buffer.destroy();
+    let ((), verdict) = crate::kernel::with_device_verdict(device, || crate::kernel::submit(device, queue, &[&relu]));
+    plan.replace_build_verdict(verdict);
+    let first = pollster::block_on(plan.logits(device, queue, &images));
+    assert!(
+        matches!(&first, Err(EngineError::Device(m)) if m.contains("build") && m.contains("destroyed")),
+        "{first:?}"
+    );
+    // The plan itself is sound: the next call reads its logits.
+    let second = pollster::block_on(plan.logits(device, queue, &images)).unwrap();
+    let want = unfolded_logits(&model, 1, &images);
+    assert_close("logits", &second, &want, 1e-3, 1e-3);
 }
 
 /// Not a check: prints the median time of one ResNet-20 inference (submit and
@@ -501,7 +528,7 @@ fn resnet20_inference_timing_folded_plan_against_unfolded_plan() {
         let images = images_for(&model, batch);
         let graph = model.spec.graph(batch).unwrap();
         let unfolded = Plan::inference(device, &ctx.kernels, graph, &model.params, &model.running).unwrap();
-        let folded = pollster::block_on(InferencePlan::new(device, queue, &ctx.kernels, &model, batch)).unwrap();
+        let folded = InferencePlan::new(device, queue, &ctx.kernels, &model, batch).unwrap();
         unfolded.write_batch(queue, &images, &[]).unwrap();
         folded.write_input(queue, &images).unwrap();
         let time = |run: &dyn Fn()| {
