@@ -366,8 +366,15 @@ impl Model {
                 .unwrap_or(name);
             available.insert(renamed, view);
         }
-        let mut model = Self::init(spec, 0)?;
-        let graph = model.spec.graph(1)?;
+        let graph = spec.graph(1)?;
+        let (offsets, len) = graph.param_offsets();
+        // Every value comes from the file: none to draw (ResNet-18's 11.7M
+        // initial weights took most of its load, seconds in a browser).
+        let mut model = Self {
+            params: vec![0.0; len],
+            running: crate::network::plan::fresh_running_stats(&graph),
+            spec,
+        };
         let mut problems = Vec::new();
         let mut values: Vec<(String, Vec<f32>)> = Vec::new();
         for (name, shape, _) in model.named_tensors(&graph) {
@@ -394,7 +401,6 @@ impl Model {
             });
         }
         let mut by_name: HashMap<String, Vec<f32>> = values.into_iter().collect();
-        let (offsets, _) = graph.param_offsets();
         for (p, start) in graph.params.iter().zip(offsets) {
             model.params[start..start + p.len()].copy_from_slice(&by_name.remove(&p.name).expect("checked"));
         }
