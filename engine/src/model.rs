@@ -63,6 +63,9 @@ pub enum ModelError {
 /// Metadata key holding the [`ModelSpec`] as JSON.
 pub const METADATA_KEY: &str = "resnet";
 
+/// The longest safetensors header read (the safetensors crate's limit).
+const MAX_HEADER_LEN: u64 = 100_000_000;
+
 /// Other conventions mapped to torchvision's names on import: DataParallel's
 /// `module.` prefix and `linear.` for the classifier (CIFAR reproductions).
 pub const COMMON_RENAMES: &[(&str, &str)] = &[("module.linear.", "fc."), ("module.", ""), ("linear.", "fc.")];
@@ -150,15 +153,64 @@ impl ModelSpec {
     /// checked when they are loaded into this spec.
     pub fn recognise(bytes: &[u8]) -> Result<Self, ModelError> {
         let file = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Format(e.to_string()))?;
-        let shapes: BTreeMap<String, Vec<usize>> = file
-            .tensors()
+        Self::recognise_shapes(
+            file.tensors()
+                .into_iter()
+                .map(|(name, view)| (name, view.shape().to_vec())),
+        )
+    }
+
+    /// The spec that [`Model::load`] finds in a safetensors file, from the
+    /// file's first bytes `prefix`: its header is enough, so a page can
+    /// prepare the network while the weights download. `None` while `prefix`
+    /// ends before the header does.
+    pub fn from_header(prefix: &[u8]) -> Result<Option<Self>, ModelError> {
+        let format = |why: &str| ModelError::Format(format!("safetensors header: {why}"));
+        let Some(len) = prefix.get(..8) else { return Ok(None) };
+        let len = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+        if len > MAX_HEADER_LEN {
+            return Err(format(&format!("{len} bytes long")));
+        }
+        let Some(header) = prefix.get(8..8 + len as usize) else {
+            return Ok(None);
+        };
+        let header: BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(header).map_err(|e| format(&e.to_string()))?;
+        let ours = header
+            .get("__metadata__")
+            .and_then(|metadata| metadata.get(METADATA_KEY)?.as_str());
+        if let Some(json) = ours {
+            return serde_json::from_str(json)
+                .map(Some)
+                .map_err(|e| ModelError::Metadata(e.to_string()));
+        }
+        let shape = |tensor: &serde_json::Value| -> Option<Vec<usize>> {
+            let dims = tensor.get("shape")?.as_array()?;
+            dims.iter().map(|d| Some(d.as_u64()? as usize)).collect()
+        };
+        let tensors = header
+            .iter()
+            .filter(|(name, _)| *name != "__metadata__")
+            .map(|(name, tensor)| {
+                Ok((
+                    name.clone(),
+                    shape(tensor).ok_or_else(|| format(&format!("{name} has no shape")))?,
+                ))
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Self::recognise_shapes(tensors).map(Some)
+    }
+
+    /// As [`ModelSpec::recognise`], from each tensor's name and shape.
+    fn recognise_shapes(tensors: impl IntoIterator<Item = (String, Vec<usize>)>) -> Result<Self, ModelError> {
+        let shapes: BTreeMap<String, Vec<usize>> = tensors
             .into_iter()
-            .map(|(name, view)| {
+            .map(|(name, shape)| {
                 let renamed = COMMON_RENAMES
                     .iter()
                     .find_map(|(from, to)| name.strip_prefix(from).map(|rest| format!("{to}{rest}")))
                     .unwrap_or(name);
-                (renamed, view.shape().to_vec())
+                (renamed, shape)
             })
             .collect();
         let unknown = |why: &str| ModelError::Unsupported(format!("not a ResNet this engine knows: {why}"));
@@ -606,6 +658,47 @@ mod tests {
         .unwrap();
         let err = Model::load(&other).unwrap_err().to_string();
         assert!(err.contains("not a ResNet this engine knows: no conv1.weight"), "{err}");
+    }
+
+    #[test]
+    fn the_spec_is_read_from_the_header_alone() {
+        let ours = Model::init(resnet20_spec(), 6).unwrap();
+        // Without our metadata, a CIFAR ResNet-20 with CIFAR-10's labels.
+        let cifar = ModelSpec::recognise(&without_metadata(&ours, "")).unwrap();
+        assert_ne!(cifar, ours.spec);
+        let resnet18 = ModelSpec {
+            architecture: Architecture::Imagenet {
+                depth: 18,
+                shortcut: Shortcut::B,
+                bottleneck_stride: BottleneckStride::OnConv3x3,
+            },
+            class_names: imagenet_classes(),
+            input: [3, 224, 224],
+            normalization: Normalization::imagenet(),
+        };
+        let torchvision = without_metadata(&Model::init(resnet18.clone(), 1).unwrap(), "");
+        for (bytes, spec) in [
+            (ours.to_safetensors().unwrap(), &ours.spec),
+            (without_metadata(&ours, "module."), &cifar),
+            (torchvision, &resnet18),
+        ] {
+            let end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            assert_eq!(&Model::load(&bytes).unwrap().spec, spec);
+            for short in [0, 7, 8, end - 1] {
+                assert_eq!(
+                    ModelSpec::from_header(&bytes[..short]).unwrap(),
+                    None,
+                    "{short} of {end} bytes"
+                );
+            }
+            assert_eq!(ModelSpec::from_header(&bytes[..end]).unwrap().as_ref(), Some(spec));
+            assert_eq!(ModelSpec::from_header(&bytes).unwrap().as_ref(), Some(spec));
+        }
+        let mut garbage = 20u64.to_le_bytes().to_vec();
+        garbage.extend(b"{not json at all....");
+        assert!(matches!(ModelSpec::from_header(&garbage), Err(ModelError::Format(_))));
+        let huge = u64::MAX.to_le_bytes();
+        assert!(matches!(ModelSpec::from_header(&huge), Err(ModelError::Format(_))));
     }
 
     #[test]

@@ -765,9 +765,7 @@ fn implicit_gemm(
         epilogue: epilogue.map_or(0, Epilogue::flags),
         ..*params
     };
-    let launch = launch(kernels, &params);
-    let gemms = kernels.gemms(launch.packed);
-    let kernel = gemms.implicit_gemm(&params, epilogue.is_some());
+    let (kernel, launch) = implicit_gemm_kernel(kernels, &params, epilogue.is_some());
     match epilogue {
         None => kernel.bind(device, &launch.params, &[wt, src, dst], launch.grid),
         Some(e) => {
@@ -785,6 +783,23 @@ fn implicit_gemm(
         }
     }
     .with_flops(params.flops())
+}
+
+/// The GEMM entry point (fused with the epilogue or plain) for `params`,
+/// with its launch.
+fn implicit_gemm_kernel<'k>(
+    kernels: &'k Conv2dKernels,
+    params: &ImplicitGemmParams,
+    fused: bool,
+) -> (&'k Kernel, Launch) {
+    let launch = launch(kernels, params);
+    (kernels.gemms(launch.packed).implicit_gemm(params, fused), launch)
+}
+
+/// The kernel that [`conv2d_forward_fused`] runs for `shape`.
+pub fn conv2d_forward_fused_kernel<'k>(kernels: &'k Kernels, shape: &Conv2dShape) -> &'k Kernel {
+    let wt_shape = transposed_shape(shape.kernel * shape.kernel, shape.out_channels, shape.in_channels);
+    implicit_gemm_kernel(&kernels.conv2d, &forward_params(shape, &wt_shape), true).0
 }
 
 /// `y = conv2d(x, w)`.

@@ -61,6 +61,11 @@ struct Params {
     out_features: u32,
 }
 
+/// The kernel that [`linear_forward`] runs.
+pub fn linear_forward_kernel(kernels: &Kernels) -> &Kernel {
+    &kernels.linear.forward
+}
+
 /// `y = x w^T + b`.
 pub fn linear_forward(
     device: &wgpu::Device,
@@ -85,7 +90,7 @@ pub fn linear_forward(
             ("y", y, batch, out_features),
         ],
     );
-    kernels.linear.forward.bind(
+    linear_forward_kernel(kernels).bind(
         device,
         &shape.params(),
         &[x, w, b, y],

@@ -117,6 +117,11 @@ fn assert_len(what: &str, tensor: &Tensor, len: usize) {
     );
 }
 
+/// The kernel that [`max_pool_forward`] runs.
+pub fn max_pool_forward_kernel(kernels: &Kernels) -> &Kernel {
+    &kernels.pool.max_forward
+}
+
 /// `y [N, C, out_h, out_w]` = the maximum of each window of `x [N, C, in_h, in_w]`.
 pub fn max_pool_forward(
     device: &wgpu::Device,
@@ -127,7 +132,7 @@ pub fn max_pool_forward(
 ) -> Dispatch {
     assert_len("max_pool_forward x", x, shape.input_len());
     assert_len("max_pool_forward y", y, shape.output_len());
-    kernels.pool.max_forward.bind(
+    max_pool_forward_kernel(kernels).bind(
         device,
         &shape.params(),
         &[x, y],
@@ -194,6 +199,11 @@ struct AvgPoolParams {
     spatial: u32,
 }
 
+/// The kernel that [`global_avg_pool_forward`] runs.
+pub fn global_avg_pool_forward_kernel(kernels: &Kernels) -> &Kernel {
+    &kernels.pool.avg_forward
+}
+
 /// `y [N, C]` = the mean of each plane of `x [N, C, H, W]`.
 pub fn global_avg_pool_forward(
     device: &wgpu::Device,
@@ -204,7 +214,7 @@ pub fn global_avg_pool_forward(
 ) -> Dispatch {
     assert_len("global_avg_pool_forward x", x, shape.planes() * shape.spatial);
     assert_len("global_avg_pool_forward y", y, shape.planes());
-    kernels.pool.avg_forward.bind(
+    global_avg_pool_forward_kernel(kernels).bind(
         device,
         &shape.params(),
         &[x, y],

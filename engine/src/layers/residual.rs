@@ -126,6 +126,11 @@ fn bind_shortcut(
     kernel.bind(device, &params, &tensors, grid_1d(rows, ELEMENTWISE_WORKGROUP))
 }
 
+/// The kernel that [`shortcut_a_forward`] runs.
+pub fn shortcut_a_forward_kernel(kernels: &Kernels) -> &Kernel {
+    &kernels.residual.shortcut_a_forward
+}
+
 /// Option-A shortcut: `y` (`[N, out_channels, out_h, out_w]`) is `x` subsampled by
 /// the stride, in channels `pad_before..pad_before + in_channels`, zero elsewhere.
 pub fn shortcut_a_forward(
@@ -149,7 +154,7 @@ pub fn shortcut_a_forward(
         y.shape
     );
     let rows = shape.batch * shape.out_channels * shape.out_h();
-    bind_shortcut(device, &kernels.residual.shortcut_a_forward, shape, rows, [x, y])
+    bind_shortcut(device, shortcut_a_forward_kernel(kernels), shape, rows, [x, y])
 }
 
 /// Backward of [`shortcut_a_forward`]: `dx` gets `dy` of the identity channels at

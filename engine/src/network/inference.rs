@@ -7,17 +7,22 @@
 //! CPU (the browser's fallback without WebGPU) and [`InferencePlan`] on the GPU.
 
 use super::graph::{BN_EPS, Graph, Op, TensorId};
+use crate::kernel::Kernel;
 use crate::kernel::{DeviceVerdict, checked_by_device, with_device_verdict};
 use crate::layers::conv2d::winograd::{
-    WinogradScratch, conv2d_forward_winograd, upload_winograd_weights, winograd_applies,
+    WinogradScratch, conv2d_forward_winograd, upload_winograd_weights, winograd_applies, winograd_forward_kernels,
 };
-use crate::layers::conv2d::{Conv2dShape, conv2d_forward_fused, upload_forward_weights};
-use crate::layers::linear::{LinearShape, linear_forward};
-use crate::layers::pool::{GlobalAvgPoolShape, MaxPoolShape, global_avg_pool_forward, max_pool_forward};
-use crate::layers::residual::{ShortcutAShape, shortcut_a_forward};
+use crate::layers::conv2d::{Conv2dShape, conv2d_forward_fused, conv2d_forward_fused_kernel, upload_forward_weights};
+use crate::layers::linear::{LinearShape, linear_forward, linear_forward_kernel};
+use crate::layers::pool::{
+    GlobalAvgPoolShape, MaxPoolShape, global_avg_pool_forward, global_avg_pool_forward_kernel, max_pool_forward,
+    max_pool_forward_kernel,
+};
+use crate::layers::residual::{ShortcutAShape, shortcut_a_forward, shortcut_a_forward_kernel};
 use crate::model::{Model, ModelError};
 use crate::tensor::{read_tensors_after, staging_buffer};
 use crate::{Dispatch, EngineError, Kernels, Tensor};
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 pub mod cpu;
@@ -393,6 +398,33 @@ impl InferencePlan {
             dispatches,
             build_verdict: Mutex::new(None),
         })
+    }
+
+    /// Creates the pipelines that the plan of `graph`'s network will run,
+    /// before its weights are there: a browser compiles them meanwhile (a
+    /// page can start as soon as the weights file's header has arrived).
+    /// Returns their entry points.
+    pub fn prepare_kernels(device: &wgpu::Device, kernels: &Kernels, graph: &Graph) -> BTreeSet<&'static str> {
+        let mut prepared = BTreeSet::new();
+        for op in &graph.ops {
+            let needed: Vec<&Kernel> = match op {
+                Op::Conv2d { shape, .. } if winograd_applies(device, kernels, shape) => {
+                    winograd_forward_kernels(kernels, shape).to_vec()
+                }
+                Op::Conv2d { shape, .. } => vec![conv2d_forward_fused_kernel(kernels, shape)],
+                Op::ShortcutA { .. } => vec![shortcut_a_forward_kernel(kernels)],
+                Op::MaxPool { .. } => vec![max_pool_forward_kernel(kernels)],
+                Op::GlobalAvgPool { .. } => vec![global_avg_pool_forward_kernel(kernels)],
+                Op::Linear { .. } => vec![linear_forward_kernel(kernels)],
+                // Folded into the convolutions.
+                Op::BatchNorm { .. } | Op::Relu { .. } | Op::Add { .. } => Vec::new(),
+            };
+            for kernel in needed {
+                kernel.prepare(device);
+                prepared.insert(kernel.entry_point());
+            }
+        }
+        prepared
     }
 
     pub fn batch(&self) -> usize {

@@ -166,6 +166,14 @@ impl GemmLayout {
             .expect("the layouts by channels and by tiles always fit")
     }
 
+    /// The GEMM's entry point.
+    fn kernel<'k>(&self, k: &'k WinogradKernels) -> &'k Kernel {
+        match self.by {
+            GemmRows::FourTiles => &k.gemm_4_rows,
+            GemmRows::Channels | GemmRows::Tiles => &k.gemm,
+        }
+    }
+
     /// Blocks of rows per point, one invocation's rows each.
     fn row_blocks(&self) -> usize {
         match self.by {
@@ -304,6 +312,14 @@ pub fn upload_winograd_weights(
     Ok(u)
 }
 
+/// The kernels that [`upload_winograd_weights`] and
+/// [`conv2d_forward_winograd`] run for `shape`: the weights' transform, the
+/// input transform, the GEMM and the output transform.
+pub fn winograd_forward_kernels<'k>(kernels: &'k Kernels, shape: &Conv2dShape) -> [&'k Kernel; 4] {
+    let k = winograd_kernels(kernels);
+    [&k.weights, &k.input, GemmLayout::new(shape).kernel(k), &k.output]
+}
+
 fn winograd_kernels(kernels: &Kernels) -> &WinogradKernels {
     kernels
         .conv2d
@@ -394,10 +410,7 @@ pub fn conv2d_forward_winograd(
         GemmRows::Tiles | GemmRows::FourTiles => (&scratch.v, u),
     };
     // Workgroups along the column blocks, and (z) over points and row blocks.
-    let gemm = match layout.by {
-        GemmRows::FourTiles => &k.gemm_4_rows,
-        GemmRows::Channels | GemmRows::Tiles => &k.gemm,
-    };
+    let gemm = layout.kernel(k);
     let [gx, gy, _] = grid_1d(
         layout.columns / layout.by.columns_per_invocation(),
         COMPACT_WORKGROUP as u32,
