@@ -63,6 +63,15 @@ pub enum ModelError {
 /// Metadata key holding the [`ModelSpec`] as JSON.
 pub const METADATA_KEY: &str = "resnet";
 
+/// What [`ModelSpec::from_header`] reads of a safetensors header's entries:
+/// a tensor's shape, and our spec in the `__metadata__` entry.
+#[derive(Deserialize)]
+struct HeaderEntry {
+    shape: Option<Vec<usize>>,
+    /// Under [`METADATA_KEY`].
+    resnet: Option<String>,
+}
+
 /// The longest safetensors header read (the safetensors crate's limit).
 const MAX_HEADER_LEN: u64 = 100_000_000;
 
@@ -174,28 +183,19 @@ impl ModelSpec {
         let Some(header) = prefix.get(8..8 + len as usize) else {
             return Ok(None);
         };
-        let header: BTreeMap<String, serde_json::Value> =
-            serde_json::from_slice(header).map_err(|e| format(&e.to_string()))?;
-        let ours = header
-            .get("__metadata__")
-            .and_then(|metadata| metadata.get(METADATA_KEY)?.as_str());
-        if let Some(json) = ours {
+        let header = std::str::from_utf8(header).map_err(|e| format(&e.to_string()))?;
+        let header: BTreeMap<String, HeaderEntry> = serde_json::from_str(header).map_err(|e| format(&e.to_string()))?;
+        if let Some(json) = header.get("__metadata__").and_then(|m| m.resnet.as_deref()) {
             return serde_json::from_str(json)
                 .map(Some)
                 .map_err(|e| ModelError::Metadata(e.to_string()));
         }
-        let shape = |tensor: &serde_json::Value| -> Option<Vec<usize>> {
-            let dims = tensor.get("shape")?.as_array()?;
-            dims.iter().map(|d| Some(d.as_u64()? as usize)).collect()
-        };
         let tensors = header
-            .iter()
-            .filter(|(name, _)| *name != "__metadata__")
-            .map(|(name, tensor)| {
-                Ok((
-                    name.clone(),
-                    shape(tensor).ok_or_else(|| format(&format!("{name} has no shape")))?,
-                ))
+            .into_iter()
+            .filter(|(name, _)| name != "__metadata__")
+            .map(|(name, entry)| match entry.shape {
+                Some(shape) => Ok((name, shape)),
+                None => Err(format(&format!("{name} has no shape"))),
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
         Self::recognise_shapes(tensors).map(Some)

@@ -315,6 +315,8 @@ fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path_and_auto_skips_swi
         assert_eq!(variants["backend"], backend);
         let wrong = variants["wrongType"].as_str().unwrap_or_default();
         assert!(wrong.contains("classify() takes ImageData"), "{wrong}");
+        let absent = variants["absentUrl"].as_str().unwrap_or_default();
+        assert!(absent.contains("cannot fetch absent.safetensors: HTTP 404"), "{absent}");
 
         assert_eq!(result["model"]["classes"], 1000, "{result:#}");
         assert_eq!(result["model"]["inputShape"], serde_json::json!([3, 224, 224]));

@@ -158,6 +158,7 @@ try {
       const result = {};
       for (const [kind, input] of Object.entries(inputs)) result[kind] = (await c.classify(input, 5)).top;
       try { await c.classify(42); } catch (e) { result.wrongType = e.message; }
+      try { await Classifier.fromUrl("absent.safetensors", { backend }); } catch (e) { result.absentUrl = e.message; }
       result.backend = c.backend;
       c.free();
       return result;

@@ -59,10 +59,88 @@ export interface LoadOptions {
 
 #[wasm_bindgen]
 extern "C" {
-    #[wasm_bindgen(js_name = fetch)]
-    fn global_fetch(url: &str) -> js_sys::Promise;
     #[wasm_bindgen(js_namespace = performance, js_name = now)]
     fn now_ms() -> f64;
+}
+
+// Reads the file at `url` as it arrives: `header` resolves with its first
+// bytes as soon as they hold a whole safetensors header (null if they never
+// do), `body` with all of it (or rejects with why not).
+#[wasm_bindgen(inline_js = r#"
+export function fetch_with_header(url) {
+  let headerFound;
+  const header = new Promise((resolve) => (headerFound = resolve));
+  const body = (async () => {
+    try {
+      const response = await fetch(url);
+      if (!response.ok) throw new Error(`HTTP ${response.status} ${response.statusText}`);
+      let bytes = new Uint8Array(Number(response.headers.get("content-length")) || 1 << 20);
+      let size = 0;
+      let need = Infinity;
+      const reader = response.body.getReader();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        if (size + value.length > bytes.length) {
+          const grown = new Uint8Array(Math.max(2 * bytes.length, size + value.length));
+          grown.set(bytes.subarray(0, size));
+          bytes = grown;
+        }
+        bytes.set(value, size);
+        size += value.length;
+        if (need === Infinity && size >= 8) need = 8 + Number(new DataView(bytes.buffer).getBigUint64(0, true));
+        if (size >= need) {
+          headerFound(bytes.slice(0, need));
+          need = NaN;
+        }
+      }
+      return bytes.subarray(0, size);
+    } finally {
+      headerFound(null);
+    }
+  })();
+  return { header, body };
+}
+"#)]
+extern "C" {
+    fn fetch_with_header(url: &str) -> js_sys::Object;
+}
+
+/// A download started by [`Download::start`].
+struct Download {
+    url: String,
+    header: js_sys::Promise,
+    body: js_sys::Promise,
+}
+
+impl Download {
+    fn start(url: &str) -> Self {
+        let download = fetch_with_header(url);
+        let promise = |key: &str| {
+            js_sys::Reflect::get(&download, &key.into())
+                .expect("fetch_with_header returns both promises")
+                .unchecked_into()
+        };
+        Self {
+            url: url.to_string(),
+            header: promise("header"),
+            body: promise("body"),
+        }
+    }
+
+    /// The file's first bytes, once they hold its safetensors header.
+    async fn header(&self) -> Option<Vec<u8>> {
+        let header = JsFuture::from(self.header.clone()).await.ok()?;
+        header.dyn_ref::<js_sys::Uint8Array>().map(js_sys::Uint8Array::to_vec)
+    }
+
+    /// All of the file.
+    async fn body(self) -> Result<Vec<u8>, JsError> {
+        let body = JsFuture::from(self.body)
+            .await
+            .map_err(|e| error(&format!("cannot fetch {}", self.url), js_message(&e)))?;
+        Ok(body.unchecked_into::<js_sys::Uint8Array>().to_vec())
+    }
 }
 
 /// A loaded model, ready to classify: every buffer allocated and every GPU
@@ -126,25 +204,6 @@ impl Classifier {
     }
 }
 
-/// The bytes at `url`.
-async fn fetch_bytes(url: &str) -> Result<Vec<u8>, JsError> {
-    let response: web_sys::Response = JsFuture::from(global_fetch(url))
-        .await
-        .map_err(|e| error(&format!("cannot fetch {url}"), js_message(&e)))?
-        .unchecked_into();
-    if !response.ok() {
-        return Err(JsError::new(&format!(
-            "cannot fetch {url}: HTTP {} {}",
-            response.status(),
-            response.status_text()
-        )));
-    }
-    let buffer = JsFuture::from(response.array_buffer().map_err(|e| error(url, js_message(&e)))?)
-        .await
-        .map_err(|e| error(&format!("cannot read {url}"), js_message(&e)))?;
-    Ok(js_sys::Uint8Array::new(&buffer).to_vec())
-}
-
 #[wasm_bindgen]
 impl Classifier {
     /// Loads a ResNet from the bytes of a `.safetensors` file: one written by
@@ -161,15 +220,20 @@ impl Classifier {
     }
 
     /// Fetches a `.safetensors` file and loads it (see [`Classifier::load`]),
-    /// opening the GPU while the file downloads.
+    /// opening the GPU while the file downloads, and creating the network's
+    /// pipelines (which the browser then compiles) once its header is there.
     #[wasm_bindgen(js_name = fromUrl)]
     pub async fn from_url(
         url: String,
         #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: JsValue,
     ) -> Result<Classifier, JsError> {
         let (preference, variant) = load_options(&options)?;
-        let (bytes, backend) = futures_util::future::join(fetch_bytes(&url), Backend::open(preference, variant)).await;
-        let (bytes, backend) = (bytes?, backend?);
+        let download = Download::start(&url);
+        let (header, backend) = futures_util::future::join(download.header(), Backend::open(preference, variant)).await;
+        if let (Some(header), Ok(backend)) = (header, &backend) {
+            backend.prepare_network(&header);
+        }
+        let (bytes, backend) = (download.body().await?, backend?);
         // Load time as for `load`: from the bytes being there.
         Self::load_on(&bytes, backend, now_ms())
     }

@@ -2,7 +2,7 @@
 //! CPU inside the wasm module.
 
 use crate::error;
-use engine::model::Model;
+use engine::model::{Model, ModelSpec};
 use engine::network::inference::{FoldedNetwork, InferencePlan, cpu};
 use engine::{Context, Gpu, Kernels, Variant};
 use wasm_bindgen::prelude::wasm_bindgen;
@@ -123,6 +123,26 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// Creates the pipelines of the network whose safetensors header is
+    /// `header` ([`ModelSpec::from_header`]), so that the browser compiles
+    /// them while the weights download. A header it cannot read is left for
+    /// the load to report.
+    pub fn prepare_network(&self, header: &[u8]) {
+        let Backend::Gpu { context, .. } = self else { return };
+        let Ok(Some(spec)) = ModelSpec::from_header(header) else {
+            return;
+        };
+        let Ok(graph) = spec.graph(BATCH) else { return };
+        InferencePlan::prepare_kernels(context.device(), &context.kernels, &graph);
+        // Chromium sends them to its GPU process at a submit (see `open`).
+        context.queue().submit([]);
+    }
+}
+
+/// Images per inference.
+const BATCH: usize = 1;
+
 /// Whether `backend: "auto"` prefers the wasm CPU path to a CPU
 /// implementation of WebGPU. Measured in headless Chromium on SwiftShader
 /// (scripts/bench-web.sh; figures in web/README.md).
@@ -140,7 +160,7 @@ impl Runner {
     /// The runner of `model` on `backend`, its backend name and a
     /// description of the adapter (or of why there is none).
     pub fn new(model: &Model, backend: Backend) -> Result<(Self, &'static str, String), JsError> {
-        let network = FoldedNetwork::new(model, 1).map_err(|e| error("unsupported model", e))?;
+        let network = FoldedNetwork::new(model, BATCH).map_err(|e| error("unsupported model", e))?;
         match backend {
             Backend::Gpu { context, adapter } => {
                 let plan = InferencePlan::from_folded(context.device(), context.queue(), &context.kernels, &network)
