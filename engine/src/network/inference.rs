@@ -7,8 +7,7 @@
 //! CPU (the browser's fallback without WebGPU) and [`InferencePlan`] on the GPU.
 
 use super::graph::{BN_EPS, Graph, Op, TensorId};
-use crate::kernel::Kernel;
-use crate::kernel::{DeviceVerdict, checked_by_device, with_device_verdict};
+use crate::kernel::{DeviceVerdict, Kernel, checked_by_device, with_device_verdict};
 use crate::layers::conv2d::winograd::{
     WinogradScratch, conv2d_forward_winograd, upload_winograd_weights, winograd_applies, winograd_forward_kernels,
 };
