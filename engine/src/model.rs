@@ -613,9 +613,9 @@ mod tests {
         safetensors::serialize(views, None).unwrap()
     }
 
-    #[test]
-    fn files_without_metadata_are_recognised_from_their_tensors() {
-        let imagenet = |depth, classes: usize| ModelSpec {
+    /// What [`ModelSpec::recognise`] makes of a torchvision-layout ResNet.
+    fn imagenet_spec(depth: usize, classes: usize) -> ModelSpec {
+        ModelSpec {
             architecture: Architecture::Imagenet {
                 depth,
                 shortcut: Shortcut::B,
@@ -628,7 +628,11 @@ mod tests {
             },
             input: [3, 224, 224],
             normalization: Normalization::imagenet(),
-        };
+        }
+    }
+
+    #[test]
+    fn files_without_metadata_are_recognised_from_their_tensors() {
         let cifar = |depth, shortcut| ModelSpec {
             architecture: Architecture::Cifar { depth, shortcut },
             class_names: CIFAR10_CLASSES.iter().map(|c| c.to_string()).collect(),
@@ -636,8 +640,8 @@ mod tests {
             normalization: Normalization::imagenet(),
         };
         let specs = [
-            (imagenet(18, 1000), ""),
-            (imagenet(50, 7), ""),
+            (imagenet_spec(18, 1000), ""),
+            (imagenet_spec(50, 7), ""),
             (cifar(20, Shortcut::A), "module."),
             (cifar(32, Shortcut::B), ""),
             (cifar(8, Shortcut::C), ""),
@@ -666,16 +670,7 @@ mod tests {
         // Without our metadata, a CIFAR ResNet-20 with CIFAR-10's labels.
         let cifar = ModelSpec::recognise(&without_metadata(&ours, "")).unwrap();
         assert_ne!(cifar, ours.spec);
-        let resnet18 = ModelSpec {
-            architecture: Architecture::Imagenet {
-                depth: 18,
-                shortcut: Shortcut::B,
-                bottleneck_stride: BottleneckStride::OnConv3x3,
-            },
-            class_names: imagenet_classes(),
-            input: [3, 224, 224],
-            normalization: Normalization::imagenet(),
-        };
+        let resnet18 = imagenet_spec(18, 1000);
         let torchvision = without_metadata(&Model::init(resnet18.clone(), 1).unwrap(), "");
         for (bytes, spec) in [
             (ours.to_safetensors().unwrap(), &ours.spec),
