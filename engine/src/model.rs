@@ -427,23 +427,27 @@ impl Model {
             running: crate::network::plan::fresh_running_stats(&graph),
             spec,
         };
+        // Each tensor converts straight into its place; a model with problems
+        // is dropped.
         let mut problems = Vec::new();
-        let mut values: Vec<(String, Vec<f32>)> = Vec::new();
-        for (name, shape, _) in model.named_tensors(&graph) {
-            match available.remove(&name) {
-                None => problems.push(format!("  missing: {name} {shape:?}")),
-                Some(view) if view.shape() != shape.as_slice() => problems.push(format!(
-                    "  mis-shaped: {name} is {:?}, expected {shape:?}",
-                    view.shape()
-                )),
-                Some(view) => match to_f32(&view) {
-                    Some(v) => values.push((name, v)),
-                    None => problems.push(format!(
-                        "  unsupported dtype: {name} is {:?} (need F32/F64/F16/BF16)",
-                        view.dtype()
-                    )),
-                },
-            }
+        let mut take = |name: &str, shape: &[usize], dst: &mut [f32]| match available.remove(name) {
+            None => problems.push(format!("  missing: {name} {shape:?}")),
+            Some(view) if view.shape() != shape => problems.push(format!(
+                "  mis-shaped: {name} is {:?}, expected {shape:?}",
+                view.shape()
+            )),
+            Some(view) if !write_f32(&view, dst) => problems.push(format!(
+                "  unsupported dtype: {name} is {:?} (need F32/F64/F16/BF16)",
+                view.dtype()
+            )),
+            Some(_) => {}
+        };
+        for (p, start) in graph.params.iter().zip(offsets) {
+            take(&p.name, &p.shape, &mut model.params[start..start + p.len()]);
+        }
+        for (bn, (mean, var)) in graph.batch_norms.iter().zip(model.running.iter_mut()) {
+            take(&format!("{}.running_mean", bn.name), &[bn.channels], mean);
+            take(&format!("{}.running_var", bn.name), &[bn.channels], var);
         }
         problems.extend(available.keys().map(|name| format!("  unexpected: {name}")));
         if !problems.is_empty() {
@@ -452,39 +456,32 @@ impl Model {
                 problems: problems.join("\n"),
             });
         }
-        let mut by_name: HashMap<String, Vec<f32>> = values.into_iter().collect();
-        for (p, start) in graph.params.iter().zip(offsets) {
-            model.params[start..start + p.len()].copy_from_slice(&by_name.remove(&p.name).expect("checked"));
-        }
-        for (bn, (mean, var)) in graph.batch_norms.iter().zip(model.running.iter_mut()) {
-            *mean = by_name.remove(&format!("{}.running_mean", bn.name)).expect("checked");
-            *var = by_name.remove(&format!("{}.running_var", bn.name)).expect("checked");
-        }
         Ok(model)
     }
 }
 
 fn to_f32(view: &TensorView) -> Option<Vec<f32>> {
+    let mut values = vec![0.0; view.shape().iter().product()];
+    write_f32(view, &mut values).then_some(values)
+}
+
+/// Writes the values of `view` (as many as `dst` holds) into `dst` as f32;
+/// `false` for a dtype that is not floating point.
+fn write_f32(view: &TensorView, dst: &mut [f32]) -> bool {
+    fn convert<const N: usize>(data: &[u8], dst: &mut [f32], f: impl Fn([u8; N]) -> f32) {
+        for (d, b) in dst.iter_mut().zip(data.chunks_exact(N)) {
+            *d = f(b.try_into().expect("N bytes"));
+        }
+    }
     let data = view.data();
-    Some(match view.dtype() {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F64 => data
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
-            .collect(),
-        _ => return None,
-    })
+    match view.dtype() {
+        Dtype::F32 => convert(data, dst, f32::from_le_bytes),
+        Dtype::F64 => convert(data, dst, |b| f64::from_le_bytes(b) as f32),
+        Dtype::BF16 => convert(data, dst, |b| f32::from_bits(u32::from(u16::from_le_bytes(b)) << 16)),
+        Dtype::F16 => convert(data, dst, |b| f16_to_f32(u16::from_le_bytes(b))),
+        _ => return false,
+    }
+    true
 }
 
 /// IEEE half to single precision.
@@ -694,6 +691,69 @@ mod tests {
         assert!(matches!(ModelSpec::from_header(&garbage), Err(ModelError::Format(_))));
         let huge = u64::MAX.to_le_bytes();
         assert!(matches!(ModelSpec::from_header(&huge), Err(ModelError::Format(_))));
+    }
+
+    #[test]
+    fn every_float_dtype_loads_and_an_integer_tensor_is_named() {
+        let mut model = Model::init(resnet20_spec(), 7).unwrap();
+        // Multiples of 1/8 in [-4, 4): every float dtype holds them exactly.
+        let round = |v: &mut f32| *v = ((*v * 8.0).round().clamp(-32.0, 31.0)) / 8.0;
+        model.params.iter_mut().for_each(round);
+        for (mean, var) in &mut model.running {
+            mean.iter_mut().chain(var.iter_mut()).for_each(round);
+        }
+        let f16 = |v: f32| -> [u8; 2] {
+            if v == 0.0 {
+                return [0, 0];
+            }
+            let exponent = v.abs().log2().floor() as i32;
+            let mantissa = (v.abs() / 2f32.powi(exponent) - 1.0) * 1024.0;
+            let bits = (u16::from(v < 0.0) << 15) | (((exponent + 15) as u16) << 10) | mantissa as u16;
+            bits.to_le_bytes()
+        };
+        type Encode<'a> = &'a dyn Fn(f32) -> Vec<u8>;
+        let encodings: [(Dtype, Encode); 4] = [
+            (Dtype::F32, &|v| v.to_le_bytes().to_vec()),
+            (Dtype::F64, &|v| f64::from(v).to_le_bytes().to_vec()),
+            (Dtype::BF16, &|v| ((v.to_bits() >> 16) as u16).to_le_bytes().to_vec()),
+            (Dtype::F16, &|v| f16(v).to_vec()),
+        ];
+        let graph = model.spec.graph(1).unwrap();
+        let tensors = model.named_tensors(&graph);
+        for (dtype, encode) in encodings {
+            let data: Vec<Vec<u8>> = tensors
+                .iter()
+                .map(|(_, _, v)| v.iter().flat_map(|&x| encode(x)).collect())
+                .collect();
+            let views: Vec<_> = tensors
+                .iter()
+                .zip(&data)
+                .map(|((n, s, _), d)| (n.clone(), TensorView::new(dtype, s.clone(), d).unwrap()))
+                .collect();
+            let bytes = safetensors::serialize(views.clone(), None).unwrap();
+            let loaded = Model::from_tensors(model.spec.clone(), &bytes, &[]).unwrap();
+            assert_eq!(loaded, model, "{dtype:?}");
+        }
+        // An integer tensor in the place of a weight is named, not read.
+        let views: Vec<_> = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, (n, s, v))| {
+                let dtype = if i == 0 { Dtype::I32 } else { Dtype::F32 };
+                (
+                    n.clone(),
+                    TensorView::new(dtype, s.clone(), bytemuck::cast_slice(v)).unwrap(),
+                )
+            })
+            .collect();
+        let bytes = safetensors::serialize(views, None).unwrap();
+        let err = Model::from_tensors(model.spec.clone(), &bytes, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("unsupported dtype: {} is I32", tensors[0].0)),
+            "{err}"
+        );
     }
 
     #[test]
