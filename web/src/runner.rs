@@ -121,9 +121,7 @@ impl Backend {
             Err(_) => Ok(Backend::Cpu("WebGPU unavailable".into())),
         }
     }
-}
 
-impl Backend {
     /// Creates the pipelines of the network whose safetensors header is
     /// `header` ([`ModelSpec::from_header`]), so that the browser compiles
     /// them while the weights download. A header it cannot read is left for
