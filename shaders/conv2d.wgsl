@@ -1899,19 +1899,26 @@ fn conv2d_winograd_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     wi_store_row(o, step, 5u, array<f32, 6>(c0[5], c1[5], c2[5], c3[5], c4[5], c5[5]));
 }
 
+// Block index of a GEMM invocation: blocks over x and y, 4 per workgroup
+// (GEMM_WORKGROUP in winograd.rs: SwiftShader runs 4 lanes at a time, and an
+// invocation past the last block computes as much as any).
+fn wg_block_index(ids: Ids) -> u32 {
+    return ids.global.x + ids.global.y * ids.groups.x * 4u;
+}
+
 // m[xi][row][column] = sum over c of ct_wt[xi][c][row] ct_src[xi][c][column]
 // over ct_params: channels = input channels, rows (rows_padded in ct_wt) and
 // columns (a multiple of 8) as the caller lays them out (u and v, or v and
 // u); the workgroup's point xi and row block in workgroup_id.z, uniform over
 // the workgroup (ct_rows).
-@compute @workgroup_size(8)
+@compute @workgroup_size(4)
 fn conv2d_winograd_gemm(ids: Ids) {
     let p = ct_params;
     let row_blocks = p.rows_padded / 8u;
     let xi = ids.workgroup.z / row_blocks;
     let row_block = ids.workgroup.z % row_blocks;
     let blocks = p.columns / 8u;
-    let index = ct_block_index(ids);
+    let index = wg_block_index(ids);
     // Past the last block: a clamped one, computed and not stored.
     let column0 = min(index, blocks - 1u) * 8u;
     let lane = subgroup_lane(ids);
@@ -1935,12 +1942,12 @@ fn conv2d_winograd_gemm(ids: Ids) {
 // (tiles: ResNet-18's 7x7 map at batch 1 has 4), 4 rows x 16 columns per
 // invocation, so that no invocation multiplies padding rows. Columns are a
 // multiple of 16; the workgroup's point xi in workgroup_id.z.
-@compute @workgroup_size(8)
+@compute @workgroup_size(4)
 fn conv2d_winograd_gemm_4_rows(ids: Ids) {
     let p = ct_params;
     let xi = ids.workgroup.z;
     let blocks = p.columns / 16u;
-    let index = ct_block_index(ids);
+    let index = wg_block_index(ids);
     let column0 = min(index, blocks - 1u) * 16u;
     let lane = subgroup_lane(ids);
     var acc: array<vec4<f32>, 16>;

@@ -249,6 +249,9 @@ impl Classifier {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let result = inner.classify(image, k.unwrap_or(5) as usize).await?;
+            if inner.runner.lock().await.can_upgrade() {
+                wasm_bindgen_futures::spawn_local(inner.clone().upgrade());
+            }
             serde_wasm_bindgen::to_value(&result).map_err(JsValue::from)
         })
     }
@@ -294,6 +297,15 @@ impl Classifier {
 }
 
 impl Inner {
+    /// [`Runner::upgrade`], a task after the result that prompted it, so that
+    /// the result reaches the page first.
+    async fn upgrade(self: Rc<Self>) {
+        let _ = JsFuture::from(runner::next_task()).await;
+        if let Err(e) = self.runner.lock().await.upgrade() {
+            web_sys::console::warn_1(&JsValue::from(e));
+        }
+    }
+
     async fn classify(&self, image: JsValue, k: usize) -> Result<Classification, JsError> {
         let start = now_ms();
         let rgb = read_image(image).await?;

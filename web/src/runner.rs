@@ -3,7 +3,7 @@
 
 use crate::error;
 use engine::model::{Model, ModelSpec};
-use engine::network::inference::{FoldedNetwork, InferencePlan, cpu};
+use engine::network::inference::{FoldedNetwork, InferencePlan, WinogradLayers, cpu};
 use engine::{Context, Gpu, Kernels, Variant};
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsError, JsValue};
@@ -41,7 +41,7 @@ export function next_task() {
 extern "C" {
     fn ask_for_subgroups() -> js_sys::Function;
     /// Resolves in a later task of the event loop.
-    fn next_task() -> js_sys::Promise;
+    pub(crate) fn next_task() -> js_sys::Promise;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -132,7 +132,7 @@ impl Backend {
             return;
         };
         let Ok(graph) = spec.graph(BATCH) else { return };
-        InferencePlan::prepare_kernels(context.device(), &context.kernels, &graph);
+        InferencePlan::prepare_kernels(context.device(), &context.kernels, &graph, FIRST_PLAN);
         // Chromium sends them to its GPU process at a submit (see `open`).
         context.queue().submit([]);
     }
@@ -141,6 +141,11 @@ impl Backend {
 /// Images per inference.
 const BATCH: usize = 1;
 
+/// The convolutions that the plan answering the first classification runs
+/// as Winograd: those whose pipelines' compile that run repays.
+/// [`Runner::upgrade`] swaps in the plan with [`WinogradLayers::All`].
+const FIRST_PLAN: WinogradLayers = WinogradLayers::Wide;
+
 /// Whether `backend: "auto"` prefers the wasm CPU path to a CPU
 /// implementation of WebGPU. Measured in headless Chromium on SwiftShader
 /// (scripts/bench-web.sh; figures in web/README.md).
@@ -148,8 +153,14 @@ const CPU_PATH_BEATS_CPU_ADAPTERS: bool = true;
 
 /// Both run the network with batch norm folded into the convolutions.
 pub enum Runner {
-    /// Every pipeline and buffer created at load.
-    Gpu { context: Box<Context>, plan: InferencePlan },
+    /// Every pipeline and buffer created at load. `faster`: the folded
+    /// network, kept where the plan with Winograd wherever it is faster once
+    /// compiled differs from `plan`, until [`Runner::upgrade`] builds it.
+    Gpu {
+        context: Box<Context>,
+        plan: InferencePlan,
+        faster: Option<Box<FoldedNetwork>>,
+    },
     /// Plain loops in the wasm module: needs nothing from the browser.
     Cpu { network: FoldedNetwork },
 }
@@ -161,18 +172,50 @@ impl Runner {
         let network = FoldedNetwork::new(model, BATCH).map_err(|e| error("unsupported model", e))?;
         match backend {
             Backend::Gpu { context, adapter } => {
-                let plan = InferencePlan::from_folded(context.device(), context.queue(), &context.kernels, &network)
-                    .map_err(|e| error("cannot prepare the network on the GPU", e))?;
-                Ok((Runner::Gpu { context, plan }, "webgpu", adapter))
+                let plan = InferencePlan::from_folded(
+                    context.device(),
+                    context.queue(),
+                    &context.kernels,
+                    &network,
+                    FIRST_PLAN,
+                )
+                .map_err(|e| error("cannot prepare the network on the GPU", e))?;
+                let winograd =
+                    |layers| InferencePlan::winograd_convolutions(context.device(), &context.kernels, &network, layers);
+                let faster = (winograd(WinogradLayers::All) > winograd(FIRST_PLAN)).then(|| Box::new(network));
+                Ok((Runner::Gpu { context, plan, faster }, "webgpu", adapter))
             }
             Backend::Cpu(why) => Ok((Runner::Cpu { network }, "cpu", why)),
         }
     }
 
+    /// Whether [`Runner::upgrade`] has a faster plan to build.
+    pub fn can_upgrade(&self) -> bool {
+        matches!(self, Runner::Gpu { faster: Some(_), .. })
+    }
+
+    /// Swaps in the plan with Winograd wherever it is faster once compiled
+    /// (ResNet-20's convolutions on SwiftShader: 0.85x the page's latency),
+    /// whose pipelines the first plan left out to answer sooner: a page calls
+    /// it after its first result, and the browser compiles them while the
+    /// page shows it (a classification meanwhile waits for them). On an
+    /// error the first plan stays.
+    pub fn upgrade(&mut self) -> Result<(), JsError> {
+        if let Runner::Gpu { context, plan, faster } = self
+            && let Some(network) = faster.take()
+        {
+            let device = context.device();
+            *plan =
+                InferencePlan::from_folded(device, context.queue(), &context.kernels, &network, WinogradLayers::All)
+                    .map_err(|e| error("cannot prepare the faster plan on the GPU", e))?;
+        }
+        Ok(())
+    }
+
     /// Logits of one normalised CHW image.
     pub async fn logits(&self, input: &[f32]) -> Result<Vec<f32>, JsError> {
         match self {
-            Runner::Gpu { context, plan } => plan
+            Runner::Gpu { context, plan, .. } => plan
                 .logits(context.device(), context.queue(), input)
                 .await
                 .map_err(|e| error("the GPU failed", e)),

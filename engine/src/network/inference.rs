@@ -8,6 +8,7 @@
 
 use super::graph::{BN_EPS, Graph, Op, TensorId};
 use crate::kernel::{DeviceVerdict, Kernel, checked_by_device, with_device_verdict};
+pub use crate::layers::conv2d::winograd::WinogradLayers;
 use crate::layers::conv2d::winograd::{
     WinogradScratch, conv2d_forward_winograd, upload_winograd_weights, winograd_applies, winograd_forward_kernels,
 };
@@ -287,21 +288,24 @@ impl InferencePlan {
         kernels: &Kernels,
         model: &Model,
         batch: usize,
+        winograd: WinogradLayers,
     ) -> Result<Self, EngineError> {
-        Self::from_folded(device, queue, kernels, &FoldedNetwork::new(model, batch)?)
+        Self::from_folded(device, queue, kernels, &FoldedNetwork::new(model, batch)?, winograd)
     }
 
-    /// Builds the plan of `net`; `queue` takes the weights' transforms that
-    /// run on the device (Winograd's), ahead of any inference. The device's
-    /// verdict on them, and on every buffer and bind group made, comes with
-    /// the first [`Self::logits`].
+    /// Builds the plan of `net`, with Winograd in the convolutions that
+    /// `winograd` names; `queue` takes the weights' transforms that run on
+    /// the device (Winograd's), ahead of any inference. The device's verdict
+    /// on them, and on every buffer and bind group made, comes with the first
+    /// [`Self::logits`].
     pub fn from_folded(
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         kernels: &Kernels,
         net: &FoldedNetwork,
+        winograd: WinogradLayers,
     ) -> Result<Self, EngineError> {
-        let (plan, verdict) = with_device_verdict(device, || Self::build(device, queue, kernels, net));
+        let (plan, verdict) = with_device_verdict(device, || Self::build(device, queue, kernels, net, winograd));
         let mut plan = plan?;
         plan.build_verdict = Mutex::new(Some(verdict));
         Ok(plan)
@@ -312,11 +316,12 @@ impl InferencePlan {
         queue: &wgpu::Queue,
         kernels: &Kernels,
         net: &FoldedNetwork,
+        layers: WinogradLayers,
     ) -> Result<Self, EngineError> {
         let acts = allocate_activations(device, net)?;
         let act = |t: TensorId| acts[t].as_ref().expect("every activation read is written first");
         // One scratch for every Winograd convolution: they run one by one.
-        let winograd = |c: &FoldedConv| winograd_applies(device, kernels, &c.shape);
+        let winograd = |c: &FoldedConv| winograd_applies(device, kernels, &c.shape, layers);
         let winograd_shapes: Vec<Conv2dShape> = net
             .ops
             .iter()
@@ -399,15 +404,33 @@ impl InferencePlan {
         })
     }
 
-    /// Creates the pipelines that the plan of `graph`'s network will run,
-    /// before its weights are there: a browser compiles them meanwhile (a
-    /// page can start as soon as the weights file's header has arrived).
-    /// Returns their entry points.
-    pub fn prepare_kernels(device: &wgpu::Device, kernels: &Kernels, graph: &Graph) -> BTreeSet<&'static str> {
+    /// How many of `net`'s convolutions its plan with `winograd` runs as
+    /// Winograd.
+    pub fn winograd_convolutions(
+        device: &wgpu::Device,
+        kernels: &Kernels,
+        net: &FoldedNetwork,
+        winograd: WinogradLayers,
+    ) -> usize {
+        let applies =
+            |op: &FoldedOp| matches!(op, FoldedOp::Conv(c) if winograd_applies(device, kernels, &c.shape, winograd));
+        net.ops.iter().filter(|op| applies(op)).count()
+    }
+
+    /// Creates the pipelines that the plan of `graph`'s network with
+    /// `winograd` will run, before its weights are there: a browser compiles
+    /// them meanwhile (a page can start as soon as the weights file's header
+    /// has arrived). Returns their entry points.
+    pub fn prepare_kernels(
+        device: &wgpu::Device,
+        kernels: &Kernels,
+        graph: &Graph,
+        winograd: WinogradLayers,
+    ) -> BTreeSet<&'static str> {
         let mut prepared = BTreeSet::new();
         for op in &graph.ops {
             let needed: Vec<&Kernel> = match op {
-                Op::Conv2d { shape, .. } if winograd_applies(device, kernels, shape) => {
+                Op::Conv2d { shape, .. } if winograd_applies(device, kernels, shape, winograd) => {
                     winograd_forward_kernels(kernels, shape).to_vec()
                 }
                 Op::Conv2d { shape, .. } => vec![conv2d_forward_fused_kernel(kernels, shape)],

@@ -5,9 +5,7 @@
 //! the Winograd section of `shaders/conv2d.wgsl`). The weights are
 //! transformed on the device at load ([`upload_winograd_weights`]).
 
-use super::{
-    COMPACT_ROWS, COMPACT_WORKGROUP, Conv2dShape, EPILOGUE_RELU, EPILOGUE_RESIDUAL, ImplicitGemmParams, check_len,
-};
+use super::{COMPACT_ROWS, Conv2dShape, EPILOGUE_RELU, EPILOGUE_RESIDUAL, ImplicitGemmParams, check_len};
 use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, ShaderModule, grid_1d};
 use crate::{Dispatch, EngineError, Kernels, Tensor, Variant};
 use std::sync::Arc;
@@ -17,24 +15,46 @@ const TILE: usize = 4;
 /// Points of the Winograd domain: the 6x6 input patch of a 4x4 output tile.
 const POINTS: usize = 36;
 
-/// Input and output channels from which a compact-tile convolution takes
-/// Winograd: the transforms' work grows with channels x tiles, the GEMMs'
-/// savings with channels squared x tiles. ResNet-20 at batch 1 with
-/// Winograd wherever it fits (16 to 64 channels) was 1.1-1.5x slower on
-/// SwiftShader (with the transforms unrolled, its 32x32 stage took 0.82x
-/// the direct kernel's time and its 16x16 one 1.15x; four more pipelines
-/// would weigh on its cold start). ResNet-18's 56x56, 28x28 and 14x14
-/// convolutions (64 to 256 channels; 196, 49 and 16 tiles) take it: at
-/// 14x14, 0.45-0.55x the direct kernel's time; at 56x56 and 28x28, 0.6-0.8x
-/// and 0.55-0.7x with channels as rows, then 0.77-0.93x and 0.83-0.99x of
-/// that with the layout chosen ([`GemmLayout`]).
-const MIN_CHANNELS: usize = 64;
-/// Below `FEW_TILES` tiles the transforms weigh more, and more channels are
-/// needed: ResNet-20's 8x8 convolutions at batch 1 (4 tiles, 64 channels)
-/// took 1.15x the direct kernel's time, ResNet-18's 7x7 ones (4 tiles, 512
-/// channels) about 0.6x, with `conv2d_winograd_gemm_4_rows`.
+/// Which 3x3 stride-1 convolutions of an inference plan take Winograd with
+/// the compact tile. Its pipelines compile slowly in a browser (ResNet-20's,
+/// in Chromium on SwiftShader: 0.5-0.7 s more before the first result, four
+/// alternating cold starts), so a plan that must answer soon takes it only
+/// where the first run repays that ([`WinogradLayers::Wide`]), and a page
+/// swaps in the plan with [`WinogradLayers::All`] after its first result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WinogradLayers {
+    /// At least `WIDE_CHANNELS` channels each way (`WIDE_CHANNELS_FEW_TILES`
+    /// below `FEW_TILES` tiles): ResNet-18's, whose page cold start it did
+    /// not lengthen; none of ResNet-20's.
+    Wide,
+    /// Every one of at least `MIN_CHANNELS` channels each way: fastest once
+    /// compiled.
+    All,
+}
+
+/// ResNet-18's 56x56, 28x28 and 14x14 convolutions at batch 1 (64 to 256
+/// channels; 196, 49 and 16 tiles): at 14x14, 0.45-0.55x the direct
+/// kernel's time; at 56x56 and 28x28, 0.6-0.8x and 0.55-0.7x with channels as
+/// rows, then 0.77-0.93x and 0.83-0.99x of that with the layout chosen
+/// ([`GemmLayout`]).
+const WIDE_CHANNELS: usize = 64;
+/// ResNet-18's 7x7 convolutions (4 tiles, 512 channels): about 0.6x the
+/// direct kernel's time with `conv2d_winograd_gemm_4_rows`.
 const FEW_TILES: usize = 16;
-const MIN_CHANNELS_FEW_TILES: usize = 256;
+const WIDE_CHANNELS_FEW_TILES: usize = 256;
+/// ResNet-20's at batch 1, each against the direct kernel on SwiftShader
+/// (natively, two alternating runs of `bench --profile`): 16 channels and 64
+/// tiles 0.87x, 32 and 16 tiles 0.76x, 64 and 4 tiles 0.86x.
+const MIN_CHANNELS: usize = 16;
+
+/// Invocations per workgroup of the Winograd GEMMs. SwiftShader runs 4 lanes
+/// at a time, and an invocation past the last column block computes as much
+/// as any (the workgroup shares the rows' operand): workgroups of 8 left half
+/// of ResNet-20's 16x16 and 8x8 GEMMs on padding (4 column blocks), and its
+/// Winograd 16x16 and 8x8 convolutions took 1.14x and 1.18x the direct
+/// kernel's time; with 4, 0.76x and 0.86x. ResNet-18's GEMMs (column blocks
+/// a multiple of 8) took the same time either way.
+const GEMM_WORKGROUP: usize = 4;
 
 /// The weights' transform and the three passes (two GEMMs), entry points
 /// of the compact tile's module.
@@ -103,10 +123,10 @@ fn tile_count(shape: &Conv2dShape) -> usize {
 }
 
 /// How the 36 GEMMs lie over the compact tile's GEMM, which computes 8 rows x
-/// 8 columns per invocation, in workgroups of 8 along the columns that share
-/// the rows' operand. Output channels as rows and tiles as columns leave most
-/// of a workgroup on padding where tiles are few (ResNet-18's 14x14 map at
-/// batch 1: 16 tiles, 2 blocks for 8 invocations), and 8 rows of at most 4
+/// 8 columns per invocation, in workgroups of `GEMM_WORKGROUP` along the
+/// columns that share the rows' operand. Output channels as rows and tiles as
+/// columns leave most invocations on padding rows where channels are many and
+/// tiles few (ResNet-18's 14x14 map at batch 1: 256 channels, 16 tiles), and 8 rows of at most 4
 /// tiles leave half of each invocation's products on padding (its 7x7 map:
 /// 4 tiles), so the layout with the fewest invocations in all is taken:
 /// tiles as rows, and at most 4 tiles as the rows of
@@ -184,7 +204,7 @@ impl GemmLayout {
 
     /// The GEMMs' invocations per point, whole workgroups.
     fn invocations(&self) -> usize {
-        self.row_blocks() * (self.columns / self.by.columns_per_invocation()).next_multiple_of(COMPACT_WORKGROUP)
+        self.row_blocks() * (self.columns / self.by.columns_per_invocation()).next_multiple_of(GEMM_WORKGROUP)
     }
 
     /// Output channels of u, padded as its operand is.
@@ -216,15 +236,14 @@ pub fn winograd_fits(shape: &Conv2dShape) -> bool {
 
 /// Whether the inference forward of `shape` takes Winograd with `kernels`:
 /// the compact tile (the others are not tuned for it), a 3x3 stride-1
-/// convolution of at least `MIN_CHANNELS` channels each way
-/// (`MIN_CHANNELS_FEW_TILES` below `FEW_TILES` tiles), and weights and
-/// scratch that fit one binding each.
-pub fn winograd_applies(device: &wgpu::Device, kernels: &Kernels, shape: &Conv2dShape) -> bool {
+/// convolution as wide as `layers` asks, and weights and scratch that fit
+/// one binding each.
+pub fn winograd_applies(device: &wgpu::Device, kernels: &Kernels, shape: &Conv2dShape, layers: WinogradLayers) -> bool {
     let limit = device.limits().max_storage_buffer_binding_size as usize / 4;
-    let min_channels = if tile_count(shape) < FEW_TILES {
-        MIN_CHANNELS_FEW_TILES
-    } else {
-        MIN_CHANNELS
+    let min_channels = match layers {
+        WinogradLayers::All => MIN_CHANNELS,
+        WinogradLayers::Wide if tile_count(shape) < FEW_TILES => WIDE_CHANNELS_FEW_TILES,
+        WinogradLayers::Wide => WIDE_CHANNELS,
     };
     kernels.variant == Variant::CompactTile
         && winograd_fits(shape)
@@ -413,7 +432,7 @@ pub fn conv2d_forward_winograd(
     let gemm = layout.kernel(k);
     let [gx, gy, _] = grid_1d(
         layout.columns / layout.by.columns_per_invocation(),
-        COMPACT_WORKGROUP as u32,
+        GEMM_WORKGROUP as u32,
     );
     let gemm = gemm
         .bind(
@@ -550,17 +569,19 @@ mod tests {
         let layout = |batch, size, channels| {
             GemmLayout::new(&Conv2dShape::new(batch, channels, (size, size), channels, 3, 1, 1))
         };
-        // ResNet-18 at batch 1, 14x14: 16 tiles (2 blocks of 8) would leave 6
-        // of a workgroup's 8 invocations idle; 256 channels fill 4 workgroups.
+        // ResNet-18 at batch 1, 14x14: 16 tiles (2 blocks of 8) as columns
+        // would leave half of each of 32 row blocks' workgroups idle; 256
+        // channels as columns fill 8 workgroups per row block.
         let small = layout(1, 14, 256);
         assert_eq!(small.by, GemmRows::Tiles);
         assert_eq!((small.rows, small.rows_padded, small.columns), (16, 16, 256));
         assert_eq!(small.m_strides(), (1, 256));
-        // Batch 32 of 8x8 maps: 128 tiles fill 2 workgroups, where 32
-        // channels as columns would fill half of one.
-        let many = layout(32, 8, 32);
+        assert_eq!(small.invocations(), 64);
+        // Batch 32 of 8x8 maps of 16 channels: 128 tiles fill 4 workgroups,
+        // where 16 channels as columns would fill half of one.
+        let many = layout(32, 8, 16);
         assert_eq!(many.by, GemmRows::Channels);
-        assert_eq!((many.rows, many.rows_padded, many.columns), (32, 32, 128));
+        assert_eq!((many.rows, many.rows_padded, many.columns), (16, 16, 128));
         assert_eq!(many.m_strides(), (128, 1));
         // 12 tiles (padded to 16) as rows, and 20 output channels as columns,
         // padded to 24 as the weights' rows are.
@@ -582,40 +603,47 @@ mod tests {
             (GemmRows::FourTiles, 4, 112)
         );
         assert_eq!(few_odd.weight_rows(), 112);
-        // A tie (8 invocations each way: 8 channels, 4 tiles) keeps channels
+        // A tie (4 invocations each way: 8 channels, 4 tiles) keeps channels
         // as rows, one pipeline fewer.
         assert_eq!(layout(1, 7, 8).by, GemmRows::Channels);
     }
 
     #[test]
-    fn winograd_applies_to_wide_3x3_stride1_compact_convolutions_only() {
+    fn winograd_applies_to_3x3_stride1_compact_convolutions_as_wide_as_asked() {
+        use WinogradLayers::{All, Wide};
         let Some(ctx) = context() else { return };
         let device = ctx.device();
         let limit = device.limits().max_storage_buffer_binding_size as usize;
         let compact = Kernels::new(device, Variant::CompactTile);
         let register = Kernels::new(device, Variant::RegisterTile);
-        let wide = Conv2dShape::new(1, 64, (56, 56), 64, 3, 1, 1);
-        assert!(winograd_applies(device, &compact, &wide));
-        // ResNet-18's 14x14 and 7x7 convolutions at batch 1: 16 and 4 tiles.
-        for resnet18 in [
-            Conv2dShape::new(1, 256, (14, 14), 256, 3, 1, 1),
-            Conv2dShape::new(1, 512, (7, 7), 512, 3, 1, 1),
-        ] {
-            assert!(winograd_applies(device, &compact, &resnet18), "{resnet18:?}");
-        }
-        assert!(!winograd_applies(device, &register, &wide));
-        for other in [
-            Conv2dShape::new(1, 64, (56, 56), 64, 3, 2, 1),
-            Conv2dShape::new(1, 64, (56, 56), 64, 1, 1, 0),
-            Conv2dShape::new(1, 32, (32, 32), 64, 3, 1, 1),
-            // ResNet-20's 8x8 at batch 1: 4 tiles of too few channels.
-            Conv2dShape::new(1, 64, (8, 8), 64, 3, 1, 1),
-            Conv2dShape::new(1, 128, (12, 12), 128, 3, 1, 1),
+        let applies = |shape: &Conv2dShape| [Wide, All].map(|layers| winograd_applies(device, &compact, shape, layers));
+        for (shape, wide_and_all) in [
+            // ResNet-18's at batch 1: 196, 16 and 4 tiles.
+            (Conv2dShape::new(1, 64, (56, 56), 64, 3, 1, 1), [true, true]),
+            (Conv2dShape::new(1, 256, (14, 14), 256, 3, 1, 1), [true, true]),
+            (Conv2dShape::new(1, 512, (7, 7), 512, 3, 1, 1), [true, true]),
+            // ResNet-20's at batch 1: 64, 16 and 4 tiles.
+            (Conv2dShape::new(1, 16, (32, 32), 16, 3, 1, 1), [false, true]),
+            (Conv2dShape::new(1, 32, (16, 16), 32, 3, 1, 1), [false, true]),
+            (Conv2dShape::new(1, 64, (8, 8), 64, 3, 1, 1), [false, true]),
+            // 9 tiles: too few for Wide below 256 channels.
+            (Conv2dShape::new(1, 128, (12, 12), 128, 3, 1, 1), [false, true]),
+            // Fewer than 16 channels one way.
+            (Conv2dShape::new(1, 8, (32, 32), 16, 3, 1, 1), [false, false]),
+            (Conv2dShape::new(1, 64, (32, 32), 8, 3, 1, 1), [false, false]),
+            // Stride 2, 1x1.
+            (Conv2dShape::new(1, 64, (56, 56), 64, 3, 2, 1), [false, false]),
+            (Conv2dShape::new(1, 64, (56, 56), 64, 1, 1, 0), [false, false]),
             // A batch whose transformed input (36 points x 64 channels x 16
             // tiles per image x 4 bytes) outgrows the device's largest binding.
-            Conv2dShape::new(limit / (POINTS * 64 * 16 * 4) + 1, 64, (16, 16), 64, 3, 1, 1),
+            (
+                Conv2dShape::new(limit / (POINTS * 64 * 16 * 4) + 1, 64, (16, 16), 64, 3, 1, 1),
+                [false, false],
+            ),
         ] {
-            assert!(!winograd_applies(device, &compact, &other), "{other:?}");
+            assert_eq!(applies(&shape), wide_and_all, "{shape:?} (Wide, All)");
         }
+        let resnet18 = Conv2dShape::new(1, 64, (56, 56), 64, 3, 1, 1);
+        assert!(!winograd_applies(device, &register, &resnet18, All));
     }
 }
