@@ -322,14 +322,7 @@ impl InferencePlan {
         let act = |t: TensorId| acts[t].as_ref().expect("every activation read is written first");
         // One scratch for every Winograd convolution: they run one by one.
         let winograd = |c: &FoldedConv| winograd_applies(device, kernels, &c.shape, layers);
-        let winograd_shapes: Vec<Conv2dShape> = net
-            .ops
-            .iter()
-            .filter_map(|op| match op {
-                FoldedOp::Conv(c) if winograd(c) => Some(c.shape),
-                _ => None,
-            })
-            .collect();
+        let winograd_shapes = Self::winograd_shapes(device, kernels, net, layers);
         let scratch = match winograd_shapes.is_empty() {
             true => None,
             false => Some(WinogradScratch::new(device, &winograd_shapes)?),
@@ -412,9 +405,24 @@ impl InferencePlan {
         net: &FoldedNetwork,
         winograd: WinogradLayers,
     ) -> usize {
-        let applies =
-            |op: &FoldedOp| matches!(op, FoldedOp::Conv(c) if winograd_applies(device, kernels, &c.shape, winograd));
-        net.ops.iter().filter(|op| applies(op)).count()
+        Self::winograd_shapes(device, kernels, net, winograd).len()
+    }
+
+    /// The shapes of the convolutions of `net` that its plan with `winograd`
+    /// runs as Winograd.
+    fn winograd_shapes(
+        device: &wgpu::Device,
+        kernels: &Kernels,
+        net: &FoldedNetwork,
+        winograd: WinogradLayers,
+    ) -> Vec<Conv2dShape> {
+        net.ops
+            .iter()
+            .filter_map(|op| match op {
+                FoldedOp::Conv(c) if winograd_applies(device, kernels, &c.shape, winograd) => Some(c.shape),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Creates the pipelines that the plan of `graph`'s network with
