@@ -18,7 +18,7 @@ use engine::layers::gemm;
 use engine::model::{Architecture, Model, ModelSpec, imagenet_classes};
 use engine::network::inference::cpu;
 use engine::network::resnet::{BottleneckStride, Shortcut};
-use engine::network::{FoldedNetwork, InferencePlan, Plan, WinogradLayers};
+use engine::network::{FoldedNetwork, InferencePlan, Plan, SpecialisedLayers};
 use engine::preprocess::Normalization;
 use engine::rng::Rng;
 use engine::{Context, Dispatch, Kernels, Tensor, Variant};
@@ -570,7 +570,7 @@ fn bench_model(
         }
         Mode::InferFolded => {
             let (model, images) = model_and_images()?;
-            let plan = InferencePlan::new(device, queue, kernels, &model, case.batch, WinogradLayers::All)?;
+            let plan = InferencePlan::new(device, queue, kernels, &model, case.batch, SpecialisedLayers::All)?;
             plan.write_input(queue, &images)?;
             let timing = time(ctx, gemm, || plan.run(device, queue), reps, &MODEL_BUDGET)?;
             let profile = profile(plan.dispatches().iter().collect(), &timing)?;

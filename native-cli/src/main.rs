@@ -8,7 +8,7 @@ use engine::classify;
 use engine::model::{Architecture, COMMON_RENAMES, Model, ModelSpec};
 use engine::network::graph::Op;
 use engine::network::resnet::{BottleneckStride, Shortcut};
-use engine::network::{InferencePlan, Plan, WinogradLayers};
+use engine::network::{InferencePlan, Plan, SpecialisedLayers};
 use engine::preprocess::Normalization;
 use resnet_native::data::{self, Split};
 use resnet_native::evaluate::evaluate;
@@ -335,7 +335,14 @@ fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
     let model = load_model(&args.weights)?;
     let ctx = context()?;
     // The browser's path: batch norm folded, epilogues fused.
-    let plan = InferencePlan::new(ctx.device(), ctx.queue(), &ctx.kernels, &model, 1, WinogradLayers::All)?;
+    let plan = InferencePlan::new(
+        ctx.device(),
+        ctx.queue(),
+        &ctx.kernels,
+        &model,
+        1,
+        SpecialisedLayers::All,
+    )?;
     let mut results = Vec::new();
     for path in &args.images {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

@@ -3,7 +3,7 @@
 
 use crate::error;
 use engine::model::{Model, ModelSpec};
-use engine::network::inference::{FoldedNetwork, InferencePlan, WinogradLayers, cpu};
+use engine::network::inference::{FoldedNetwork, InferencePlan, SpecialisedLayers, cpu};
 use engine::{Context, Gpu, Kernels, Variant};
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsError, JsValue};
@@ -142,9 +142,10 @@ impl Backend {
 const BATCH: usize = 1;
 
 /// The convolutions that the plan answering the first classification runs
-/// as Winograd: those whose pipelines' compile that run repays.
-/// [`Runner::upgrade`] swaps in the plan with [`WinogradLayers::All`].
-const FIRST_PLAN: WinogradLayers = WinogradLayers::Wide;
+/// with specialised kernels: those whose pipelines' compile that run
+/// repays. [`Runner::upgrade`] swaps in the plan with
+/// [`SpecialisedLayers::All`].
+const FIRST_PLAN: SpecialisedLayers = SpecialisedLayers::Wide;
 
 /// Whether `backend: "auto"` prefers the wasm CPU path to a CPU
 /// implementation of WebGPU. Measured in headless Chromium on SwiftShader
@@ -154,8 +155,9 @@ const CPU_PATH_BEATS_CPU_ADAPTERS: bool = true;
 /// Both run the network with batch norm folded into the convolutions.
 pub enum Runner {
     /// Every pipeline and buffer created at load. `faster`: the folded
-    /// network, kept where the plan with Winograd wherever it is faster once
-    /// compiled differs from `plan`, until [`Runner::upgrade`] builds it.
+    /// network, kept where the plan with specialised kernels wherever they
+    /// are faster once compiled differs from `plan`, until
+    /// [`Runner::upgrade`] builds it.
     Gpu {
         context: Box<Context>,
         plan: InferencePlan,
@@ -180,9 +182,15 @@ impl Runner {
                     FIRST_PLAN,
                 )
                 .map_err(|e| error("cannot prepare the network on the GPU", e))?;
-                let winograd =
-                    |layers| InferencePlan::winograd_convolutions(context.device(), &context.kernels, &network, layers);
-                let faster = (winograd(WinogradLayers::All) > winograd(FIRST_PLAN)).then(|| Box::new(network));
+                let graph = model.spec.graph(BATCH).map_err(|e| error("unsupported model", e))?;
+                let differ = InferencePlan::plans_differ(
+                    context.device(),
+                    &context.kernels,
+                    &graph,
+                    FIRST_PLAN,
+                    SpecialisedLayers::All,
+                );
+                let faster = differ.then(|| Box::new(network));
                 Ok((Runner::Gpu { context, plan, faster }, "webgpu", adapter))
             }
             Backend::Cpu(why) => Ok((Runner::Cpu { network }, "cpu", why)),
@@ -194,8 +202,9 @@ impl Runner {
         matches!(self, Runner::Gpu { faster: Some(_), .. })
     }
 
-    /// Swaps in the plan with Winograd wherever it is faster once compiled
-    /// (ResNet-20's convolutions on SwiftShader: 0.85x the page's latency),
+    /// Swaps in the plan with specialised kernels wherever they are faster
+    /// once compiled (ResNet-20's convolutions on SwiftShader: Winograd,
+    /// 0.8x the page's latency, and the 3-tap stride-2 GEMM),
     /// whose pipelines the first plan left out to answer sooner: a page calls
     /// it after its first result, and the browser compiles them while the
     /// page shows it (a classification meanwhile waits for them). On an
@@ -205,9 +214,14 @@ impl Runner {
             && let Some(network) = faster.take()
         {
             let device = context.device();
-            *plan =
-                InferencePlan::from_folded(device, context.queue(), &context.kernels, &network, WinogradLayers::All)
-                    .map_err(|e| error("cannot prepare the faster plan on the GPU", e))?;
+            *plan = InferencePlan::from_folded(
+                device,
+                context.queue(),
+                &context.kernels,
+                &network,
+                SpecialisedLayers::All,
+            )
+            .map_err(|e| error("cannot prepare the faster plan on the GPU", e))?;
         }
         Ok(())
     }

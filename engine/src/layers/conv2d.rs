@@ -23,6 +23,25 @@ use std::sync::Arc;
 
 pub mod winograd;
 
+/// Which layers of an inference plan take the compact tile's specialised
+/// kernels: Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions
+/// ([`winograd::winograd_applies`]) and the 3-tap stride-2 GEMM for 3x3
+/// stride-2 ones ([`three_taps_stride2`]). They run faster but their
+/// pipelines compile slowly in a browser (ResNet-20's Winograd, in Chromium
+/// on SwiftShader: 0.5-0.7 s more before the first result, four alternating
+/// cold starts; the 3-tap fused GEMM about 145 ms), so a plan that must
+/// answer soon takes them only where the first run repays that
+/// ([`SpecialisedLayers::Wide`]), and a page swaps in the plan with
+/// [`SpecialisedLayers::All`] after its first result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecialisedLayers {
+    /// Wide layers only: ResNet-18's, whose page cold start they did not
+    /// lengthen; none of ResNet-20's.
+    Wide,
+    /// Every layer they fit: fastest once compiled.
+    All,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dShape {
     pub batch: usize,
@@ -209,17 +228,17 @@ impl ConvGemms {
     }
 
     /// The plain or fused GEMM for `params`: a specialised one where there is
-    /// one for it.
-    fn implicit_gemm(&self, params: &ImplicitGemmParams, fused: bool) -> &Kernel {
+    /// one for it (the 3-tap stride-2 one where `layers` asks for it).
+    fn implicit_gemm(&self, params: &ImplicitGemmParams, fused: bool, layers: SpecialisedLayers) -> &Kernel {
         // The first specialised pair that this variant has and that fits.
         let specialised = [
-            (&self.aligned, aligned_blocks as fn(&ImplicitGemmParams) -> bool),
-            (&self.seven_taps_stride2, seven_taps_stride2),
-            (&self.three_taps_stride2, three_taps_stride2),
+            (&self.aligned, aligned_blocks(params)),
+            (&self.seven_taps_stride2, seven_taps_stride2(params)),
+            (&self.three_taps_stride2, three_taps_stride2(params, layers)),
         ];
         let pair = specialised
             .into_iter()
-            .find_map(|(pair, fits)| pair.as_ref().filter(|_| fits(params)))
+            .find_map(|(pair, fits)| pair.as_ref().filter(|_| fits))
             .unwrap_or(&self.implicit_gemm);
         if fused { &pair.fused } else { &pair.plain }
     }
@@ -735,23 +754,26 @@ fn seven_taps_stride2(params: &ImplicitGemmParams) -> bool {
 
 /// Whether a GEMM reads 3 taps per tap row at source stride 2 (a forward 3x3
 /// stride-2 convolution), which the compact tile loads per tap row once, and
-/// has at least [`THREE_TAPS_STRIDE2_MIN_CHANNELS`] input channels.
-fn three_taps_stride2(params: &ImplicitGemmParams) -> bool {
+/// is as wide as `layers` asks: with [`SpecialisedLayers::Wide`], at least
+/// [`THREE_TAPS_STRIDE2_WIDE_CHANNELS`] input channels.
+fn three_taps_stride2(params: &ImplicitGemmParams, layers: SpecialisedLayers) -> bool {
     params.taps_w == 3
         && params.src_step == 2
         && params.src_tap_step == 1
         && params.kernel_step == 1
-        && params.channels as usize >= THREE_TAPS_STRIDE2_MIN_CHANNELS
+        && (layers == SpecialisedLayers::All || params.channels as usize >= THREE_TAPS_STRIDE2_WIDE_CHANNELS)
 }
 
 /// On SwiftShader the 3-tap stride-2 GEMM took 0.7-0.83x the general path's
-/// time on ResNet-18's downsampling convolutions (64 to 256 input channels),
-/// but its fused pipeline takes about 145 ms to compile: more than it would
-/// save on ResNet-20's (16 and 32 channels, about 2 ms each at batch 1),
-/// whose cold start in the page is under a second.
-const THREE_TAPS_STRIDE2_MIN_CHANNELS: usize = 64;
+/// time on ResNet-18's downsampling convolutions (64 to 256 input channels)
+/// and 0.64-0.66x on ResNet-20's (16 and 32 channels, 1.6-1.8 ms each at
+/// batch 1), but its fused pipeline takes about 145 ms to compile: more than
+/// it saves on ResNet-20's first result.
+const THREE_TAPS_STRIDE2_WIDE_CHANNELS: usize = 64;
 
-/// One implicit GEMM, plain or, with an epilogue, fused.
+/// One implicit GEMM, plain or, with an epilogue, fused; `layers` as for
+/// [`ConvGemms::implicit_gemm`].
+#[allow(clippy::too_many_arguments)]
 fn implicit_gemm(
     device: &wgpu::Device,
     kernels: &Conv2dKernels,
@@ -760,12 +782,13 @@ fn implicit_gemm(
     src: &Tensor,
     dst: &Tensor,
     epilogue: Option<&Epilogue>,
+    layers: SpecialisedLayers,
 ) -> Dispatch {
     let params = ImplicitGemmParams {
         epilogue: epilogue.map_or(0, Epilogue::flags),
         ..*params
     };
-    let (kernel, launch) = implicit_gemm_kernel(kernels, &params, epilogue.is_some());
+    let (kernel, launch) = implicit_gemm_kernel(kernels, &params, epilogue.is_some(), layers);
     match epilogue {
         None => kernel.bind(device, &launch.params, &[wt, src, dst], launch.grid),
         Some(e) => {
@@ -791,15 +814,23 @@ fn implicit_gemm_kernel<'k>(
     kernels: &'k Conv2dKernels,
     params: &ImplicitGemmParams,
     fused: bool,
+    layers: SpecialisedLayers,
 ) -> (&'k Kernel, Launch) {
     let launch = launch(kernels, params);
-    (kernels.gemms(launch.packed).implicit_gemm(params, fused), launch)
+    (
+        kernels.gemms(launch.packed).implicit_gemm(params, fused, layers),
+        launch,
+    )
 }
 
-/// The kernel that [`conv2d_forward_fused`] runs for `shape`.
-pub fn conv2d_forward_fused_kernel<'k>(kernels: &'k Kernels, shape: &Conv2dShape) -> &'k Kernel {
+/// The kernel that [`conv2d_forward_fused`] runs for `shape` and `layers`.
+pub fn conv2d_forward_fused_kernel<'k>(
+    kernels: &'k Kernels,
+    shape: &Conv2dShape,
+    layers: SpecialisedLayers,
+) -> &'k Kernel {
     let wt_shape = transposed_shape(shape.kernel * shape.kernel, shape.out_channels, shape.in_channels);
-    implicit_gemm_kernel(&kernels.conv2d, &forward_params(shape, &wt_shape), true).0
+    implicit_gemm_kernel(&kernels.conv2d, &forward_params(shape, &wt_shape), true, layers).0
 }
 
 /// `y = conv2d(x, w)`.
@@ -818,12 +849,16 @@ pub fn conv2d_forward(
     let k = &kernels.conv2d;
     let (wt, transpose) = transposed_weights(device, k, shape, w, true)?;
     let params = forward_params(shape, &wt.shape);
-    Ok(vec![transpose, implicit_gemm(device, k, &params, &wt, x, y, None)])
+    Ok(vec![
+        transpose,
+        implicit_gemm(device, k, &params, &wt, x, y, None, SpecialisedLayers::All),
+    ])
 }
 
 /// `y = relu?(conv2d(x, w) + bias[co] + residual?)`, the inference forward:
 /// `wt` holds the weights transposed by [`upload_forward_weights`], `bias` has
-/// `out_channels` values and `residual`, when given, the output's shape.
+/// `out_channels` values and `residual`, when given, the output's shape;
+/// specialised GEMMs where `layers` asks for them.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward_fused(
     device: &wgpu::Device,
@@ -835,6 +870,7 @@ pub fn conv2d_forward_fused(
     residual: Option<&Tensor>,
     relu: bool,
     y: &Tensor,
+    layers: SpecialisedLayers,
 ) -> Dispatch {
     shape.validate();
     check_len("x", x, shape.input_len(), shape);
@@ -856,7 +892,7 @@ pub fn conv2d_forward_fused(
         mask: None,
     };
     let params = forward_params(shape, &wt.shape);
-    implicit_gemm(device, &kernels.conv2d, &params, wt, x, y, Some(&epilogue))
+    implicit_gemm(device, &kernels.conv2d, &params, wt, x, y, Some(&epilogue), layers)
 }
 
 /// One dimension of a backward-data stride phase: the input positions
@@ -986,7 +1022,17 @@ fn backward_data(
                 row_block_stride: 0,
                 tile_row_quads: 0,
             };
-            dispatches.push(implicit_gemm(device, k, &params, &wt, dy, dx, epilogue));
+            // Backward-data never reads 3 taps at source stride 2: any `layers`.
+            dispatches.push(implicit_gemm(
+                device,
+                k,
+                &params,
+                &wt,
+                dy,
+                dx,
+                epilogue,
+                SpecialisedLayers::All,
+            ));
         }
     }
     Ok(dispatches)
@@ -1385,6 +1431,27 @@ mod tests {
         assert!(shapes().iter().any(packed) && !shapes().iter().all(packed));
     }
 
+    /// The 3-tap stride-2 GEMM takes ResNet-20's downsampling convolutions
+    /// (16 and 32 input channels) only in a plan with every layer
+    /// specialised, ResNet-18's (64 channels and up) in both, and neither a
+    /// stride-1 nor a 1x1 stride-2 convolution.
+    #[test]
+    fn three_taps_stride2_takes_narrow_convolutions_only_where_every_layer_is_asked() {
+        use SpecialisedLayers::{All, Wide};
+        let takes = |s: Conv2dShape| {
+            let params = forward_params(
+                &s,
+                &transposed_shape(s.kernel * s.kernel, s.out_channels, s.in_channels),
+            );
+            [Wide, All].map(|layers| three_taps_stride2(&params, layers))
+        };
+        assert_eq!(takes(shape(1, 16, 32, 32, 3, 2, 1)), [false, true]);
+        assert_eq!(takes(shape(1, 32, 16, 64, 3, 2, 1)), [false, true]);
+        assert_eq!(takes(shape(1, 64, 56, 128, 3, 2, 1)), [true, true]);
+        assert_eq!(takes(shape(1, 16, 32, 16, 3, 1, 1)), [false, false]);
+        assert_eq!(takes(shape(1, 16, 32, 32, 1, 2, 0)), [false, false]);
+    }
+
     /// Register-tile backward-weight with subgroups: ResNet's 16- and
     /// 32-channel layers (6 and 12 invocations per group) run unpadded, two
     /// groups sharing a workgroup, where the subgroups span it (as the tests
@@ -1544,7 +1611,16 @@ mod tests {
         let mut entry_points = check_fused_forward(kernels, &shapes(), 1e-4, &|s, w, x, bias, residual, relu, y| {
             let wt = upload_forward_weights(device, s, w).unwrap();
             vec![conv2d_forward_fused(
-                device, kernels, s, x, &wt, bias, residual, relu, y,
+                device,
+                kernels,
+                s,
+                x,
+                &wt,
+                bias,
+                residual,
+                relu,
+                y,
+                SpecialisedLayers::All,
             )]
         });
         let mut rng = Rng::new(14);

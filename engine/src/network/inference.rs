@@ -8,7 +8,7 @@
 
 use super::graph::{BN_EPS, Graph, Op, TensorId};
 use crate::kernel::{DeviceVerdict, Kernel, checked_by_device, with_device_verdict};
-pub use crate::layers::conv2d::winograd::WinogradLayers;
+pub use crate::layers::conv2d::SpecialisedLayers;
 use crate::layers::conv2d::winograd::{
     WinogradScratch, conv2d_forward_winograd, upload_winograd_weights, winograd_applies, winograd_forward_kernels,
 };
@@ -288,24 +288,24 @@ impl InferencePlan {
         kernels: &Kernels,
         model: &Model,
         batch: usize,
-        winograd: WinogradLayers,
+        layers: SpecialisedLayers,
     ) -> Result<Self, EngineError> {
-        Self::from_folded(device, queue, kernels, &FoldedNetwork::new(model, batch)?, winograd)
+        Self::from_folded(device, queue, kernels, &FoldedNetwork::new(model, batch)?, layers)
     }
 
-    /// Builds the plan of `net`, with Winograd in the convolutions that
-    /// `winograd` names; `queue` takes the weights' transforms that run on
-    /// the device (Winograd's), ahead of any inference. The device's verdict
-    /// on them, and on every buffer and bind group made, comes with the first
-    /// [`Self::logits`].
+    /// Builds the plan of `net`, with specialised kernels in the
+    /// convolutions that `layers` names; `queue` takes the weights'
+    /// transforms that run on the device (Winograd's), ahead of any
+    /// inference. The device's verdict on them, and on every buffer and bind
+    /// group made, comes with the first [`Self::logits`].
     pub fn from_folded(
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         kernels: &Kernels,
         net: &FoldedNetwork,
-        winograd: WinogradLayers,
+        layers: SpecialisedLayers,
     ) -> Result<Self, EngineError> {
-        let (plan, verdict) = with_device_verdict(device, || Self::build(device, queue, kernels, net, winograd));
+        let (plan, verdict) = with_device_verdict(device, || Self::build(device, queue, kernels, net, layers));
         let mut plan = plan?;
         plan.build_verdict = Mutex::new(Some(verdict));
         Ok(plan)
@@ -316,7 +316,7 @@ impl InferencePlan {
         queue: &wgpu::Queue,
         kernels: &Kernels,
         net: &FoldedNetwork,
-        layers: WinogradLayers,
+        layers: SpecialisedLayers,
     ) -> Result<Self, EngineError> {
         let acts = allocate_activations(device, net)?;
         let act = |t: TensorId| acts[t].as_ref().expect("every activation read is written first");
@@ -364,6 +364,7 @@ impl InferencePlan {
                                 residual,
                                 c.relu,
                                 y,
+                                layers,
                             ));
                         }
                     }
@@ -397,51 +398,58 @@ impl InferencePlan {
         })
     }
 
-    /// How many of `net`'s convolutions its plan with `winograd` runs as
-    /// Winograd.
-    pub fn winograd_convolutions(
+    /// Whether the plans of `graph`'s network with `a` and with `b` differ:
+    /// some convolution runs other kernels in one than in the other.
+    pub fn plans_differ(
         device: &wgpu::Device,
         kernels: &Kernels,
-        net: &FoldedNetwork,
-        winograd: WinogradLayers,
-    ) -> usize {
-        Self::winograd_shapes(device, kernels, net, winograd).len()
+        graph: &Graph,
+        a: SpecialisedLayers,
+        b: SpecialisedLayers,
+    ) -> bool {
+        let entry_points = |shape, layers| -> Vec<&str> {
+            conv_kernels(device, kernels, shape, layers)
+                .iter()
+                .map(|k| k.entry_point())
+                .collect()
+        };
+        graph.ops.iter().any(|op| match op {
+            Op::Conv2d { shape, .. } => entry_points(shape, a) != entry_points(shape, b),
+            _ => false,
+        })
     }
 
-    /// The shapes of the convolutions of `net` that its plan with `winograd`
+    /// The shapes of the convolutions of `net` that its plan with `layers`
     /// runs as Winograd.
     fn winograd_shapes(
         device: &wgpu::Device,
         kernels: &Kernels,
         net: &FoldedNetwork,
-        winograd: WinogradLayers,
+        layers: SpecialisedLayers,
     ) -> Vec<Conv2dShape> {
         net.ops
             .iter()
             .filter_map(|op| match op {
-                FoldedOp::Conv(c) if winograd_applies(device, kernels, &c.shape, winograd) => Some(c.shape),
+                FoldedOp::Conv(c) if winograd_applies(device, kernels, &c.shape, layers) => Some(c.shape),
                 _ => None,
             })
             .collect()
     }
 
     /// Creates the pipelines that the plan of `graph`'s network with
-    /// `winograd` will run, before its weights are there: a browser compiles
+    /// `layers` will run, before its weights are there: a browser compiles
     /// them meanwhile (a page can start as soon as the weights file's header
     /// has arrived). Returns their entry points.
     pub fn prepare_kernels(
         device: &wgpu::Device,
         kernels: &Kernels,
         graph: &Graph,
-        winograd: WinogradLayers,
+        layers: SpecialisedLayers,
     ) -> BTreeSet<&'static str> {
         let mut prepared = BTreeSet::new();
         for op in &graph.ops {
             let needed: Vec<&Kernel> = match op {
-                Op::Conv2d { shape, .. } if winograd_applies(device, kernels, shape, winograd) => {
-                    winograd_forward_kernels(kernels, shape).to_vec()
-                }
-                Op::Conv2d { shape, .. } => vec![conv2d_forward_fused_kernel(kernels, shape)],
+                Op::Conv2d { shape, .. } => conv_kernels(device, kernels, shape, layers),
                 Op::ShortcutA { .. } => vec![shortcut_a_forward_kernel(kernels)],
                 Op::MaxPool { .. } => vec![max_pool_forward_kernel(kernels)],
                 Op::GlobalAvgPool { .. } => vec![global_avg_pool_forward_kernel(kernels)],
@@ -522,6 +530,21 @@ impl InferencePlan {
     /// Stands `verdict` in for the device's verdict on the build.
     pub(super) fn replace_build_verdict(&self, verdict: DeviceVerdict) {
         *self.build_verdict.lock().unwrap() = Some(verdict);
+    }
+}
+
+/// The kernels that the plan with `layers` runs for a convolution of
+/// `shape` (Winograd's weight transform, at load, included).
+fn conv_kernels<'k>(
+    device: &wgpu::Device,
+    kernels: &'k Kernels,
+    shape: &Conv2dShape,
+    layers: SpecialisedLayers,
+) -> Vec<&'k Kernel> {
+    if winograd_applies(device, kernels, shape, layers) {
+        winograd_forward_kernels(kernels, shape).to_vec()
+    } else {
+        vec![conv2d_forward_fused_kernel(kernels, shape, layers)]
     }
 }
 

@@ -10,7 +10,7 @@ pub mod plan;
 pub mod resnet;
 
 pub use graph::{Graph, GraphBuilder};
-pub use inference::{FoldedNetwork, InferencePlan, WinogradLayers};
+pub use inference::{FoldedNetwork, InferencePlan, SpecialisedLayers};
 pub use plan::{Plan, StepStats};
 pub use resnet::cifar_resnet;
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use super::cpu::{self, RunningStats};
 use super::graph::{GradStep, Op};
-use super::inference::{self, FoldedNetwork, FoldedOp, InferencePlan, WinogradLayers};
+use super::inference::{self, FoldedNetwork, FoldedOp, InferencePlan, SpecialisedLayers};
 use super::plan::{ReluBackwardFusion, batch_norm_fusions, relu_backward_fusions};
 use super::resnet::{BottleneckStride, Shortcut, imagenet_resnet};
 use super::{Plan, cifar_resnet};
@@ -362,12 +362,12 @@ fn assert_logits_match(what: &str, got: &[f32], want: &[f64]) {
     assert_close(what, got, want, 1e-4 * scale, 1e-3);
 }
 
-/// `winograd_gemms`: per [`WinogradLayers`], the Winograd GEMMs that the
-/// compact kernels run (the others run none).
+/// `specialised`: per [`SpecialisedLayers`], the Winograd GEMMs and 3-tap
+/// stride-2 GEMMs that the compact kernels run (the others run none).
 fn assert_inference_plan_matches_reference(
     spec: ModelSpec,
     batch: usize,
-    winograd_gemms: [(WinogradLayers, &[&str]); 2],
+    specialised: [(SpecialisedLayers, &[&str]); 2],
 ) {
     let Some(ctx) = context() else { return };
     let (device, queue) = (ctx.device(), ctx.queue());
@@ -381,10 +381,11 @@ fn assert_inference_plan_matches_reference(
     if device.features().contains(wgpu::Features::SUBGROUP) {
         kernel_sets.push(Kernels::with_subgroups(device, Variant::CompactTile, false));
     }
-    for (kernels, (winograd, gemms)) in kernel_sets.iter().flat_map(|k| winograd_gemms.map(|w| (k, w))) {
+    let graph = model.spec.graph(batch).unwrap();
+    for (kernels, (layers, gemms)) in kernel_sets.iter().flat_map(|k| specialised.map(|w| (k, w))) {
         // Before the plan exists, as a page does while the weights download.
-        let prepared = InferencePlan::prepare_kernels(device, kernels, &model.spec.graph(batch).unwrap(), winograd);
-        let plan = InferencePlan::new(device, queue, kernels, &model, batch, winograd).unwrap();
+        let prepared = InferencePlan::prepare_kernels(device, kernels, &graph, layers);
+        let plan = InferencePlan::new(device, queue, kernels, &model, batch, layers).unwrap();
         assert_eq!((plan.batch(), plan.classes()), (batch, 10));
         let with = if kernels.conv2d.subgroup_loads() {
             " with subgroups"
@@ -392,7 +393,7 @@ fn assert_inference_plan_matches_reference(
             ""
         };
         let variant = kernels.variant;
-        let what = format!("{variant:?}{with}, Winograd {winograd:?}");
+        let what = format!("{variant:?}{with}, specialised layers {layers:?}");
         let mut run: BTreeSet<&str> = plan.dispatches().iter().map(|d| d.entry_point()).collect();
         // Winograd's weight transform ran as the plan built, not among its dispatches.
         if run.contains("conv2d_winograd_input") {
@@ -403,49 +404,51 @@ fn assert_inference_plan_matches_reference(
             .dispatches()
             .iter()
             .map(|d| d.entry_point())
-            .filter(|e| e.starts_with("conv2d_winograd_gemm"))
+            .filter(|e| e.starts_with("conv2d_winograd_gemm") || e.contains("3_taps_stride2"))
             .collect();
         let expected: BTreeSet<&str> = match variant {
             Variant::CompactTile => gemms.iter().copied().collect(),
             _ => BTreeSet::new(),
         };
         assert_eq!(ran, expected, "{what}");
-        let convolutions = InferencePlan::winograd_convolutions(
-            device,
-            kernels,
-            &FoldedNetwork::new(&model, batch).unwrap(),
-            winograd,
-        );
-        assert_eq!(
-            convolutions,
-            plan.dispatches()
-                .iter()
-                .filter(|d| d.entry_point() == "conv2d_winograd_input")
-                .count(),
-            "{what}: Winograd convolutions counted against those the plan runs"
-        );
         // Twice: the second run reuses the staging buffer and every activation.
         for run in 0..2 {
             let got = pollster::block_on(plan.logits(device, queue, &images)).unwrap();
             assert_logits_match(&format!("{what} run {run} folded logits"), &got, &want);
         }
     }
+    // Here the plans differ exactly where their specialised GEMMs do.
+    let [(a, a_gemms), (b, b_gemms)] = specialised;
+    for kernels in &kernel_sets {
+        let differ = kernels.variant == Variant::CompactTile && a_gemms != b_gemms;
+        assert_eq!(
+            InferencePlan::plans_differ(device, kernels, &graph, a, b),
+            differ,
+            "{:?}: whether the plans with {a:?} and {b:?} differ",
+            kernels.variant
+        );
+    }
 }
 
 #[test]
 fn folded_resnet8_inference_plan_matches_the_unfolded_reference_in_every_variant() {
     // Batch 1, as a page runs it: none of its convolutions is wide enough for
-    // Winograd in a first plan; in the plan a page swaps in, the 32x32 and
-    // 16x16 stages (64 and 16 tiles) take the 8-row GEMM, the 8x8 one (4
-    // tiles) the 4-row GEMM.
+    // a specialised kernel in a first plan; in the plan a page swaps in, the
+    // 32x32 and 16x16 stages (64 and 16 tiles) take the 8-row Winograd GEMM,
+    // the 8x8 one (4 tiles) the 4-row GEMM, and the downsampling ones the
+    // 3-tap stride-2 GEMM.
     assert_inference_plan_matches_reference(
         cifar_spec(8),
         1,
         [
-            (WinogradLayers::Wide, &[]),
+            (SpecialisedLayers::Wide, &[]),
             (
-                WinogradLayers::All,
-                &["conv2d_winograd_gemm", "conv2d_winograd_gemm_4_rows"],
+                SpecialisedLayers::All,
+                &[
+                    "conv2d_implicit_gemm_compact_3_taps_stride2_fused",
+                    "conv2d_winograd_gemm",
+                    "conv2d_winograd_gemm_4_rows",
+                ],
             ),
         ],
     );
@@ -456,12 +459,17 @@ fn folded_imagenet_resnet18_option_b_inference_plan_matches_the_unfolded_referen
     // Batch 4: the 16x16 and 8x8 stages have 64 and 16 tiles of 4x4 pixels,
     // enough for Winograd with the compact tile (tiles as columns, then as
     // rows), and the 4x4 and 2x2 ones 4 tiles of 256 and 512 channels (the
-    // 4-row GEMM).
-    let gemms: &[&str] = &["conv2d_winograd_gemm", "conv2d_winograd_gemm_4_rows"];
+    // 4-row GEMM); its downsampling convolutions (64 channels and up) take
+    // the 3-tap stride-2 GEMM in both plans.
+    let gemms: &[&str] = &[
+        "conv2d_implicit_gemm_compact_3_taps_stride2_fused",
+        "conv2d_winograd_gemm",
+        "conv2d_winograd_gemm_4_rows",
+    ];
     assert_inference_plan_matches_reference(
         imagenet18_spec(),
         4,
-        [(WinogradLayers::Wide, gemms), (WinogradLayers::All, gemms)],
+        [(SpecialisedLayers::Wide, gemms), (SpecialisedLayers::All, gemms)],
     );
 }
 
@@ -509,7 +517,7 @@ fn inference_plan_rejects_an_input_of_the_wrong_length() {
     let Some(ctx) = context() else { return };
     let (device, queue) = (ctx.device(), ctx.queue());
     let model = trained_like(cifar_spec(8), 2);
-    let plan = InferencePlan::new(device, queue, &ctx.kernels, &model, 2, WinogradLayers::All).unwrap();
+    let plan = InferencePlan::new(device, queue, &ctx.kernels, &model, 2, SpecialisedLayers::All).unwrap();
     let short = vec![0.0; 3 * 32 * 32];
     let result = pollster::block_on(plan.logits(device, queue, &short));
     assert!(
@@ -525,7 +533,7 @@ fn inference_plan_rejects_an_input_of_the_wrong_length() {
     );
     assert!(plan.write_input(queue, &short).is_err());
     assert!(matches!(
-        InferencePlan::new(device, queue, &ctx.kernels, &model, 0, WinogradLayers::All),
+        InferencePlan::new(device, queue, &ctx.kernels, &model, 0, SpecialisedLayers::All),
         Err(EngineError::Model(_))
     ));
 }
@@ -536,7 +544,7 @@ fn the_first_logits_report_a_build_the_device_rejected() {
     let (device, queue) = (ctx.device(), ctx.queue());
     let model = trained_like(cifar_spec(8), 2);
     let images = images_for(&model, 1);
-    let plan = InferencePlan::new(device, queue, &ctx.kernels, &model, 1, WinogradLayers::All).unwrap();
+    let plan = InferencePlan::new(device, queue, &ctx.kernels, &model, 1, SpecialisedLayers::All).unwrap();
     // A rejected submission stands in for a rejected weight transform.
     let (x, doomed) = (
         crate::Tensor::zeros(device, &[4]).unwrap(),
@@ -570,7 +578,7 @@ fn resnet20_inference_timing_folded_plan_against_unfolded_plan() {
         let images = images_for(&model, batch);
         let graph = model.spec.graph(batch).unwrap();
         let unfolded = Plan::inference(device, &ctx.kernels, graph, &model.params, &model.running).unwrap();
-        let folded = InferencePlan::new(device, queue, &ctx.kernels, &model, batch, WinogradLayers::All).unwrap();
+        let folded = InferencePlan::new(device, queue, &ctx.kernels, &model, batch, SpecialisedLayers::All).unwrap();
         unfolded.write_batch(queue, &images, &[]).unwrap();
         folded.write_input(queue, &images).unwrap();
         let time = |run: &dyn Fn()| {

@@ -5,7 +5,9 @@
 //! the Winograd section of `shaders/conv2d.wgsl`). The weights are
 //! transformed on the device at load ([`upload_winograd_weights`]).
 
-use super::{COMPACT_ROWS, Conv2dShape, EPILOGUE_RELU, EPILOGUE_RESIDUAL, ImplicitGemmParams, check_len};
+use super::{
+    COMPACT_ROWS, Conv2dShape, EPILOGUE_RELU, EPILOGUE_RESIDUAL, ImplicitGemmParams, SpecialisedLayers, check_len,
+};
 use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, ShaderModule, grid_1d};
 use crate::{Dispatch, EngineError, Kernels, Tensor, Variant};
 use std::sync::Arc;
@@ -14,23 +16,6 @@ use std::sync::Arc;
 const TILE: usize = 4;
 /// Points of the Winograd domain: the 6x6 input patch of a 4x4 output tile.
 const POINTS: usize = 36;
-
-/// Which 3x3 stride-1 convolutions of an inference plan take Winograd with
-/// the compact tile. Its pipelines compile slowly in a browser (ResNet-20's,
-/// in Chromium on SwiftShader: 0.5-0.7 s more before the first result, four
-/// alternating cold starts), so a plan that must answer soon takes it only
-/// where the first run repays that ([`WinogradLayers::Wide`]), and a page
-/// swaps in the plan with [`WinogradLayers::All`] after its first result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WinogradLayers {
-    /// At least `WIDE_CHANNELS` channels each way (`WIDE_CHANNELS_FEW_TILES`
-    /// below `FEW_TILES` tiles): ResNet-18's, whose page cold start it did
-    /// not lengthen; none of ResNet-20's.
-    Wide,
-    /// Every one of at least `MIN_CHANNELS` channels each way: fastest once
-    /// compiled.
-    All,
-}
 
 /// ResNet-18's 56x56, 28x28 and 14x14 convolutions at batch 1 (64 to 256
 /// channels; 196, 49 and 16 tiles): at 14x14, 0.45-0.55x the direct
@@ -55,6 +40,12 @@ const MIN_CHANNELS: usize = 16;
 /// kernel's time; with 4, 0.76x and 0.86x. ResNet-18's GEMMs (column blocks
 /// a multiple of 8) took the same time either way.
 const GEMM_WORKGROUP: usize = 4;
+/// Invocations per workgroup of the transforms. SwiftShader runs a workgroup
+/// on one thread: in workgroups of 256, ResNet-20's 8x8 stage (64 channels
+/// x 4 tiles) was one workgroup and each of its transforms took 0.16 ms, as
+/// long as the 16x16 stage's twice as many; in workgroups of 64, 0.10-0.12
+/// ms (native SwiftShader, two alternating runs of `bench --profile`).
+const TRANSFORM_WORKGROUP: u32 = 64;
 
 /// The weights' transform and the three passes (two GEMMs), entry points
 /// of the compact tile's module.
@@ -238,12 +229,17 @@ pub fn winograd_fits(shape: &Conv2dShape) -> bool {
 /// the compact tile (the others are not tuned for it), a 3x3 stride-1
 /// convolution as wide as `layers` asks, and weights and scratch that fit
 /// one binding each.
-pub fn winograd_applies(device: &wgpu::Device, kernels: &Kernels, shape: &Conv2dShape, layers: WinogradLayers) -> bool {
+pub fn winograd_applies(
+    device: &wgpu::Device,
+    kernels: &Kernels,
+    shape: &Conv2dShape,
+    layers: SpecialisedLayers,
+) -> bool {
     let limit = device.limits().max_storage_buffer_binding_size as usize / 4;
     let min_channels = match layers {
-        WinogradLayers::All => MIN_CHANNELS,
-        WinogradLayers::Wide if tile_count(shape) < FEW_TILES => WIDE_CHANNELS_FEW_TILES,
-        WinogradLayers::Wide => WIDE_CHANNELS,
+        SpecialisedLayers::All => MIN_CHANNELS,
+        SpecialisedLayers::Wide if tile_count(shape) < FEW_TILES => WIDE_CHANNELS_FEW_TILES,
+        SpecialisedLayers::Wide => WIDE_CHANNELS,
     };
     kernels.variant == Variant::CompactTile
         && winograd_fits(shape)
@@ -412,7 +408,7 @@ pub fn conv2d_forward_winograd(
         device,
         &params(cin, 0),
         &[x, &scratch.v],
-        grid_1d(cin * tiles, ELEMENTWISE_WORKGROUP),
+        grid_1d(cin * tiles, TRANSFORM_WORKGROUP),
     );
     // The GEMMs as the compact tile's, depth the input channels; the fields
     // it does not read stay 0.
@@ -448,7 +444,7 @@ pub fn conv2d_forward_winograd(
         device,
         &params(cout, epilogue),
         &[&scratch.m, bias, residual.unwrap_or(bias), y],
-        grid_1d(cout * tiles, ELEMENTWISE_WORKGROUP),
+        grid_1d(cout * tiles, TRANSFORM_WORKGROUP),
     );
     [input, gemm, output]
 }
@@ -610,7 +606,7 @@ mod tests {
 
     #[test]
     fn winograd_applies_to_3x3_stride1_compact_convolutions_as_wide_as_asked() {
-        use WinogradLayers::{All, Wide};
+        use SpecialisedLayers::{All, Wide};
         let Some(ctx) = context() else { return };
         let device = ctx.device();
         let limit = device.limits().max_storage_buffer_binding_size as usize;
