@@ -849,6 +849,8 @@ pub fn conv2d_forward(
     let k = &kernels.conv2d;
     let (wt, transpose) = transposed_weights(device, k, shape, w, true)?;
     let params = forward_params(shape, &wt.shape);
+    // Training builds its pipelines once, before many steps: every layer
+    // takes the specialised GEMMs.
     Ok(vec![
         transpose,
         implicit_gemm(device, k, &params, &wt, x, y, None, SpecialisedLayers::All),
