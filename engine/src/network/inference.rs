@@ -451,7 +451,7 @@ impl InferencePlan {
             let needed: Vec<&Kernel> = match op {
                 Op::Conv2d { shape, .. } => conv_kernels(device, kernels, shape, layers),
                 Op::ShortcutA { .. } => vec![shortcut_a_forward_kernel(kernels)],
-                Op::MaxPool { .. } => vec![max_pool_forward_kernel(kernels)],
+                Op::MaxPool { shape, .. } => vec![max_pool_forward_kernel(kernels, *shape)],
                 Op::GlobalAvgPool { .. } => vec![global_avg_pool_forward_kernel(kernels)],
                 Op::Linear { .. } => vec![linear_forward_kernel(kernels)],
                 // Folded into the convolutions.
