@@ -20,32 +20,35 @@ struct MaxPoolParams {
 @group(0) @binding(1) var<storage, read> forward_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> forward_y: array<f32>;
 
-// The window of output element i (inside the planes): its plane's first
-// input, and its rows and columns [begin, end) inside the input.
+// The output element of an invocation (`live` false past the last) and its
+// window: its plane's first input, and its rows and columns [begin, end)
+// inside the input.
 struct MaxPoolWindow {
+    index: u32,
+    live: bool,
     base: u32,
     begin: vec2<i32>,
     end: vec2<i32>,
 }
 
-fn max_pool_window(p: MaxPoolParams, i: u32) -> MaxPoolWindow {
+fn max_pool_window(p: MaxPoolParams, gid: vec3<u32>, groups: vec3<u32>) -> MaxPoolWindow {
+    let i = gid.x + gid.y * groups.x * 256u;
     let out_plane = p.out_h * p.out_w;
     let plane = i / out_plane;
     let o = vec2<u32>((i % out_plane) / p.out_w, i % p.out_w);
     let first = vec2<i32>(o * p.stride) - vec2<i32>(i32(p.pad));
     let begin = max(first, vec2<i32>(0));
     let end = min(first + vec2<i32>(i32(p.kernel)), vec2<i32>(i32(p.in_h), i32(p.in_w)));
-    return MaxPoolWindow(plane * p.in_h * p.in_w, begin, end);
+    return MaxPoolWindow(i, plane < p.planes, plane * p.in_h * p.in_w, begin, end);
 }
 
 @compute @workgroup_size(256)
 fn max_pool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let p = forward_params;
-    let i = gid.x + gid.y * groups.x * 256u;
-    if i >= p.planes * p.out_h * p.out_w {
+    let win = max_pool_window(p, gid, groups);
+    if !win.live {
         return;
     }
-    let win = max_pool_window(p, i);
     // Starting from the window's first input (not a -inf literal, which WGSL lacks)
     // keeps -inf inputs exact.
     var best = forward_x[win.base + u32(win.begin.x) * p.in_w + u32(win.begin.y)];
@@ -54,7 +57,7 @@ fn max_pool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
             best = max(best, forward_x[win.base + u32(ih) * p.in_w + u32(iw)]);
         }
     }
-    forward_y[i] = best;
+    forward_y[win.index] = best;
 }
 
 // max_pool_forward_3x3: the same for 3x3 windows (the ImageNet stem's pool),
@@ -64,11 +67,10 @@ fn max_pool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
 @compute @workgroup_size(256)
 fn max_pool_forward_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let p = forward_params;
-    let i = gid.x + gid.y * groups.x * 256u;
-    if i >= p.planes * p.out_h * p.out_w {
+    let win = max_pool_window(p, gid, groups);
+    if !win.live {
         return;
     }
-    let win = max_pool_window(p, i);
     // Three taps ending at the window's last input, clamped into the window.
     let first = win.end - vec2<i32>(3);
     let rows = vec3<u32>(clamp(vec3<i32>(first.x) + vec3<i32>(0, 1, 2), vec3<i32>(win.begin.x), vec3<i32>(win.end.x - 1))) * p.in_w + vec3<u32>(win.base);
@@ -76,7 +78,7 @@ fn max_pool_forward_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
     let r0 = max(max(forward_x[rows.x + cols.x], forward_x[rows.x + cols.y]), forward_x[rows.x + cols.z]);
     let r1 = max(max(forward_x[rows.y + cols.x], forward_x[rows.y + cols.y]), forward_x[rows.y + cols.z]);
     let r2 = max(max(forward_x[rows.z + cols.x], forward_x[rows.z + cols.y]), forward_x[rows.z + cols.z]);
-    forward_y[i] = max(max(r0, r1), r2);
+    forward_y[win.index] = max(max(r0, r1), r2);
 }
 
 // max_pool_backward: gather form, no atomics. One invocation owns a stride x
