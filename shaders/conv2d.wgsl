@@ -1731,11 +1731,15 @@ struct Winograd {
     _pad: u32,
 }
 
+// Invocations per workgroup of the input and output transforms (keep equal
+// to TRANSFORM_WORKGROUP in winograd.rs).
+const TRANSFORM_WORKGROUP: u32 = 64u;
+
 // The invocation's (image, channel, tile), invocations in that order; past
 // the last, image is batch.
 fn wi_tile(p: Winograd, gid: vec3<u32>, groups: vec3<u32>) -> vec3<u32> {
     let tiles = p.tiles_h * p.tiles_w;
-    let g = gid.x + gid.y * groups.x * 64u;
+    let g = gid.x + gid.y * groups.x * TRANSFORM_WORKGROUP;
     return vec3<u32>(g / (tiles * p.channels), (g / tiles) % p.channels, g % tiles);
 }
 
@@ -1872,7 +1876,7 @@ fn wi_store_row(o: u32, step: u32, i: u32, bt_d: array<f32, 6>) {
 
 // Unrolled by hand, every array index a constant: SwiftShader keeps arrays
 // indexed by a loop counter in memory, lane by lane.
-@compute @workgroup_size(64)
+@compute @workgroup_size(TRANSFORM_WORKGROUP)
 fn conv2d_winograd_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let p = wi_params;
     let at = wi_tile(p, gid, groups);
@@ -2091,7 +2095,7 @@ fn wo_store_row(p: Winograd, plane: u32, h: u32, columns: vec4<u32>, bias: f32, 
 
 // One invocation per output channel and tile of an image (as wi_tile, with
 // `channels` the output channels). Unrolled by hand, as conv2d_winograd_input.
-@compute @workgroup_size(64)
+@compute @workgroup_size(TRANSFORM_WORKGROUP)
 fn conv2d_winograd_output(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let p = wo_params;
     let at = wi_tile(p, gid, groups);

@@ -44,7 +44,8 @@ const GEMM_WORKGROUP: usize = 4;
 /// on one thread: in workgroups of 256, ResNet-20's 8x8 stage (64 channels
 /// x 4 tiles) was one workgroup and each of its transforms took 0.16 ms, as
 /// long as the 16x16 stage's twice as many; in workgroups of 64, 0.10-0.12
-/// ms (native SwiftShader, two alternating runs of `bench --profile`).
+/// ms (native SwiftShader, two alternating runs of `bench --profile`). Keep
+/// equal to `TRANSFORM_WORKGROUP` in the shader.
 const TRANSFORM_WORKGROUP: u32 = 64;
 
 /// The weights' transform and the three passes (two GEMMs), entry points
