@@ -35,6 +35,30 @@ fn linear_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     forward_y[i] = sum;
 }
 
+// linear_forward_vec4: linear_forward where in_features is a multiple of 4,
+// binding x and w as vec4 arrays. CPU adapters gather loads lane by lane, so
+// a vec4 load moves four values for the price of one: ResNet-18's
+// classifier (512 x 1000, batch 1) took 0.43-0.46x the time on SwiftShader.
+@group(0) @binding(1) var<storage, read> forward_x4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> forward_w4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn linear_forward_vec4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let p = forward_params;
+    let i = gid.x + gid.y * groups.x * 256u;
+    if i >= p.batch * p.out_features {
+        return;
+    }
+    let quads = p.in_features / 4u;
+    let x_row = (i / p.out_features) * quads;
+    let w_row = (i % p.out_features) * quads;
+    var sum = vec4<f32>(0.0);
+    for (var k = 0u; k < quads; k++) {
+        sum += forward_x4[x_row + k] * forward_w4[w_row + k];
+    }
+    forward_y[i] = forward_b[i % p.out_features] + dot(sum, vec4<f32>(1.0));
+}
+
 // linear_backward_data: dx[n, i] = sum_o dy[n, o] * w[o, i]
 @group(0) @binding(10) var<uniform> data_params: Params;
 @group(0) @binding(11) var<storage, read> data_dy: array<f32>;

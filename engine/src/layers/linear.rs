@@ -6,6 +6,8 @@ use crate::{Dispatch, Kernels, Tensor};
 
 pub struct LinearKernels {
     forward: Kernel,
+    /// `forward` for inputs of a multiple of 4 features, loading vec4s.
+    forward_vec4: Kernel,
     backward_data: Kernel,
     backward_weight: Kernel,
     backward_bias: Kernel,
@@ -16,6 +18,7 @@ impl LinearKernels {
         let module = shader_module("linear", include_str!("../../../shaders/linear.wgsl"));
         Self {
             forward: Kernel::new(device, &module, "linear_forward", 0),
+            forward_vec4: Kernel::new(device, &module, "linear_forward_vec4", 0),
             backward_data: Kernel::new(device, &module, "linear_backward_data", 10),
             backward_weight: Kernel::new(device, &module, "linear_backward_weight", 20),
             backward_bias: Kernel::new(device, &module, "linear_backward_bias", 30),
@@ -61,9 +64,14 @@ struct Params {
     out_features: u32,
 }
 
-/// The kernel that [`linear_forward`] runs.
-pub fn linear_forward_kernel(kernels: &Kernels) -> &Kernel {
-    &kernels.linear.forward
+/// The kernel that [`linear_forward`] runs for `shape`: the vec4 twin where
+/// the input features are a multiple of 4.
+pub fn linear_forward_kernel(kernels: &Kernels, shape: LinearShape) -> &Kernel {
+    if shape.in_features.is_multiple_of(4) {
+        &kernels.linear.forward_vec4
+    } else {
+        &kernels.linear.forward
+    }
 }
 
 /// `y = x w^T + b`.
@@ -90,7 +98,7 @@ pub fn linear_forward(
             ("y", y, batch, out_features),
         ],
     );
-    linear_forward_kernel(kernels).bind(
+    linear_forward_kernel(kernels, shape).bind(
         device,
         &shape.params(),
         &[x, w, b, y],
@@ -252,7 +260,8 @@ mod tests {
         let Some(ctx) = context() else { return };
         let (device, queue) = (ctx.device(), ctx.queue());
         let mut rng = Rng::new(21);
-        for (batch, in_features, out_features) in [(1, 64, 10), (3, 7, 5), (128, 64, 10), (2, 512, 1000)] {
+        let mut forwards = std::collections::BTreeSet::new();
+        for (batch, in_features, out_features) in [(1, 64, 10), (3, 7, 5), (128, 64, 10), (2, 512, 1000), (2, 6, 3)] {
             let shape = LinearShape {
                 batch,
                 in_features,
@@ -291,6 +300,7 @@ mod tests {
                 &dwt,
                 &dbt,
             ));
+            forwards.insert(dispatches[0].entry_point());
             ctx.run(&dispatches.iter().collect::<Vec<_>>());
 
             // f32 sums of up to 1000 products of values in [-1, 1]: accumulated
@@ -302,6 +312,12 @@ mod tests {
             assert_close(&format!("linear dw {what}"), &read(&dwt), &dw_ref, 1e-4, 1e-4);
             assert_close(&format!("linear db {what}"), &read(&dbt), &db_ref, 1e-4, 1e-4);
         }
+        // Inputs of 64 and 512 features take the vec4 twin, of 7 and 6 not.
+        assert_eq!(
+            forwards,
+            ["linear_forward", "linear_forward_vec4"].into(),
+            "forward kernels run"
+        );
     }
 
     #[test]

@@ -453,7 +453,7 @@ impl InferencePlan {
                 Op::ShortcutA { .. } => vec![shortcut_a_forward_kernel(kernels)],
                 Op::MaxPool { shape, .. } => vec![max_pool_forward_kernel(kernels, *shape)],
                 Op::GlobalAvgPool { .. } => vec![global_avg_pool_forward_kernel(kernels)],
-                Op::Linear { .. } => vec![linear_forward_kernel(kernels)],
+                Op::Linear { shape, .. } => vec![linear_forward_kernel(kernels, *shape)],
                 // Folded into the convolutions.
                 Op::BatchNorm { .. } | Op::Relu { .. } | Op::Add { .. } => Vec::new(),
             };
