@@ -17,22 +17,27 @@ struct Params {
 @group(0) @binding(3) var<storage, read> forward_b: array<f32>;
 @group(0) @binding(4) var<storage, read_write> forward_y: array<f32>;
 
+// The invocation's output element y[n, o] as (index in y, n, o); n is at
+// least batch past the last.
+fn forward_output(p: Params, gid: vec3<u32>, groups: vec3<u32>) -> vec3<u32> {
+    let i = gid.x + gid.y * groups.x * 256u;
+    return vec3<u32>(i, i / p.out_features, i % p.out_features);
+}
+
 @compute @workgroup_size(256)
 fn linear_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let p = forward_params;
-    let i = gid.x + gid.y * groups.x * 256u;
-    if i >= p.batch * p.out_features {
+    let y = forward_output(p, gid, groups);
+    if y.y >= p.batch {
         return;
     }
-    let n = i / p.out_features;
-    let o = i % p.out_features;
-    let x_row = n * p.in_features;
-    let w_row = o * p.in_features;
-    var sum = forward_b[o];
+    let x_row = y.y * p.in_features;
+    let w_row = y.z * p.in_features;
+    var sum = forward_b[y.z];
     for (var k = 0u; k < p.in_features; k++) {
         sum += forward_x[x_row + k] * forward_w[w_row + k];
     }
-    forward_y[i] = sum;
+    forward_y[y.x] = sum;
 }
 
 // linear_forward_vec4: linear_forward where in_features is a multiple of 4,
@@ -45,18 +50,18 @@ fn linear_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
 @compute @workgroup_size(256)
 fn linear_forward_vec4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let p = forward_params;
-    let i = gid.x + gid.y * groups.x * 256u;
-    if i >= p.batch * p.out_features {
+    let y = forward_output(p, gid, groups);
+    if y.y >= p.batch {
         return;
     }
     let quads = p.in_features / 4u;
-    let x_row = (i / p.out_features) * quads;
-    let w_row = (i % p.out_features) * quads;
+    let x_row = y.y * quads;
+    let w_row = y.z * quads;
     var sum = vec4<f32>(0.0);
     for (var k = 0u; k < quads; k++) {
         sum += forward_x4[x_row + k] * forward_w4[w_row + k];
     }
-    forward_y[i] = forward_b[i % p.out_features] + dot(sum, vec4<f32>(1.0));
+    forward_y[y.x] = forward_b[y.z] + dot(sum, vec4<f32>(1.0));
 }
 
 // linear_backward_data: dx[n, i] = sum_o dy[n, o] * w[o, i]
