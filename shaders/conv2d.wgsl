@@ -357,6 +357,8 @@ struct RtTile {
     block1: RtBlock,
     block2: RtBlock,
     row0: u32,
+    // The triple of pixel blocks, 0 to row_block_stride - 1.
+    slot: u32,
 }
 
 // Accumulates the tile of an invocation into acc0 (block0), acc1 (block1) and
@@ -434,7 +436,7 @@ fn rt_gemm(p: ImplicitGemm, ids: Ids, acc0: ptr<function, array<vec4<f32>, 32>>,
             }
         }
     }
-    return RtTile(block0, block1, block2, row_block * 16u);
+    return RtTile(block0, block1, block2, row_block * 16u, g % p.row_block_stride);
 }
 
 // No early return before the GEMM: with subgroups every invocation of the
@@ -579,6 +581,77 @@ fn conv2d_implicit_gemm_aligned_fused(ids: Ids) {
     rt_epilogue_aligned(p, tile.block0, tile.row0, &acc0);
     rt_epilogue_aligned(p, tile.block1, tile.row0, &acc1);
     rt_epilogue_aligned(p, tile.block2, tile.row0, &acc2);
+}
+
+// conv2d_implicit_gemm_aligned_statistics: the aligned forward, which also
+// leaves partial sums of its output's per-channel batch statistics for the
+// batch norm that follows it in training, so that the batch norm reads one
+// vec4 per 24 outputs instead of every output (batch_norm_statistics_partials).
+// For row r of the tile, over its live pixels d = y - pivot, the pivot being
+// the row's first pixel: (pixels, pivot, sum of d, sum of d^2) at
+// rt_statistics[slot * rows + r]. A tile without live pixels
+// stores nothing; its slot keeps its zeros (0 pixels).
+@group(0) @binding(14) var<storage, read_write> rt_statistics: array<vec4<f32>>;
+
+// Row i of the tile's statistics from its pixels in blocks 0, 1 and 2; rows
+// past the end store nothing.
+fn rt_statistics_row(p: ImplicitGemm, tile: RtTile, i: u32, x: Window, y: Window, z: Window) {
+    let row = tile.row0 + i;
+    if row >= p.rows {
+        return;
+    }
+    // Aligned blocks are whole or past the end, and consecutive: block 1
+    // past the end means block 2 is too.
+    let zero = vec4<f32>(0.0);
+    let pivot = x.lo.x;
+    let d0 = x.lo - pivot;
+    let e0 = x.hi - pivot;
+    let d1 = select(zero, y.lo - pivot, tile.block1.live > 0u);
+    let e1 = select(zero, y.hi - pivot, tile.block1.live > 0u);
+    let d2 = select(zero, z.lo - pivot, tile.block2.live > 0u);
+    let e2 = select(zero, z.hi - pivot, tile.block2.live > 0u);
+    let ones = vec4<f32>(1.0);
+    let sum = dot(d0 + e0 + d1 + e1 + d2 + e2, ones);
+    let squares = dot(d0 * d0 + e0 * e0 + d1 * d1 + e1 * e1 + d2 * d2 + e2 * e2, ones);
+    let pixels = f32(tile.block0.live + tile.block1.live + tile.block2.live);
+    rt_statistics[tile.slot * p.rows + row] = vec4<f32>(pixels, pivot, sum, squares);
+}
+
+// Row by row with constant indices, so that the accumulators need no copy
+// (a loop over a copy made the forward 1.04x slower).
+fn rt_store_statistics(p: ImplicitGemm, tile: RtTile, acc0: ptr<function, array<vec4<f32>, 32>>, acc1: ptr<function, array<vec4<f32>, 32>>, acc2: ptr<function, array<vec4<f32>, 32>>) {
+    if tile.block0.live == 0u {
+        return;
+    }
+    rt_statistics_row(p, tile, 0u, Window((*acc0)[0], (*acc0)[1]), Window((*acc1)[0], (*acc1)[1]), Window((*acc2)[0], (*acc2)[1]));
+    rt_statistics_row(p, tile, 1u, Window((*acc0)[2], (*acc0)[3]), Window((*acc1)[2], (*acc1)[3]), Window((*acc2)[2], (*acc2)[3]));
+    rt_statistics_row(p, tile, 2u, Window((*acc0)[4], (*acc0)[5]), Window((*acc1)[4], (*acc1)[5]), Window((*acc2)[4], (*acc2)[5]));
+    rt_statistics_row(p, tile, 3u, Window((*acc0)[6], (*acc0)[7]), Window((*acc1)[6], (*acc1)[7]), Window((*acc2)[6], (*acc2)[7]));
+    rt_statistics_row(p, tile, 4u, Window((*acc0)[8], (*acc0)[9]), Window((*acc1)[8], (*acc1)[9]), Window((*acc2)[8], (*acc2)[9]));
+    rt_statistics_row(p, tile, 5u, Window((*acc0)[10], (*acc0)[11]), Window((*acc1)[10], (*acc1)[11]), Window((*acc2)[10], (*acc2)[11]));
+    rt_statistics_row(p, tile, 6u, Window((*acc0)[12], (*acc0)[13]), Window((*acc1)[12], (*acc1)[13]), Window((*acc2)[12], (*acc2)[13]));
+    rt_statistics_row(p, tile, 7u, Window((*acc0)[14], (*acc0)[15]), Window((*acc1)[14], (*acc1)[15]), Window((*acc2)[14], (*acc2)[15]));
+    rt_statistics_row(p, tile, 8u, Window((*acc0)[16], (*acc0)[17]), Window((*acc1)[16], (*acc1)[17]), Window((*acc2)[16], (*acc2)[17]));
+    rt_statistics_row(p, tile, 9u, Window((*acc0)[18], (*acc0)[19]), Window((*acc1)[18], (*acc1)[19]), Window((*acc2)[18], (*acc2)[19]));
+    rt_statistics_row(p, tile, 10u, Window((*acc0)[20], (*acc0)[21]), Window((*acc1)[20], (*acc1)[21]), Window((*acc2)[20], (*acc2)[21]));
+    rt_statistics_row(p, tile, 11u, Window((*acc0)[22], (*acc0)[23]), Window((*acc1)[22], (*acc1)[23]), Window((*acc2)[22], (*acc2)[23]));
+    rt_statistics_row(p, tile, 12u, Window((*acc0)[24], (*acc0)[25]), Window((*acc1)[24], (*acc1)[25]), Window((*acc2)[24], (*acc2)[25]));
+    rt_statistics_row(p, tile, 13u, Window((*acc0)[26], (*acc0)[27]), Window((*acc1)[26], (*acc1)[27]), Window((*acc2)[26], (*acc2)[27]));
+    rt_statistics_row(p, tile, 14u, Window((*acc0)[28], (*acc0)[29]), Window((*acc1)[28], (*acc1)[29]), Window((*acc2)[28], (*acc2)[29]));
+    rt_statistics_row(p, tile, 15u, Window((*acc0)[30], (*acc0)[31]), Window((*acc1)[30], (*acc1)[31]), Window((*acc2)[30], (*acc2)[31]));
+}
+
+@compute @workgroup_size(8)
+fn conv2d_implicit_gemm_aligned_statistics(ids: Ids) {
+    let p = rt_params;
+    var acc0: array<vec4<f32>, 32>;
+    var acc1: array<vec4<f32>, 32>;
+    var acc2: array<vec4<f32>, 32>;
+    let tile = rt_gemm(p, ids, &acc0, &acc1, &acc2);
+    rt_store_aligned(p, tile.block0, tile.row0, &acc0);
+    rt_store_aligned(p, tile.block1, tile.row0, &acc1);
+    rt_store_aligned(p, tile.block2, tile.row0, &acc2);
+    rt_store_statistics(p, tile, &acc0, &acc1, &acc2);
 }
 
 // Workgroup-memory tiles shared by the two tiled kernels, as vec4s of 4

@@ -21,10 +21,16 @@ const RUN: usize = 16;
 /// instead of 16.
 const CPU_RUN: usize = 256;
 
+/// Workgroup size of `batch_norm_statistics_partials`.
+const PARTIALS_WORKGROUP: u32 = 8;
+
 /// The four passes, each as a scalar kernel and a `_vec4` twin that binds
 /// the same tensors and serves planes of a multiple of 4 values.
 pub struct BatchNormKernels {
     statistics: [Kernel; 2],
+    /// The statistics from a convolution's partial sums (see
+    /// [`batch_norm_forward_train`]).
+    statistics_partials: Kernel,
     normalize: [Kernel; 2],
     backward_reduce: [Kernel; 2],
     backward_data: [Kernel; 2],
@@ -43,6 +49,7 @@ impl BatchNormKernels {
         };
         Self {
             statistics: pair("batch_norm_statistics", "batch_norm_statistics_vec4", 0),
+            statistics_partials: Kernel::new(device, &module, "batch_norm_statistics_partials", 0),
             normalize: pair("batch_norm_normalize", "batch_norm_normalize_vec4", 10),
             backward_reduce: pair("batch_norm_backward_reduce", "batch_norm_backward_reduce_vec4", 20),
             backward_data: pair("batch_norm_backward_data", "batch_norm_backward_data_vec4", 30),
@@ -152,6 +159,7 @@ struct StatisticsParams {
     eps: f32,
     momentum: f32,
     unbiased_factor: f32,
+    partials: u32,
 }
 
 #[repr(C)]
@@ -257,13 +265,17 @@ fn normalize(
 /// Training mode: normalises with the batch statistics (biased variance), writes
 /// `saved_mean` and `saved_inv_std` (`[C]`) for the backward pass, and updates
 /// `running_mean` / `running_var` in place with `momentum`; `y` gets the
-/// epilogue applied. All tensors distinct.
+/// epilogue applied. All tensors distinct. The statistics come from `x`, or
+/// from `partials` where given: the partial sums that the convolution which
+/// wrote `x` left of it
+/// ([`crate::layers::conv2d::conv2d_forward_statistics`]).
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_forward_train(
     device: &wgpu::Device,
     kernels: &Kernels,
     shape: BatchNormShape,
     x: &Tensor,
+    partials: Option<&Tensor>,
     gamma: &Tensor,
     beta: &Tensor,
     running_mean: &Tensor,
@@ -288,12 +300,28 @@ pub fn batch_norm_forward_train(
         eps,
         momentum,
         unbiased_factor: shape.unbiased_factor() as f32,
+        partials: partials.map_or(0, |t| t.shape[0] as u32),
     };
-    let statistics = shape.pick(&kernels.batch_norm.statistics).bind(
+    let (kernel, source, grid) = match partials {
+        Some(partials) => {
+            assert_eq!(
+                partials.shape[1..],
+                [shape.channels, 4],
+                "batch_norm_forward_train: partials {:?} vs {} channels",
+                partials.shape,
+                shape.channels
+            );
+            // One invocation per channel.
+            let grid = grid_1d(shape.channels, PARTIALS_WORKGROUP);
+            (&kernels.batch_norm.statistics_partials, partials, grid)
+        }
+        None => (shape.pick(&kernels.batch_norm.statistics), x, shape.reduce_grid()),
+    };
+    let statistics = kernel.bind(
         device,
         &params,
-        &[x, running_mean, running_var, saved_mean, saved_inv_std],
-        shape.reduce_grid(),
+        &[source, running_mean, running_var, saved_mean, saved_inv_std],
+        grid,
     );
     let normalize = normalize(
         device,
@@ -660,6 +688,7 @@ mod tests {
             kernels,
             shape,
             &x,
+            None,
             &gamma,
             &beta,
             &running_mean,
@@ -846,6 +875,7 @@ mod tests {
                 &ctx.kernels,
                 shape,
                 &x,
+                None,
                 &gamma,
                 &beta,
                 &running_mean,
@@ -891,6 +921,7 @@ mod tests {
             &ctx.kernels,
             shape,
             &x,
+            None,
             &gamma,
             &beta,
             &running_mean,

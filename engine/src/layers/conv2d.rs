@@ -167,6 +167,9 @@ struct ConvGemms {
     /// which load the epilogue's inputs and store as vec4 (see
     /// [`aligned_blocks`]).
     aligned: Option<GemmPair>,
+    /// Register tile: the aligned forward that also leaves partial batch
+    /// statistics of its output (see [`conv2d_forward_statistics`]).
+    aligned_statistics: Option<Kernel>,
     /// Compact tile: the GEMMs of 7-tap stride-2 convolutions (ImageNet
     /// ResNets' stem; see [`seven_taps_stride2`]). Their pipelines compile
     /// only for networks that have such a layer.
@@ -201,6 +204,8 @@ impl ConvGemms {
         };
         let aligned = (variant == Variant::RegisterTile)
             .then(|| pair("conv2d_implicit_gemm_aligned", "conv2d_implicit_gemm_aligned_fused", 10));
+        let aligned_statistics = (variant == Variant::RegisterTile)
+            .then(|| Kernel::new(device, module, "conv2d_implicit_gemm_aligned_statistics", 10));
         let seven_taps_stride2 = (variant == Variant::CompactTile).then(|| {
             pair(
                 "conv2d_implicit_gemm_compact_7_taps_stride2",
@@ -220,6 +225,7 @@ impl ConvGemms {
         Self {
             implicit_gemm,
             aligned,
+            aligned_statistics,
             seven_taps_stride2,
             three_taps_stride2,
             weight_grad,
@@ -842,19 +848,78 @@ pub fn conv2d_forward(
     w: &Tensor,
     y: &Tensor,
 ) -> Result<Vec<Dispatch>, EngineError> {
-    shape.validate();
-    check_len("x", x, shape.input_len(), shape);
-    check_len("w", w, shape.weight_len(), shape);
-    check_len("y", y, shape.output_len(), shape);
-    let k = &kernels.conv2d;
-    let (wt, transpose) = transposed_weights(device, k, shape, w, true)?;
-    let params = forward_params(shape, &wt.shape);
+    let (wt, transpose, params) = forward_weights(device, kernels, shape, x, w, y)?;
     // Training builds its pipelines once, before many steps: every layer
     // takes the specialised GEMMs.
     Ok(vec![
         transpose,
-        implicit_gemm(device, k, &params, &wt, x, y, None, SpecialisedLayers::All),
+        implicit_gemm(
+            device,
+            &kernels.conv2d,
+            &params,
+            &wt,
+            x,
+            y,
+            None,
+            SpecialisedLayers::All,
+        ),
     ])
+}
+
+/// [`conv2d_forward`] that also leaves partial sums of `y`'s per-channel
+/// batch statistics, for the training batch norm that normalises `y` to read
+/// instead of `y` ([`crate::layers::batch_norm::batch_norm_forward_train`]):
+/// the dispatches and the partials, `[slots, out_channels, 4]`. Only the
+/// register tile has such a GEMM, for output rows of a multiple of 8 pixels;
+/// elsewhere `None`, and the batch norm reads `y`.
+pub fn conv2d_forward_statistics(
+    device: &wgpu::Device,
+    kernels: &Kernels,
+    shape: &Conv2dShape,
+    x: &Tensor,
+    w: &Tensor,
+    y: &Tensor,
+) -> Result<Option<(Vec<Dispatch>, Tensor)>, EngineError> {
+    let k = &kernels.conv2d;
+    let wt_shape = transposed_shape(shape.kernel * shape.kernel, shape.out_channels, shape.in_channels);
+    if k.gemms.aligned_statistics.is_none() || !aligned_blocks(&forward_params(shape, &wt_shape)) {
+        return Ok(None);
+    }
+    let (wt, transpose, params) = forward_weights(device, kernels, shape, x, w, y)?;
+    let launch = launch(k, &params);
+    let kernel = k
+        .gemms(launch.packed)
+        .aligned_statistics
+        .as_ref()
+        .expect("checked above");
+    // Zeros: slots without live pixels are never written (see the shader).
+    let partials = Tensor::zeros(
+        device,
+        &[launch.params.row_block_stride as usize, shape.out_channels, 4],
+    )?;
+    let gemm = kernel
+        .bind(device, &launch.params, &[&wt, x, y, &partials], launch.grid)
+        .with_flops(params.flops());
+    Ok(Some((vec![transpose, gemm], partials)))
+}
+
+/// The forward's checks, its transposed weights with the dispatch that
+/// writes them, and its GEMM's parameters.
+fn forward_weights(
+    device: &wgpu::Device,
+    kernels: &Kernels,
+    shape: &Conv2dShape,
+    x: &Tensor,
+    w: &Tensor,
+    y: &Tensor,
+) -> Result<(Tensor, Dispatch, ImplicitGemmParams), EngineError> {
+    shape.validate();
+    check_len("x", x, shape.input_len(), shape);
+    check_len("w", w, shape.weight_len(), shape);
+    check_len("y", y, shape.output_len(), shape);
+    let (wt, transpose) = transposed_weights(device, &kernels.conv2d, shape, w, true)?;
+    let params = forward_params(shape, &wt.shape);
+    Ok((wt, transpose, params))
 }
 
 /// `y = relu?(conv2d(x, w) + bias[co] + residual?)`, the inference forward:
@@ -1684,6 +1749,117 @@ mod tests {
     #[test]
     fn conv2d_fused_compact_tile_epilogues_match_the_reference_forward_and_relu_backward() {
         with_and_without_subgroups(Variant::CompactTile, check_fused);
+    }
+
+    /// The forward that leaves partial batch statistics, then the training
+    /// batch norm from them, against the reference convolution and the
+    /// reference statistics of the convolution's own output. Shapes whose
+    /// output rows are 8 and 16 pixels (every aligned case: stride 1 and 2,
+    /// a 1x1 kernel), with rows past one register tile (20, 33), with the
+    /// last triple of pixel blocks part-live, and inputs whose outputs have
+    /// mean >> std or whose first output (each channel's pivot) is an
+    /// outlier.
+    fn check_forward_statistics(kernels: &Kernels) {
+        use crate::layers::batch_norm::{self, BatchNormShape, batch_norm_forward_train};
+        let Some(ctx) = context() else { return };
+        let (device, queue) = (ctx.device(), ctx.queue());
+        let mut rng = Rng::new(17);
+        let cases = [
+            (shape(2, 5, 8, 20, 3, 1, 1), 0.0, 0.0),
+            (shape(2, 3, 16, 16, 3, 2, 1), 0.0, 0.0),
+            (shape(1, 4, 16, 7, 1, 1, 0), 0.0, 0.0),
+            (shape(3, 5, 8, 33, 3, 1, 1), 50.0, 0.0),
+            (shape(2, 5, 8, 20, 3, 1, 1), 0.0, 200.0),
+        ];
+        for (s, offset, first_spike) in cases {
+            let mut x = rng.vec(s.input_len(), offset - 1.0, offset + 1.0);
+            x[0] += first_spike;
+            // Positive weights keep the offset in the output: mean >> std.
+            let w = rng.vec(s.weight_len(), 0.0, 1.0);
+            let bn = BatchNormShape {
+                batch: s.batch,
+                channels: s.out_channels,
+                spatial: s.out_h() * s.out_w(),
+            };
+            let c = [s.out_channels];
+            let gamma = rng.vec(s.out_channels, 0.5, 1.5);
+            let beta = rng.vec(s.out_channels, -1.0, 1.0);
+            let upload = |shape: &[usize], data: &[f64]| Tensor::from_f64(device, shape, data).unwrap();
+            let nan = |len: usize| Tensor::from_slice(device, &[len], &vec![f32::NAN; len]).unwrap();
+            let (xt, wt) = (upload(&[s.input_len()], &x), upload(&[s.weight_len()], &w));
+            let (gt, bt) = (upload(&c, &gamma), upload(&c, &beta));
+            let (running_mean, running_var) = (upload(&c, &vec![0.0; c[0]]), upload(&c, &vec![1.0; c[0]]));
+            let (saved_mean, saved_inv_std) = (nan(c[0]), nan(c[0]));
+            let (yt, normalised) = (nan(s.output_len()), nan(s.output_len()));
+            let (mut dispatches, partials) = conv2d_forward_statistics(device, kernels, &s, &xt, &wt, &yt)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{}: no statistics forward for {s:?}", describe(kernels)));
+            dispatches.extend(batch_norm_forward_train(
+                device,
+                kernels,
+                bn,
+                &yt,
+                Some(&partials),
+                &gt,
+                &bt,
+                &running_mean,
+                &running_var,
+                &saved_mean,
+                &saved_inv_std,
+                batch_norm::Epilogue::default(),
+                &normalised,
+                0.1,
+                1e-5,
+            ));
+            crate::kernel::submit(device, queue, &dispatches.iter().collect::<Vec<_>>());
+            let read = |t: &Tensor| t.read_blocking(device, queue).unwrap();
+            let what = |name: &str| format!("{name} {} offset {offset} spike {first_spike} {s:?}", describe(kernels));
+            let y = read(&yt);
+            // Sums of up to 45 products near 50: f32 rounding ~1e-5 relative.
+            assert_close(&what("y"), &y, &cpu::conv2d_forward(&s, &x, &w), 1e-4, 1e-5);
+            // The statistics of the GPU's own output, so that they test the
+            // reduction, not the convolution's rounding.
+            let y64: Vec<f64> = y.iter().map(|&v| v as f64).collect();
+            let want = batch_norm::cpu::batch_norm_forward_train(bn, &y64, &gamma, &beta, 1e-5);
+            let std = want.var.iter().fold(0.0f64, |m, &v| m.max(v.sqrt()));
+            assert_close(&what("mean"), &read(&saved_mean), &want.mean, 1e-4 * std, 1e-6);
+            assert_close(&what("inv_std"), &read(&saved_inv_std), &want.inv_std, 0.0, 1e-3);
+            let (mut mean, mut var) = (vec![0.0; c[0]], vec![1.0; c[0]]);
+            batch_norm::cpu::batch_norm_update_running(bn, &want.mean, &want.var, &mut mean, &mut var, 0.1);
+            assert_close(&what("running mean"), &read(&running_mean), &mean, 1e-5 * std, 1e-6);
+            assert_close(&what("running var"), &read(&running_var), &var, 0.0, 1e-3);
+            assert_close(&what("normalised"), &read(&normalised), &want.y, 1e-3, 1e-3);
+        }
+    }
+
+    #[test]
+    fn conv2d_forward_statistics_give_the_batch_norm_its_output_statistics_on_the_register_tile() {
+        with_and_without_subgroups(Variant::RegisterTile, check_forward_statistics);
+    }
+
+    #[test]
+    fn conv2d_forward_statistics_exist_only_for_the_register_tile_and_aligned_rows() {
+        let Some(ctx) = context() else { return };
+        let device = ctx.device();
+        let forward_statistics = |kernels: &Kernels, s: Conv2dShape| {
+            let zeros = |len: usize| Tensor::zeros(device, &[len]).unwrap();
+            let (x, w, y) = (zeros(s.input_len()), zeros(s.weight_len()), zeros(s.output_len()));
+            conv2d_forward_statistics(device, kernels, &s, &x, &w, &y)
+                .unwrap()
+                .is_some()
+        };
+        let aligned = shape(1, 3, 8, 16, 3, 1, 1);
+        let register_tile = Kernels::new(device, Variant::RegisterTile);
+        assert!(forward_statistics(&register_tile, aligned));
+        // Rows of 7 and of 4 pixels: the batch norm reads the output itself.
+        assert!(!forward_statistics(&register_tile, shape(1, 3, 7, 16, 3, 1, 1)));
+        assert!(!forward_statistics(&register_tile, shape(1, 3, 8, 16, 3, 2, 1)));
+        for variant in [Variant::WorkgroupTile, Variant::CompactTile] {
+            assert!(
+                !forward_statistics(&Kernels::new(device, variant), aligned),
+                "{variant:?}"
+            );
+        }
     }
 
     #[test]

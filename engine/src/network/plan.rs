@@ -4,7 +4,9 @@
 
 use super::graph::{BN_EPS, BN_MOMENTUM, GradId, GradStep, Graph, Op, TensorId};
 use crate::layers::batch_norm::{Epilogue, batch_norm_backward, batch_norm_forward_eval, batch_norm_forward_train};
-use crate::layers::conv2d::{conv2d_backward_data, conv2d_backward_data_relu, conv2d_backward_weight, conv2d_forward};
+use crate::layers::conv2d::{
+    conv2d_backward_data, conv2d_backward_data_relu, conv2d_backward_weight, conv2d_forward, conv2d_forward_statistics,
+};
 use crate::layers::linear::{linear_backward_data, linear_backward_weight, linear_forward};
 use crate::layers::loss::{LossShape, softmax_cross_entropy_backward, softmax_cross_entropy_forward, top_k_correct};
 use crate::layers::pool::{global_avg_pool_backward, global_avg_pool_forward, max_pool_backward, max_pool_forward};
@@ -114,19 +116,33 @@ impl Plan {
                 order[*fusion.absorbed.last().expect("a fusion absorbs an op")] = Some(index);
             }
         }
+        // Training: the partial batch statistics that a convolution left of
+        // its output (by tensor), for the batch norm that normalises it.
+        let mut partials: Vec<Option<Tensor>> = vec![None; graph.tensors.len()];
         let mut forward = Vec::new();
         for index in order.into_iter().flatten() {
             let op = &graph.ops[index];
             let y = &acts[op.output()];
             match *op {
-                Op::Conv2d { shape, x, w, .. } => forward.extend(conv2d_forward(
-                    device,
-                    kernels,
-                    &shape,
-                    &acts[x],
-                    &param(&params, w),
-                    y,
-                )?),
+                Op::Conv2d { shape, x, w, y: out } => {
+                    let (x, w) = (&acts[x], &param(&params, w));
+                    let normalised = graph
+                        .ops
+                        .iter()
+                        .any(|op| matches!(*op, Op::BatchNorm { x, .. } if x == out));
+                    let with_statistics = if train && normalised {
+                        conv2d_forward_statistics(device, kernels, &shape, x, w, y)?
+                    } else {
+                        None
+                    };
+                    match with_statistics {
+                        Some((dispatches, sums)) => {
+                            forward.extend(dispatches);
+                            partials[out] = Some(sums);
+                        }
+                        None => forward.extend(conv2d_forward(device, kernels, &shape, x, w, y)?),
+                    }
+                }
                 Op::BatchNorm {
                     shape,
                     x,
@@ -157,6 +173,7 @@ impl Plan {
                             kernels,
                             shape,
                             &acts[x],
+                            partials[x].as_ref(),
                             &gamma,
                             &beta,
                             mean,
