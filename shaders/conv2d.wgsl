@@ -543,6 +543,12 @@ fn rt_store_aligned(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<functio
     }
 }
 
+fn rt_store_tile_aligned(p: ImplicitGemm, tile: RtTile, acc0: ptr<function, array<vec4<f32>, 32>>, acc1: ptr<function, array<vec4<f32>, 32>>, acc2: ptr<function, array<vec4<f32>, 32>>) {
+    rt_store_aligned(p, tile.block0, tile.row0, acc0);
+    rt_store_aligned(p, tile.block1, tile.row0, acc1);
+    rt_store_aligned(p, tile.block2, tile.row0, acc2);
+}
+
 @compute @workgroup_size(8)
 fn conv2d_implicit_gemm_aligned(ids: Ids) {
     let p = rt_params;
@@ -550,9 +556,7 @@ fn conv2d_implicit_gemm_aligned(ids: Ids) {
     var acc1: array<vec4<f32>, 32>;
     var acc2: array<vec4<f32>, 32>;
     let tile = rt_gemm(p, ids, &acc0, &acc1, &acc2);
-    rt_store_aligned(p, tile.block0, tile.row0, &acc0);
-    rt_store_aligned(p, tile.block1, tile.row0, &acc1);
-    rt_store_aligned(p, tile.block2, tile.row0, &acc2);
+    rt_store_tile_aligned(p, tile, &acc0, &acc1, &acc2);
 }
 
 fn rt_epilogue_aligned(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<function, array<vec4<f32>, 32>>) {
@@ -648,9 +652,7 @@ fn conv2d_implicit_gemm_aligned_statistics(ids: Ids) {
     var acc1: array<vec4<f32>, 32>;
     var acc2: array<vec4<f32>, 32>;
     let tile = rt_gemm(p, ids, &acc0, &acc1, &acc2);
-    rt_store_aligned(p, tile.block0, tile.row0, &acc0);
-    rt_store_aligned(p, tile.block1, tile.row0, &acc1);
-    rt_store_aligned(p, tile.block2, tile.row0, &acc2);
+    rt_store_tile_aligned(p, tile, &acc0, &acc1, &acc2);
     rt_store_statistics(p, tile, &acc0, &acc1, &acc2);
 }
 
