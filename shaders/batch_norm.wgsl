@@ -394,6 +394,40 @@ fn batch_norm_backward_reduce_vec4(
     store_backward_sums(thread, channel, vec2<f32>(dot(dy_sum, vec4<f32>(1.0)), dot(dy_x_sum, vec4<f32>(1.0))));
 }
 
+struct ReducePartialsParams {
+    channels: u32,
+    partials: u32,
+}
+
+// batch_norm_backward_reduce_partials: the same sums from the partial sums
+// that the backward-data convolution which wrote dy left
+// (conv2d_implicit_gemm_aligned_fused_sums): `partials` per channel, each
+// (sum of dy, sum of dy * (x - pivot), pivot, 0); one invocation per
+// channel, as batch_norm_statistics_partials.
+@group(0) @binding(40) var<uniform> partials_params: ReducePartialsParams;
+@group(0) @binding(41) var<storage, read> partials_sums: array<vec4<f32>>;
+@group(0) @binding(42) var<storage, read> partials_saved_mean: array<f32>;
+@group(0) @binding(43) var<storage, read> partials_saved_inv_std: array<f32>;
+@group(0) @binding(44) var<storage, read_write> partials_dgamma: array<f32>;
+@group(0) @binding(45) var<storage, read_write> partials_dbeta: array<f32>;
+
+@compute @workgroup_size(8)
+fn batch_norm_backward_reduce_partials(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let p = partials_params;
+    let channel = gid.x;
+    if channel >= p.channels {
+        return;
+    }
+    let mean = partials_saved_mean[channel];
+    var sums = vec2<f32>(0.0);
+    for (var i = channel; i < p.partials * p.channels; i += p.channels) {
+        let t = partials_sums[i];
+        sums += vec2<f32>(t.x, t.y + (t.z - mean) * t.x);
+    }
+    partials_dbeta[channel] = sums.x;
+    partials_dgamma[channel] = sums.y * partials_saved_inv_std[channel];
+}
+
 struct BackwardDataParams {
     channels: u32,
     spatial: u32,

@@ -559,19 +559,32 @@ fn conv2d_implicit_gemm_aligned(ids: Ids) {
     rt_store_tile_aligned(p, tile, &acc0, &acc1, &acc2);
 }
 
+// The epilogue of row `row` of an aligned block, whose first quad in dst is
+// `quad`: stored, and returned.
+fn rt_epilogue_row_aligned(p: ImplicitGemm, block: RtBlock, row: u32, quad: u32, lo: vec4<f32>, hi: vec4<f32>) -> Window {
+    var residual = Window(vec4<f32>(0.0), vec4<f32>(0.0));
+    var mask = residual;
+    if (p.epilogue & EPILOGUE_RESIDUAL) != 0u {
+        residual = Window(rt_residual4[quad], rt_residual4[quad + 1u]);
+    }
+    if (p.epilogue & EPILOGUE_MASK) != 0u {
+        mask = Window(rt_mask4[quad], rt_mask4[quad + 1u]);
+    }
+    let out = rt_epilogue_row(p, row, lo, hi, residual, mask);
+    rt_store_row_aligned(p, block, row, out);
+    return out;
+}
+
+// Quad of a block's row in dst; rows past the end read the last row's
+// (valid, and not stored).
+fn rt_quad_aligned(p: ImplicitGemm, block: RtBlock, row: u32) -> u32 {
+    return rt_dst_index(p, block, min(row, p.rows - 1u)) / 4u;
+}
+
 fn rt_epilogue_aligned(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<function, array<vec4<f32>, 32>>) {
     var rows = *acc;
     for (var i = 0u; i < 16u; i++) {
-        let quad = rt_dst_index(p, block, min(row0 + i, p.rows - 1u)) / 4u;
-        var residual = Window(vec4<f32>(0.0), vec4<f32>(0.0));
-        var mask = residual;
-        if (p.epilogue & EPILOGUE_RESIDUAL) != 0u {
-            residual = Window(rt_residual4[quad], rt_residual4[quad + 1u]);
-        }
-        if (p.epilogue & EPILOGUE_MASK) != 0u {
-            mask = Window(rt_mask4[quad], rt_mask4[quad + 1u]);
-        }
-        rt_store_row_aligned(p, block, row0 + i, rt_epilogue_row(p, row0 + i, rows[2u * i], rows[2u * i + 1u], residual, mask));
+        rt_epilogue_row_aligned(p, block, row0 + i, rt_quad_aligned(p, block, row0 + i), rows[2u * i], rows[2u * i + 1u]);
     }
 }
 
@@ -654,6 +667,59 @@ fn conv2d_implicit_gemm_aligned_statistics(ids: Ids) {
     let tile = rt_gemm(p, ids, &acc0, &acc1, &acc2);
     rt_store_tile_aligned(p, tile, &acc0, &acc1, &acc2);
     rt_store_statistics(p, tile, &acc0, &acc1, &acc2);
+}
+
+// conv2d_implicit_gemm_aligned_fused_sums: the aligned fused backward-data
+// where what it writes, dst, is the output gradient of a training batch norm
+// whose input is `rt_sums_x`: it also leaves partial sums of that batch
+// norm's backward reduce, so that the reduce reads one vec4 per 24 values
+// instead of x and dy (batch_norm_backward_reduce_partials). For row r of
+// the tile, over its live pixels: (sum of dst, sum of dst * (x - pivot),
+// pivot, 0) at rt_sums[slot * rows + r], the pivot being the row's first x.
+// A tile without live pixels stores nothing; its slot keeps its zeros.
+@group(0) @binding(17) var<storage, read> rt_sums_x: array<vec4<f32>>;
+@group(0) @binding(18) var<storage, read_write> rt_sums: array<vec4<f32>>;
+
+// The epilogue of one block, its rows' sums added to `sums` (the pivots set
+// by block 0, `first`).
+fn rt_epilogue_aligned_sums(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<function, array<vec4<f32>, 32>>, sums: ptr<function, array<vec4<f32>, 16>>, first: bool) {
+    var rows = *acc;
+    let ones = vec4<f32>(1.0);
+    let live = select(0.0, 1.0, block.live > 0u);
+    for (var i = 0u; i < 16u; i++) {
+        let quad = rt_quad_aligned(p, block, row0 + i);
+        let dy = rt_epilogue_row_aligned(p, block, row0 + i, quad, rows[2u * i], rows[2u * i + 1u]);
+        let x = Window(rt_sums_x[quad], rt_sums_x[quad + 1u]);
+        var s = (*sums)[i];
+        if first {
+            s.z = x.lo.x;
+        }
+        s.x += live * dot(dy.lo + dy.hi, ones);
+        s.y += live * dot(dy.lo * (x.lo - s.z) + dy.hi * (x.hi - s.z), ones);
+        (*sums)[i] = s;
+    }
+}
+
+@compute @workgroup_size(8)
+fn conv2d_implicit_gemm_aligned_fused_sums(ids: Ids) {
+    let p = rt_params;
+    var acc0: array<vec4<f32>, 32>;
+    var acc1: array<vec4<f32>, 32>;
+    var acc2: array<vec4<f32>, 32>;
+    let tile = rt_gemm(p, ids, &acc0, &acc1, &acc2);
+    var sums: array<vec4<f32>, 16>;
+    rt_epilogue_aligned_sums(p, tile.block0, tile.row0, &acc0, &sums, true);
+    rt_epilogue_aligned_sums(p, tile.block1, tile.row0, &acc1, &sums, false);
+    rt_epilogue_aligned_sums(p, tile.block2, tile.row0, &acc2, &sums, false);
+    if tile.block0.live == 0u {
+        return;
+    }
+    for (var i = 0u; i < 16u; i++) {
+        if tile.row0 + i >= p.rows {
+            return;
+        }
+        rt_sums[tile.slot * p.rows + tile.row0 + i] = sums[i];
+    }
 }
 
 // Workgroup-memory tiles shared by the two tiled kernels, as vec4s of 4

@@ -21,7 +21,7 @@ const RUN: usize = 16;
 /// instead of 16.
 const CPU_RUN: usize = 256;
 
-/// Workgroup size of `batch_norm_statistics_partials`.
+/// Workgroup size of the passes over a convolution's partial sums.
 const PARTIALS_WORKGROUP: u32 = 8;
 
 /// The four passes, each as a scalar kernel and a `_vec4` twin that binds
@@ -33,6 +33,9 @@ pub struct BatchNormKernels {
     statistics_partials: Kernel,
     normalize: [Kernel; 2],
     backward_reduce: [Kernel; 2],
+    /// The backward reduce from a convolution's partial sums (see
+    /// [`batch_norm_backward`]).
+    backward_reduce_partials: Kernel,
     backward_data: [Kernel; 2],
     /// Values per invocation of the element-wise passes.
     run: usize,
@@ -52,6 +55,7 @@ impl BatchNormKernels {
             statistics_partials: Kernel::new(device, &module, "batch_norm_statistics_partials", 0),
             normalize: pair("batch_norm_normalize", "batch_norm_normalize_vec4", 10),
             backward_reduce: pair("batch_norm_backward_reduce", "batch_norm_backward_reduce_vec4", 20),
+            backward_reduce_partials: Kernel::new(device, &module, "batch_norm_backward_reduce_partials", 40),
             backward_data: pair("batch_norm_backward_data", "batch_norm_backward_data_vec4", 30),
             run: match variant {
                 Variant::WorkgroupTile => RUN,
@@ -148,6 +152,24 @@ impl BatchNormShape {
     fn reduce_grid(&self) -> [u32; 3] {
         [self.channels as u32, 1, 1]
     }
+
+    /// The passes over a convolution's partial sums: one invocation per channel.
+    fn partials_grid(&self) -> [u32; 3] {
+        grid_1d(self.channels, PARTIALS_WORKGROUP)
+    }
+}
+
+/// Panics unless `partials` holds a convolution's partial sums for `shape`:
+/// `[slots, channels, 4]`.
+#[track_caller]
+fn check_partials(what: &str, shape: BatchNormShape, partials: &Tensor) {
+    assert_eq!(
+        partials.shape[1..],
+        [shape.channels, 4],
+        "{what}: partials {:?} vs {} channels",
+        partials.shape,
+        shape.channels
+    );
 }
 
 #[repr(C)]
@@ -181,6 +203,13 @@ struct BackwardReduceParams {
     batch: u32,
     channels: u32,
     spatial: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ReducePartialsParams {
+    channels: u32,
+    partials: u32,
 }
 
 #[repr(C)]
@@ -304,16 +333,8 @@ pub fn batch_norm_forward_train(
     };
     let (kernel, source, grid) = match partials {
         Some(partials) => {
-            assert_eq!(
-                partials.shape[1..],
-                [shape.channels, 4],
-                "batch_norm_forward_train: partials {:?} vs {} channels",
-                partials.shape,
-                shape.channels
-            );
-            // One invocation per channel.
-            let grid = grid_1d(shape.channels, PARTIALS_WORKGROUP);
-            (&kernels.batch_norm.statistics_partials, partials, grid)
+            check_partials("batch_norm_forward_train", shape, partials);
+            (&kernels.batch_norm.statistics_partials, partials, shape.partials_grid())
         }
         None => (shape.pick(&kernels.batch_norm.statistics), x, shape.reduce_grid()),
     };
@@ -377,6 +398,9 @@ pub fn batch_norm_forward_eval(
 
 /// Backward of [`batch_norm_forward_train`] given its input `x` and saved
 /// statistics: overwrites `dx`, `dgamma` and `dbeta`. All tensors distinct.
+/// The reduce (`dgamma`, `dbeta`) reads `x` and `dy`, or `partials` where
+/// given: the partial sums that the convolution which wrote `dy` left
+/// ([`crate::layers::conv2d::conv2d_backward_data_relu`]).
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_backward(
     device: &wgpu::Device,
@@ -384,6 +408,7 @@ pub fn batch_norm_backward(
     shape: BatchNormShape,
     x: &Tensor,
     dy: &Tensor,
+    partials: Option<&Tensor>,
     gamma: &Tensor,
     saved_mean: &Tensor,
     saved_inv_std: &Tensor,
@@ -396,17 +421,34 @@ pub fn batch_norm_backward(
         &[x, dy, dx],
         &[gamma, saved_mean, saved_inv_std, dgamma, dbeta],
     );
-    let reduce_params = BackwardReduceParams {
-        batch: shape.batch as u32,
-        channels: shape.channels as u32,
-        spatial: shape.spatial as u32,
+    let reduce = match partials {
+        Some(partials) => {
+            check_partials("batch_norm_backward", shape, partials);
+            let params = ReducePartialsParams {
+                channels: shape.channels as u32,
+                partials: partials.shape[0] as u32,
+            };
+            kernels.batch_norm.backward_reduce_partials.bind(
+                device,
+                &params,
+                &[partials, saved_mean, saved_inv_std, dgamma, dbeta],
+                shape.partials_grid(),
+            )
+        }
+        None => {
+            let params = BackwardReduceParams {
+                batch: shape.batch as u32,
+                channels: shape.channels as u32,
+                spatial: shape.spatial as u32,
+            };
+            shape.pick(&kernels.batch_norm.backward_reduce).bind(
+                device,
+                &params,
+                &[x, dy, saved_mean, saved_inv_std, dgamma, dbeta],
+                shape.reduce_grid(),
+            )
+        }
     };
-    let reduce = shape.pick(&kernels.batch_norm.backward_reduce).bind(
-        device,
-        &reduce_params,
-        &[x, dy, saved_mean, saved_inv_std, dgamma, dbeta],
-        shape.reduce_grid(),
-    );
     let run = kernels.batch_norm.run;
     let data_params = BackwardDataParams {
         channels: shape.channels as u32,
@@ -706,6 +748,7 @@ mod tests {
             shape,
             &x,
             &dy,
+            None,
             &gamma,
             &saved_mean,
             &saved_inv_std,

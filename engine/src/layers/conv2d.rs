@@ -170,6 +170,10 @@ struct ConvGemms {
     /// Register tile: the aligned forward that also leaves partial batch
     /// statistics of its output (see [`conv2d_forward_statistics`]).
     aligned_statistics: Option<Kernel>,
+    /// Register tile: the aligned fused backward-data that also leaves
+    /// partial sums of a batch norm's backward reduce (see
+    /// [`conv2d_backward_data_relu`]).
+    aligned_fused_sums: Option<Kernel>,
     /// Compact tile: the GEMMs of 7-tap stride-2 convolutions (ImageNet
     /// ResNets' stem; see [`seven_taps_stride2`]). Their pipelines compile
     /// only for networks that have such a layer.
@@ -206,6 +210,8 @@ impl ConvGemms {
             .then(|| pair("conv2d_implicit_gemm_aligned", "conv2d_implicit_gemm_aligned_fused", 10));
         let aligned_statistics = (variant == Variant::RegisterTile)
             .then(|| Kernel::new(device, module, "conv2d_implicit_gemm_aligned_statistics", 10));
+        let aligned_fused_sums = (variant == Variant::RegisterTile)
+            .then(|| Kernel::new(device, module, "conv2d_implicit_gemm_aligned_fused_sums", 10));
         let seven_taps_stride2 = (variant == Variant::CompactTile).then(|| {
             pair(
                 "conv2d_implicit_gemm_compact_7_taps_stride2",
@@ -226,6 +232,7 @@ impl ConvGemms {
             implicit_gemm,
             aligned,
             aligned_statistics,
+            aligned_fused_sums,
             seven_taps_stride2,
             three_taps_stride2,
             weight_grad,
@@ -848,7 +855,8 @@ pub fn conv2d_forward(
     w: &Tensor,
     y: &Tensor,
 ) -> Result<Vec<Dispatch>, EngineError> {
-    let (wt, transpose, params) = forward_weights(device, kernels, shape, x, w, y)?;
+    let (wt, transpose) = checked_weights(device, kernels, shape, x, w, y, true)?;
+    let params = forward_params(shape, &wt.shape);
     // Training builds its pipelines once, before many steps: every layer
     // takes the specialised GEMMs.
     Ok(vec![
@@ -885,41 +893,15 @@ pub fn conv2d_forward_statistics(
     if k.gemms.aligned_statistics.is_none() || !aligned_blocks(&forward_params(shape, &wt_shape)) {
         return Ok(None);
     }
-    let (wt, transpose, params) = forward_weights(device, kernels, shape, x, w, y)?;
-    let launch = launch(k, &params);
+    let (wt, transpose) = checked_weights(device, kernels, shape, x, w, y, true)?;
+    let launch = launch(k, &forward_params(shape, &wt.shape));
     let kernel = k
         .gemms(launch.packed)
         .aligned_statistics
         .as_ref()
         .expect("checked above");
-    // Zeros: slots without live pixels are never written (see the shader).
-    let partials = Tensor::zeros(
-        device,
-        &[launch.params.row_block_stride as usize, shape.out_channels, 4],
-    )?;
-    let gemm = kernel
-        .bind(device, &launch.params, &[&wt, x, y, &partials], launch.grid)
-        .with_flops(params.flops());
+    let (gemm, partials) = bind_with_partials(device, kernel, &launch, shape.out_channels, &[&wt, x, y])?;
     Ok(Some((vec![transpose, gemm], partials)))
-}
-
-/// The forward's checks, its transposed weights with the dispatch that
-/// writes them, and its GEMM's parameters.
-fn forward_weights(
-    device: &wgpu::Device,
-    kernels: &Kernels,
-    shape: &Conv2dShape,
-    x: &Tensor,
-    w: &Tensor,
-    y: &Tensor,
-) -> Result<(Tensor, Dispatch, ImplicitGemmParams), EngineError> {
-    shape.validate();
-    check_len("x", x, shape.input_len(), shape);
-    check_len("w", w, shape.weight_len(), shape);
-    check_len("y", y, shape.output_len(), shape);
-    let (wt, transpose) = transposed_weights(device, &kernels.conv2d, shape, w, true)?;
-    let params = forward_params(shape, &wt.shape);
-    Ok((wt, transpose, params))
 }
 
 /// `y = relu?(conv2d(x, w) + bias[co] + residual?)`, the inference forward:
@@ -1008,6 +990,14 @@ pub fn conv2d_backward_data(
 /// where `relu_output > 0`, else 0; with `residual` (the gradient that the
 /// ReLU's output gets from its other reader, e.g. a residual block's
 /// shortcut) the ReLU backward of the summed gradient. Overwrites `dx`.
+///
+/// Where `dx` is the output gradient of a training batch norm whose input is
+/// `batch_norm_input`, and the kernels have a GEMM for it (the register
+/// tile, at stride 1, one phase, for input rows of a multiple of 8 pixels),
+/// it also leaves partial sums of that batch norm's backward reduce, which
+/// the batch norm reads instead of its input and `dx`
+/// ([`crate::layers::batch_norm::batch_norm_backward`]): returned with the
+/// dispatches, `[slots, in_channels, 4]`.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_data_relu(
     device: &wgpu::Device,
@@ -1017,8 +1007,9 @@ pub fn conv2d_backward_data_relu(
     w: &Tensor,
     residual: Option<&Tensor>,
     relu_output: &Tensor,
+    batch_norm_input: Option<&Tensor>,
     dx: &Tensor,
-) -> Result<Vec<Dispatch>, EngineError> {
+) -> Result<(Vec<Dispatch>, Option<Tensor>), EngineError> {
     check_len("relu_output", relu_output, shape.input_len(), shape);
     if let Some(r) = residual {
         check_len("residual", r, shape.input_len(), shape);
@@ -1030,7 +1021,98 @@ pub fn conv2d_backward_data_relu(
         relu: false,
         mask: Some(relu_output),
     };
-    backward_data(device, kernels, shape, dy, w, dx, Some(&epilogue))
+    if let Some(bn_x) = batch_norm_input {
+        check_len("batch_norm_input", bn_x, shape.input_len(), shape);
+        if let Some((dispatches, partials)) = backward_data_sums(device, kernels, shape, dy, w, &epilogue, bn_x, dx)? {
+            return Ok((dispatches, Some(partials)));
+        }
+    }
+    Ok((backward_data(device, kernels, shape, dy, w, dx, Some(&epilogue))?, None))
+}
+
+/// The backward-data of [`conv2d_backward_data_relu`] with the partial sums
+/// of the batch norm whose input is `bn_x`, where there is a GEMM for it.
+#[allow(clippy::too_many_arguments)]
+fn backward_data_sums(
+    device: &wgpu::Device,
+    kernels: &Kernels,
+    shape: &Conv2dShape,
+    dy: &Tensor,
+    w: &Tensor,
+    epilogue: &Epilogue,
+    bn_x: &Tensor,
+    dx: &Tensor,
+) -> Result<Option<(Vec<Dispatch>, Tensor)>, EngineError> {
+    let k = &kernels.conv2d;
+    let wt_shape = transposed_shape(shape.kernel * shape.kernel, shape.in_channels, shape.out_channels);
+    let phases = backward_data_phases(shape, &wt_shape);
+    let [params] = phases.as_slice() else {
+        return Ok(None);
+    };
+    if k.gemms.aligned_fused_sums.is_none() || !aligned_blocks(params) {
+        return Ok(None);
+    }
+    let (wt, transpose) = checked_weights(device, kernels, shape, dy, w, dx, false)?;
+    let launch = launch(
+        k,
+        &ImplicitGemmParams {
+            epilogue: epilogue.flags(),
+            ..*params
+        },
+    );
+    let kernel = k
+        .gemms(launch.packed)
+        .aligned_fused_sums
+        .as_ref()
+        .expect("checked above");
+    let residual = epilogue.residual.unwrap_or(&wt);
+    let mask = epilogue.mask.expect("a ReLU's backward");
+    let tensors = [&wt, dy, dx, epilogue.bias, residual, mask, bn_x];
+    let (gemm, partials) = bind_with_partials(device, kernel, &launch, shape.in_channels, &tensors)?;
+    Ok(Some((vec![transpose, gemm], partials)))
+}
+
+/// The checks of a GEMM's source and destination, forward (`rows_are_outputs`:
+/// x and y) or backward-data (dy and dx), and its transposed weights with the
+/// dispatch that writes them.
+fn checked_weights(
+    device: &wgpu::Device,
+    kernels: &Kernels,
+    shape: &Conv2dShape,
+    src: &Tensor,
+    w: &Tensor,
+    dst: &Tensor,
+    rows_are_outputs: bool,
+) -> Result<(Tensor, Dispatch), EngineError> {
+    shape.validate();
+    let (src_name, src_len, dst_name, dst_len) = if rows_are_outputs {
+        ("x", shape.input_len(), "y", shape.output_len())
+    } else {
+        ("dy", shape.output_len(), "dx", shape.input_len())
+    };
+    check_len(src_name, src, src_len, shape);
+    check_len("w", w, shape.weight_len(), shape);
+    check_len(dst_name, dst, dst_len, shape);
+    transposed_weights(device, &kernels.conv2d, shape, w, rows_are_outputs)
+}
+
+/// Binds `kernel`, a GEMM that also leaves partial sums per row (`rows`
+/// channels), to `tensors` and the partials, `[slots, rows, 4]`, which it
+/// returns. Zeros: slots without live pixels are never written (see the
+/// shader).
+fn bind_with_partials(
+    device: &wgpu::Device,
+    kernel: &Kernel,
+    launch: &Launch,
+    rows: usize,
+    tensors: &[&Tensor],
+) -> Result<(Dispatch, Tensor), EngineError> {
+    let partials = Tensor::zeros(device, &[launch.params.row_block_stride as usize, rows, 4])?;
+    let tensors: Vec<&Tensor> = tensors.iter().copied().chain([&partials]).collect();
+    let gemm = kernel
+        .bind(device, &launch.params, &tensors, launch.grid)
+        .with_flops(launch.params.flops());
+    Ok((gemm, partials))
 }
 
 fn backward_data(
@@ -1042,14 +1124,30 @@ fn backward_data(
     dx: &Tensor,
     epilogue: Option<&Epilogue>,
 ) -> Result<Vec<Dispatch>, EngineError> {
-    shape.validate();
-    check_len("dy", dy, shape.output_len(), shape);
-    check_len("w", w, shape.weight_len(), shape);
-    check_len("dx", dx, shape.input_len(), shape);
-    let k = &kernels.conv2d;
-    let (wt, transpose) = transposed_weights(device, k, shape, w, false)?;
+    let (wt, transpose) = checked_weights(device, kernels, shape, dy, w, dx, false)?;
     let mut dispatches = vec![transpose];
+    // Backward-data never reads 3 taps at source stride 2: any `layers`.
+    dispatches.extend(backward_data_phases(shape, &wt.shape).iter().map(|params| {
+        implicit_gemm(
+            device,
+            &kernels.conv2d,
+            params,
+            &wt,
+            dy,
+            dx,
+            epilogue,
+            SpecialisedLayers::All,
+        )
+    }));
+    Ok(dispatches)
+}
+
+/// The GEMM of each stride phase of backward-data over transposed weights
+/// of shape `wt_shape`, phases without columns left out (a phase without
+/// taps still runs: it writes the zeros of its pixels).
+fn backward_data_phases(shape: &Conv2dShape, wt_shape: &[usize]) -> Vec<ImplicitGemmParams> {
     let s = shape.stride;
+    let mut phases = Vec::new();
     for phase_h in 0..s {
         let ph = phase(shape.in_h, shape.kernel, s, shape.pad, phase_h);
         for phase_w in 0..s {
@@ -1058,13 +1156,12 @@ fn backward_data(
             if columns == 0 {
                 continue;
             }
-            // A phase without taps still runs: it writes the zeros of its pixels.
-            let params = ImplicitGemmParams {
+            phases.push(ImplicitGemmParams {
                 batch: shape.batch as u32,
                 channels: shape.out_channels as u32,
                 rows: shape.in_channels as u32,
-                rows_padded: wt.shape[2] as u32,
-                channels_padded: wt.shape[1] as u32,
+                rows_padded: wt_shape[2] as u32,
+                channels_padded: wt_shape[1] as u32,
                 src_h: shape.out_h() as u32,
                 src_w: shape.out_w() as u32,
                 dst_h: shape.in_h as u32,
@@ -1088,21 +1185,10 @@ fn backward_data(
                 epilogue: 0,
                 row_block_stride: 0,
                 tile_row_quads: 0,
-            };
-            // Backward-data never reads 3 taps at source stride 2: any `layers`.
-            dispatches.push(implicit_gemm(
-                device,
-                k,
-                &params,
-                &wt,
-                dy,
-                dx,
-                epilogue,
-                SpecialisedLayers::All,
-            ));
+            });
         }
     }
-    Ok(dispatches)
+    phases
 }
 
 /// `dw = dL/dw` given the forward input `x` and `dy = dL/dy` (overwrites `dw`).
@@ -1705,7 +1791,8 @@ mod tests {
                 let len = s.input_len();
                 let dxt = Tensor::from_slice(device, &[len], &vec![f32::NAN; len]).unwrap();
                 let r = with_residual.then_some(&rt);
-                let dispatches = conv2d_backward_data_relu(device, kernels, &s, &dyt, &wflat, r, &mask, &dxt).unwrap();
+                let (dispatches, _) =
+                    conv2d_backward_data_relu(device, kernels, &s, &dyt, &wflat, r, &mask, None, &dxt).unwrap();
                 entry_points.extend(dispatches.iter().map(Dispatch::entry_point));
                 crate::kernel::submit(device, queue, &dispatches.iter().collect::<Vec<_>>());
                 let want: Vec<f64> = (0..len)
@@ -1832,31 +1919,143 @@ mod tests {
         }
     }
 
+    /// The backward-data that runs a ReLU's backward and leaves partial sums
+    /// of a batch norm's backward reduce, then that batch norm's backward
+    /// from them, against the reference: the ReLU's input gradient, and the
+    /// batch norm's gradients for that output gradient. Stride-1 shapes with
+    /// input rows of 8 and 16 pixels, 20 and 7 channels (rows past one
+    /// register tile, and fewer than one), the last triple of pixel blocks
+    /// part-live, with and without the residual gradient, and a batch-norm
+    /// input with mean >> std.
+    fn check_backward_data_sums(kernels: &Kernels) {
+        use crate::layers::batch_norm::{self, BatchNormShape, batch_norm_backward};
+        let Some(ctx) = context() else { return };
+        let (device, queue) = (ctx.device(), ctx.queue());
+        let mut rng = Rng::new(19);
+        let cases = [
+            (shape(2, 20, 8, 5, 3, 1, 1), 0.0),
+            (shape(1, 7, 16, 4, 1, 1, 0), 0.0),
+            (shape(3, 16, 8, 16, 3, 1, 1), 50.0),
+        ];
+        for ((s, offset), with_residual) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
+            let w = rng.vec(s.weight_len(), -1.0, 1.0);
+            let dy = rng.vec(s.output_len(), -1.0, 1.0);
+            let relu_output = rng.vec(s.input_len(), -1.0, 1.0);
+            let residual = rng.vec(s.input_len(), -1.0, 1.0);
+            let bn_x = rng.vec(s.input_len(), offset - 1.0, offset + 1.0);
+            let gamma = rng.vec(s.in_channels, 0.5, 1.5);
+            let bn = BatchNormShape {
+                batch: s.batch,
+                channels: s.in_channels,
+                spatial: s.in_h * s.in_w,
+            };
+            let statistics =
+                batch_norm::cpu::batch_norm_forward_train(bn, &bn_x, &gamma, &vec![0.0; bn.channels], 1e-5);
+            let upload = |data: &[f64]| Tensor::from_f64(device, &[data.len()], data).unwrap();
+            let nan = |len: usize| Tensor::from_slice(device, &[len], &vec![f32::NAN; len]).unwrap();
+            let (dyt, wt, mask, rt, xt) = (
+                upload(&dy),
+                upload(&w),
+                upload(&relu_output),
+                upload(&residual),
+                upload(&bn_x),
+            );
+            let (gt, mean, inv_std) = (upload(&gamma), upload(&statistics.mean), upload(&statistics.inv_std));
+            let (dz, dx, dgamma, dbeta) = (
+                nan(s.input_len()),
+                nan(s.input_len()),
+                nan(bn.channels),
+                nan(bn.channels),
+            );
+            let r = with_residual.then_some(&rt);
+            let (mut dispatches, partials) =
+                conv2d_backward_data_relu(device, kernels, &s, &dyt, &wt, r, &mask, Some(&xt), &dz).unwrap();
+            let partials = partials.unwrap_or_else(|| panic!("{}: no backward-data sums for {s:?}", describe(kernels)));
+            dispatches.extend(batch_norm_backward(
+                device,
+                kernels,
+                bn,
+                &xt,
+                &dz,
+                Some(&partials),
+                &gt,
+                &mean,
+                &inv_std,
+                &dx,
+                &dgamma,
+                &dbeta,
+            ));
+            crate::kernel::submit(device, queue, &dispatches.iter().collect::<Vec<_>>());
+            let read = |t: &Tensor| t.read_blocking(device, queue).unwrap();
+            let what = |name: &str| {
+                format!(
+                    "{name} {} residual {with_residual} offset {offset} {s:?}",
+                    describe(kernels)
+                )
+            };
+            let plain = cpu::conv2d_backward_data(&s, &dy, &w);
+            let want: Vec<f64> = (0..s.input_len())
+                .map(|i| {
+                    let sum = plain[i] + if with_residual { residual[i] } else { 0.0 };
+                    if relu_output[i] > 0.0 { sum } else { 0.0 }
+                })
+                .collect();
+            let dz = read(&dz);
+            assert_close(&what("relu dx"), &dz, &want, 1e-4, 1e-4);
+            // The batch norm's gradients for the GPU's own output gradient,
+            // so that they test the reduction, not the convolution's rounding.
+            let dz64: Vec<f64> = dz.iter().map(|&v| v as f64).collect();
+            let (want_dx, want_dgamma, want_dbeta) =
+                batch_norm::cpu::batch_norm_backward(bn, &bn_x, &dz64, &gamma, 1e-5);
+            assert_close(&what("dbeta"), &read(&dbeta), &want_dbeta, 1e-4, 1e-4);
+            assert_close(&what("dgamma"), &read(&dgamma), &want_dgamma, 1e-3, 1e-4);
+            assert_close(&what("batch norm dx"), &read(&dx), &want_dx, 1e-4, 1e-3);
+        }
+    }
+
+    #[test]
+    fn conv2d_backward_data_sums_give_the_batch_norm_its_backward_reduce_on_the_register_tile() {
+        with_and_without_subgroups(Variant::RegisterTile, check_backward_data_sums);
+    }
+
     #[test]
     fn conv2d_forward_statistics_give_the_batch_norm_its_output_statistics_on_the_register_tile() {
         with_and_without_subgroups(Variant::RegisterTile, check_forward_statistics);
     }
 
     #[test]
-    fn conv2d_forward_statistics_exist_only_for_the_register_tile_and_aligned_rows() {
+    fn batch_norm_partial_sums_come_only_from_the_register_tile_at_stride_1_or_aligned_rows() {
         let Some(ctx) = context() else { return };
         let device = ctx.device();
-        let forward_statistics = |kernels: &Kernels, s: Conv2dShape| {
-            let zeros = |len: usize| Tensor::zeros(device, &[len]).unwrap();
+        let zeros = |len: usize| Tensor::zeros(device, &[len]).unwrap();
+        // Whether the forward leaves statistics, and backward-data the sums
+        // of a batch norm's backward reduce.
+        let forward = |kernels: &Kernels, s: Conv2dShape| {
             let (x, w, y) = (zeros(s.input_len()), zeros(s.weight_len()), zeros(s.output_len()));
             conv2d_forward_statistics(device, kernels, &s, &x, &w, &y)
                 .unwrap()
                 .is_some()
         };
-        let aligned = shape(1, 3, 8, 16, 3, 1, 1);
+        let backward = |kernels: &Kernels, s: Conv2dShape| {
+            let (dy, w, dx) = (zeros(s.output_len()), zeros(s.weight_len()), zeros(s.input_len()));
+            let (mask, bn_x) = (zeros(s.input_len()), zeros(s.input_len()));
+            let (_, partials) =
+                conv2d_backward_data_relu(device, kernels, &s, &dy, &w, None, &mask, Some(&bn_x), &dx).unwrap();
+            partials.is_some()
+        };
+        let aligned = shape(1, 16, 8, 16, 3, 1, 1);
         let register_tile = Kernels::new(device, Variant::RegisterTile);
-        assert!(forward_statistics(&register_tile, aligned));
-        // Rows of 7 and of 4 pixels: the batch norm reads the output itself.
-        assert!(!forward_statistics(&register_tile, shape(1, 3, 7, 16, 3, 1, 1)));
-        assert!(!forward_statistics(&register_tile, shape(1, 3, 8, 16, 3, 2, 1)));
+        assert!(forward(&register_tile, aligned) && backward(&register_tile, aligned));
+        // Rows of 7 pixels: the batch norm reads the tensors itself.
+        let unaligned = shape(1, 16, 7, 16, 3, 1, 1);
+        assert!(!forward(&register_tile, unaligned) && !backward(&register_tile, unaligned));
+        // Stride 2: output rows of 4 pixels, and backward-data in four phases.
+        let strided = shape(1, 16, 8, 16, 3, 2, 1);
+        assert!(!forward(&register_tile, strided) && !backward(&register_tile, shape(1, 16, 16, 16, 3, 2, 1)));
         for variant in [Variant::WorkgroupTile, Variant::CompactTile] {
+            let kernels = Kernels::new(device, variant);
             assert!(
-                !forward_statistics(&Kernels::new(device, variant), aligned),
+                !forward(&kernels, aligned) && !backward(&kernels, aligned),
                 "{variant:?}"
             );
         }

@@ -15,6 +15,7 @@ use crate::layers::residual::{add_forward, shortcut_a_backward, shortcut_a_forwa
 use crate::layers::sgd::{SgdParams, sgd_step};
 use crate::tensor::{read_tensors, staging_buffer};
 use crate::{Dispatch, EngineError, Kernels, Tensor};
+use std::collections::HashMap;
 
 /// Loss and top-1 hits of the last step, read back on request.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -244,6 +245,21 @@ impl Plan {
                     &grads[schedule.logits_grad],
                 )];
                 let relu_fusions = relu_backward_fusions(&graph, &schedule.steps);
+                // The input of the batch norm whose output gradient is g, by g.
+                let batch_norm_input: HashMap<GradId, (usize, TensorId)> = schedule
+                    .steps
+                    .iter()
+                    .filter_map(|step| match *step {
+                        GradStep::Op { op, dy, .. } => match graph.ops[op] {
+                            Op::BatchNorm { x, .. } => Some((dy, (op, x))),
+                            _ => None,
+                        },
+                        GradStep::Accumulate { .. } => None,
+                    })
+                    .collect();
+                // The partial sums of a batch norm's backward reduce (by op)
+                // that the convolution writing its output gradient left.
+                let mut reduce_partials: Vec<Option<Tensor>> = vec![None; graph.ops.len()];
                 for (index, step) in schedule.steps.iter().enumerate() {
                     match (step, &relu_fusions[index]) {
                         (_, Some(ReluBackwardFusion::Absorbed)) => {}
@@ -251,29 +267,39 @@ impl Plan {
                             backward.push(add_forward(device, kernels, &grads[*a], &grads[*b], &grads[*y]))
                         }
                         (GradStep::Op { op, dy, dx }, fusion) => {
-                            let (dx, relu) = match fusion {
+                            let (dx, relu, batch_norm) = match fusion {
                                 &Some(ReluBackwardFusion::IntoConv {
                                     residual,
                                     relu_output,
                                     dx,
-                                }) => (
-                                    Some(&grads[dx]),
-                                    Some((residual.map(|g| &grads[g]), &acts[relu_output])),
-                                ),
-                                _ => (dx[0].map(|g| &grads[g]), None),
+                                }) => {
+                                    let batch_norm = batch_norm_input.get(&dx).copied();
+                                    let relu = ReluBackward {
+                                        residual: residual.map(|g| &grads[g]),
+                                        relu_output: &acts[relu_output],
+                                        batch_norm_input: batch_norm.map(|(_, x)| &acts[x]),
+                                    };
+                                    (Some(&grads[dx]), Some(relu), batch_norm)
+                                }
+                                _ => (dx[0].map(|g| &grads[g]), None, None),
                             };
-                            backward.extend(op_backward(
+                            let (dispatches, partials) = op_backward(
                                 device,
                                 kernels,
                                 &graph.ops[*op],
                                 &acts,
                                 saved_stats[*op].as_ref(),
+                                reduce_partials[*op].as_ref(),
                                 &|id| param(&params, id),
                                 &|id| param(&param_grads, id),
                                 &grads[*dy],
                                 dx,
                                 relu,
-                            )?);
+                            )?;
+                            backward.extend(dispatches);
+                            if let (Some((batch_norm, _)), Some(partials)) = (batch_norm, partials) {
+                                reduce_partials[batch_norm] = Some(partials);
+                            }
                         }
                         (GradStep::Accumulate { .. }, Some(_)) => unreachable!("fusions go into convolutions"),
                     }
@@ -617,10 +643,24 @@ pub fn fresh_running_stats(graph: &Graph) -> Vec<(Vec<f32>, Vec<f32>)> {
         .collect()
 }
 
+/// The backward of the ReLU that produced a convolution's input, run by the
+/// convolution's backward-data (see [`relu_backward_fusions`]).
+struct ReluBackward<'a> {
+    /// The gradient that the ReLU's output gets from its other reader.
+    residual: Option<&'a Tensor>,
+    relu_output: &'a Tensor,
+    /// Where the ReLU's input gradient is a training batch norm's output
+    /// gradient: that batch norm's input, for the partial sums of its
+    /// backward reduce.
+    batch_norm_input: Option<&'a Tensor>,
+}
+
 /// The backward dispatches of one op: parameter gradients into their views of
 /// the flat gradient buffer, and the input gradient into `dx` when wanted.
-/// A convolution given `relu` (residual gradient, ReLU output) also runs the
-/// backward of the ReLU that produced its input (see [`relu_backward_fusions`]).
+/// A convolution given `relu` also runs the backward of the ReLU that
+/// produced its input, and returns the partial sums of a batch norm's
+/// backward reduce where it leaves them; a batch norm given
+/// `reduce_partials` reads those.
 #[allow(clippy::too_many_arguments)]
 fn op_backward(
     device: &wgpu::Device,
@@ -628,28 +668,35 @@ fn op_backward(
     op: &Op,
     acts: &[Tensor],
     saved_stats: Option<&(Tensor, Tensor)>,
+    reduce_partials: Option<&Tensor>,
     param: &dyn Fn(usize) -> Tensor,
     grad: &dyn Fn(usize) -> Tensor,
     dy: &Tensor,
     dx: Option<&Tensor>,
-    relu: Option<(Option<&Tensor>, &Tensor)>,
-) -> Result<Vec<Dispatch>, EngineError> {
+    relu: Option<ReluBackward<'_>>,
+) -> Result<(Vec<Dispatch>, Option<Tensor>), EngineError> {
     let mut out = Vec::new();
     match *op {
         Op::Conv2d { shape, x, w, .. } => {
             out.extend(conv2d_backward_weight(device, kernels, &shape, &acts[x], dy, &grad(w))?);
+            let w = &param(w);
             match (dx, relu) {
-                (Some(dx), Some((residual, relu_output))) => out.extend(conv2d_backward_data_relu(
-                    device,
-                    kernels,
-                    &shape,
-                    dy,
-                    &param(w),
-                    residual,
-                    relu_output,
-                    dx,
-                )?),
-                (Some(dx), None) => out.extend(conv2d_backward_data(device, kernels, &shape, dy, &param(w), dx)?),
+                (Some(dx), Some(relu)) => {
+                    let (dispatches, partials) = conv2d_backward_data_relu(
+                        device,
+                        kernels,
+                        &shape,
+                        dy,
+                        w,
+                        relu.residual,
+                        relu.relu_output,
+                        relu.batch_norm_input,
+                        dx,
+                    )?;
+                    out.extend(dispatches);
+                    return Ok((out, partials));
+                }
+                (Some(dx), None) => out.extend(conv2d_backward_data(device, kernels, &shape, dy, w, dx)?),
                 (None, _) => {}
             }
         }
@@ -664,6 +711,7 @@ fn op_backward(
                 shape,
                 &acts[x],
                 dy,
+                reduce_partials,
                 &param(gamma),
                 mean,
                 inv_std,
@@ -697,5 +745,5 @@ fn op_backward(
             });
         }
     }
-    Ok(out)
+    Ok((out, None))
 }

@@ -254,6 +254,28 @@ fn resnet20_backward_fuses_every_relu_but_the_last_and_every_sum_into_convolutio
     assert_eq!((into_conv(false), into_conv(true)), (9, 9));
 }
 
+/// On the register tile, ResNet-20's training step takes every batch norm's
+/// statistics from the forward convolution before it, and the backward
+/// reduce of the 16 batch norms whose output gradient a stride-1
+/// backward-data writes from that convolution; the other 3 (the last
+/// block's, whose gradient comes from the pooling, and the two fed by the
+/// stride-2 convolutions' phases) reduce their tensors themselves.
+#[test]
+fn resnet20_training_on_the_register_tile_takes_batch_norm_sums_from_convolutions() {
+    let Some(ctx) = context() else { return };
+    let kernels = Kernels::new(ctx.device(), Variant::RegisterTile);
+    let graph = cifar_resnet(2, 3, true, 10);
+    let plan = Plan::training(ctx.device(), &kernels, graph.clone(), &graph.init_params(1), SGD).unwrap();
+    let count = |entry_point: &str| plan.dispatches().filter(|d| d.entry_point() == entry_point).count();
+    assert_eq!(count("batch_norm_statistics_partials"), 19);
+    assert_eq!(count("batch_norm_statistics") + count("batch_norm_statistics_vec4"), 0);
+    assert_eq!(count("batch_norm_backward_reduce_partials"), 16);
+    assert_eq!(
+        count("batch_norm_backward_reduce") + count("batch_norm_backward_reduce_vec4"),
+        3
+    );
+}
+
 #[test]
 fn inference_plan_matches_the_cpu_reference_in_eval_mode() {
     let Some(ctx) = context() else { return };
