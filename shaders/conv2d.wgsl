@@ -43,6 +43,14 @@
 //   ReLU read, so neither runs as a pass of its own.
 // They share the helpers and bindings of the plain entry points and add the
 // epilogue after them, so the plain kernels bind and read nothing more.
+//
+// Training on the register tile adds two twins of the aligned GEMMs that
+// also leave partial sums per channel for a batch norm, so that it reads one
+// vec4 per 24 values instead of whole tensors:
+// `conv2d_implicit_gemm_aligned_statistics` (forward: the batch statistics
+// of its output) and `conv2d_implicit_gemm_aligned_fused_sums`
+// (backward-data: the backward reduce of the batch norm whose output
+// gradient it writes).
 
 struct ImplicitGemm {
     batch: u32,

@@ -9,7 +9,9 @@
 //!   chunks whose partial sums a second pass adds up in a fixed order.
 //!
 //! Each comes in the three tilings of [`Variant`], chosen when the kernels
-//! are created.
+//! are created. In training, the register tile's forward and backward-data
+//! also leave partial sums for the batch norm next to them
+//! ([`conv2d_forward_statistics`], [`conv2d_backward_data_relu`]).
 //!
 //! Inference uses a fused forward, [`conv2d_forward_fused`]: batch norm folded
 //! into the weights and a bias, then residual and ReLU in the GEMM's epilogue,
