@@ -1759,6 +1759,17 @@ mod tests {
     /// The register tile runs both of its fused kernels: vec4 epilogue loads
     /// on the 8x8 and 16x16 stride-1 maps, gathers on the others; the compact
     /// tile its 7-tap stride-2 one on the 7x7 stride-2 shapes.
+    /// The ReLU's backward after a backward-data `plain`: its input gradient,
+    /// `plain + residual?` where `relu_output > 0`, else 0.
+    fn relu_backward_reference(plain: &[f64], residual: Option<&[f64]>, relu_output: &[f64]) -> Vec<f64> {
+        (0..plain.len())
+            .map(|i| {
+                let sum = plain[i] + residual.map_or(0.0, |r| r[i]);
+                if relu_output[i] > 0.0 { sum } else { 0.0 }
+            })
+            .collect()
+    }
+
     fn check_fused(kernels: &Kernels) {
         let Some(ctx) = context() else { return };
         let (device, queue) = (ctx.device(), ctx.queue());
@@ -1797,12 +1808,7 @@ mod tests {
                     conv2d_backward_data_relu(device, kernels, &s, &dyt, &wflat, r, &mask, None, &dxt).unwrap();
                 entry_points.extend(dispatches.iter().map(Dispatch::entry_point));
                 crate::kernel::submit(device, queue, &dispatches.iter().collect::<Vec<_>>());
-                let want: Vec<f64> = (0..len)
-                    .map(|i| {
-                        let sum = plain[i] + if with_residual { residual[i] } else { 0.0 };
-                        if relu_output[i] > 0.0 { sum } else { 0.0 }
-                    })
-                    .collect();
+                let want = relu_backward_reference(&plain, with_residual.then_some(residual.as_slice()), &relu_output);
                 assert_close(
                     &format!("relu dx {} residual {with_residual} {s:?}", describe(kernels)),
                     &dxt.read_blocking(device, queue).unwrap(),
@@ -1996,12 +2002,7 @@ mod tests {
                 )
             };
             let plain = cpu::conv2d_backward_data(&s, &dy, &w);
-            let want: Vec<f64> = (0..s.input_len())
-                .map(|i| {
-                    let sum = plain[i] + if with_residual { residual[i] } else { 0.0 };
-                    if relu_output[i] > 0.0 { sum } else { 0.0 }
-                })
-                .collect();
+            let want = relu_backward_reference(&plain, with_residual.then_some(residual.as_slice()), &relu_output);
             let dz = read(&dz);
             assert_close(&what("relu dx"), &dz, &want, 1e-4, 1e-4);
             // The batch norm's gradients for the GPU's own output gradient,
