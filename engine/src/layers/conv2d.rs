@@ -742,12 +742,20 @@ struct Epilogue<'a> {
     mask: Option<&'a Tensor>,
 }
 
-impl Epilogue<'_> {
+impl<'a> Epilogue<'a> {
     fn flags(&self) -> u32 {
         let flag = |on: bool, flag: u32| if on { flag } else { 0 };
         flag(self.residual.is_some(), EPILOGUE_RESIDUAL)
             | flag(self.relu, EPILOGUE_RELU)
             | flag(self.mask.is_some(), EPILOGUE_MASK)
+    }
+
+    /// Its tensors in binding order (bias, residual, mask). Bindings the
+    /// epilogue does not read still need a buffer: the read-only weights
+    /// `wt` stand in (padded to 16 rows, they are long enough to bind as
+    /// vec4).
+    fn tensors(&self, wt: &'a Tensor) -> [&'a Tensor; 3] {
+        [self.bias, self.residual.unwrap_or(wt), self.mask.unwrap_or(wt)]
     }
 }
 
@@ -807,15 +815,11 @@ fn implicit_gemm(
     match epilogue {
         None => kernel.bind(device, &launch.params, &[wt, src, dst], launch.grid),
         Some(e) => {
-            // Bindings the epilogue does not read still need a buffer: the
-            // read-only weights stand in (padded to 16 rows, they are long
-            // enough to bind as vec4).
-            let residual = e.residual.unwrap_or(wt);
-            let mask = e.mask.unwrap_or(wt);
+            let [bias, residual, mask] = e.tensors(wt);
             kernel.bind(
                 device,
                 &launch.params,
-                &[wt, src, dst, e.bias, residual, mask],
+                &[wt, src, dst, bias, residual, mask],
                 launch.grid,
             )
         }
@@ -892,11 +896,12 @@ pub fn conv2d_forward_statistics(
 ) -> Result<Option<(Vec<Dispatch>, Tensor)>, EngineError> {
     let k = &kernels.conv2d;
     let wt_shape = transposed_shape(shape.kernel * shape.kernel, shape.out_channels, shape.in_channels);
-    if k.gemms.aligned_statistics.is_none() || !aligned_blocks(&forward_params(shape, &wt_shape)) {
+    let params = forward_params(shape, &wt_shape);
+    if k.gemms.aligned_statistics.is_none() || !aligned_blocks(&params) {
         return Ok(None);
     }
     let (wt, transpose) = checked_weights(device, kernels, shape, x, w, y, true)?;
-    let launch = launch(k, &forward_params(shape, &wt.shape));
+    let launch = launch(k, &params);
     let kernel = k
         .gemms(launch.packed)
         .aligned_statistics
@@ -1067,9 +1072,8 @@ fn backward_data_sums(
         .aligned_fused_sums
         .as_ref()
         .expect("checked above");
-    let residual = epilogue.residual.unwrap_or(&wt);
-    let mask = epilogue.mask.expect("a ReLU's backward");
-    let tensors = [&wt, dy, dx, epilogue.bias, residual, mask, bn_x];
+    let [bias, residual, mask] = epilogue.tensors(&wt);
+    let tensors = [&wt, dy, dx, bias, residual, mask, bn_x];
     let (gemm, partials) = bind_with_partials(device, kernel, &launch, shape.in_channels, &tensors)?;
     Ok(Some((vec![transpose, gemm], partials)))
 }

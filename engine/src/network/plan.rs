@@ -15,7 +15,7 @@ use crate::layers::residual::{add_forward, shortcut_a_backward, shortcut_a_forwa
 use crate::layers::sgd::{SgdParams, sgd_step};
 use crate::tensor::{read_tensors, staging_buffer};
 use crate::{Dispatch, EngineError, Kernels, Tensor};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Loss and top-1 hits of the last step, read back on request.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -120,6 +120,14 @@ impl Plan {
         // Training: the partial batch statistics that a convolution left of
         // its output (by tensor), for the batch norm that normalises it.
         let mut partials: Vec<Option<Tensor>> = vec![None; graph.tensors.len()];
+        let normalised: HashSet<TensorId> = graph
+            .ops
+            .iter()
+            .filter_map(|op| match *op {
+                Op::BatchNorm { x, .. } => Some(x),
+                _ => None,
+            })
+            .collect();
         let mut forward = Vec::new();
         for index in order.into_iter().flatten() {
             let op = &graph.ops[index];
@@ -127,11 +135,7 @@ impl Plan {
             match *op {
                 Op::Conv2d { shape, x, w, y: out } => {
                     let (x, w) = (&acts[x], &param(&params, w));
-                    let normalised = graph
-                        .ops
-                        .iter()
-                        .any(|op| matches!(*op, Op::BatchNorm { x, .. } if x == out));
-                    let with_statistics = if train && normalised {
+                    let with_statistics = if train && normalised.contains(&out) {
                         conv2d_forward_statistics(device, kernels, &shape, x, w, y)?
                     } else {
                         None
@@ -245,7 +249,10 @@ impl Plan {
                     &grads[schedule.logits_grad],
                 )];
                 let relu_fusions = relu_backward_fusions(&graph, &schedule.steps);
-                // The input of the batch norm whose output gradient is g, by g.
+                // A batch norm whose output gradient is g (op, input), by g:
+                // one of them where several share g (a residual sum feeds
+                // both the block's last batch norm and its projection
+                // shortcut's), since the sums depend on the batch norm's input.
                 let batch_norm_input: HashMap<GradId, (usize, TensorId)> = schedule
                     .steps
                     .iter()
