@@ -384,8 +384,11 @@ fn rt_shift4(p: ImplicitGemm, w: Windows4, row: RtRow, planes: vec4<u32>, col: i
     return Windows4(rt_shift(p, w.t0, row, planes.x, col), rt_shift(p, w.t1, row, planes.y, col), rt_shift(p, w.t2, row, planes.z, col), rt_shift(p, w.t3, row, planes.w, col));
 }
 
-// Rows of wt for four consecutive channels from index `a`, `a_step` apart.
-fn rt_rows4(a: u32, a_step: u32, lane: u32) -> Rows16x4 {
+// The 16 rows from row block `a_block` (in vec4s) of wt for channels c to
+// c + 3 at tap (tap_row, tw); a channel of wt is rows_padded / 4 vec4s.
+fn rt_tap_rows4(p: ImplicitGemm, tap_row: u32, tw: u32, c: u32, a_block: u32, lane: u32) -> Rows16x4 {
+    let a_step = p.rows_padded / 4u;
+    let a = ((tap_row + p.kernel_first_w + tw * p.kernel_step) * p.channels_padded + c) * a_step + a_block;
     return Rows16x4(rt_rows(a, lane), rt_rows(a + a_step, lane), rt_rows(a + 2u * a_step, lane), rt_rows(a + 3u * a_step, lane));
 }
 
@@ -461,8 +464,7 @@ fn rt_gemm(p: ImplicitGemm, ids: Ids, acc0: ptr<function, array<vec4<f32>, 32>>,
     let block0 = rt_block(p, 3u * triple, blocks);
     let block1 = rt_block(p, 3u * triple + 1u, blocks);
     let block2 = rt_block(p, 3u * triple + 2u, blocks);
-    // wt in vec4s: a channel step is rows_padded / 4, the row block 4 vec4s.
-    let a_step = p.rows_padded / 4u;
+    // wt in vec4s: a row block is 4 vec4s.
     let a_block = row_block * 4u;
     // With a tap step of -1 (backward-data) the window starts at the last tap.
     let window_shift = select(0, 1 - i32(p.taps_w), p.src_tap_step < 0);
@@ -493,8 +495,7 @@ fn rt_gemm(p: ImplicitGemm, ids: Ids, acc0: ptr<function, array<vec4<f32>, 32>>,
                         x2 = rt_shift4(p, x2, row2, planes, col2 + last);
                     }
                     let tw = select(o, p.taps_w - 1u - o, p.src_tap_step < 0);
-                    let a = ((tap_row + p.kernel_first_w + tw * p.kernel_step) * p.channels_padded + c) * a_step + a_block;
-                    let rows = rt_rows4(a, a_step, lane);
+                    let rows = rt_tap_rows4(p, tap_row, tw, c, a_block, lane);
                     outer_product_16x8x4(acc0, rows, x0);
                     outer_product_16x8x4(acc1, rows, x1);
                     outer_product_16x8x4(acc2, rows, x2);
@@ -504,8 +505,7 @@ fn rt_gemm(p: ImplicitGemm, ids: Ids, acc0: ptr<function, array<vec4<f32>, 32>>,
             for (var c = 0u; c < p.channels; c += 4u) {
                 let planes = rt_planes4(p, c);
                 for (var tw = 0u; tw < p.taps_w; tw++) {
-                    let a = ((tap_row + p.kernel_first_w + tw * p.kernel_step) * p.channels_padded + c) * a_step + a_block;
-                    let rows = rt_rows4(a, a_step, lane);
+                    let rows = rt_tap_rows4(p, tap_row, tw, c, a_block, lane);
                     outer_product_16x8x4(acc0, rows, rt_windows4(p, row0, planes, col0 + i32(tw), s));
                     outer_product_16x8x4(acc1, rows, rt_windows4(p, row1, planes, col1 + i32(tw), s));
                     outer_product_16x8x4(acc2, rows, rt_windows4(p, row2, planes, col2 + i32(tw), s));
