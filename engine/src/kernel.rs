@@ -110,6 +110,8 @@ pub struct Kernel {
     pipeline: OnceLock<wgpu::ComputePipeline>,
     entry_point: &'static str,
     first_binding: u32,
+    /// Bindings that read their tensor through its texture mirror.
+    mirrored: &'static [u32],
 }
 
 impl Kernel {
@@ -127,6 +129,18 @@ impl Kernel {
             pipeline: OnceLock::new(),
             entry_point,
             first_binding,
+            mirrored: &[],
+        }
+    }
+
+    /// The same entry point, whose WGSL declares `bindings` as `texture_2d`
+    /// and reads their tensors through their texture mirrors (see
+    /// [`Tensor::mirror_view`]); its dispatches copy those tensors into
+    /// them first.
+    pub fn with_mirrored_bindings(self, bindings: &'static [u32]) -> Self {
+        Self {
+            mirrored: bindings,
+            ..self
         }
     }
 
@@ -170,15 +184,16 @@ impl Kernel {
             binding: self.first_binding,
             resource: uniform.as_entire_binding(),
         }];
-        entries.extend(
-            tensors
-                .iter()
-                .zip(self.first_binding + 1..)
-                .map(|(tensor, binding)| wgpu::BindGroupEntry {
-                    binding,
-                    resource: tensor.binding(),
-                }),
-        );
+        let mut mirrors = Vec::new();
+        for (tensor, binding) in tensors.iter().zip(self.first_binding + 1..) {
+            let resource = if self.mirrored.contains(&binding) {
+                mirrors.push((*tensor).clone());
+                wgpu::BindingResource::TextureView(tensor.mirror_view(device))
+            } else {
+                tensor.binding()
+            };
+            entries.push(wgpu::BindGroupEntry { binding, resource });
+        }
         let pipeline = self.pipeline(device);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(self.entry_point),
@@ -192,6 +207,7 @@ impl Kernel {
             workgroups,
             entry_point: self.entry_point,
             flops: 0.0,
+            mirrors,
         }
     }
 }
@@ -205,6 +221,9 @@ pub struct Dispatch {
     workgroups: [u32; 3],
     entry_point: &'static str,
     flops: f64,
+    /// Tensors it reads through their texture mirrors, copied into them
+    /// before it runs.
+    mirrors: Vec<Tensor>,
 }
 
 impl Dispatch {
@@ -236,7 +255,7 @@ impl Dispatch {
         queue.write_buffer(&self.uniform, 0, bytemuck::bytes_of(params));
     }
 
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+    fn record_in(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
         let [x, y, z] = self.workgroups;
@@ -244,17 +263,30 @@ impl Dispatch {
     }
 }
 
-/// Records dispatches, in order, into one compute pass of a new command
-/// buffer and submits it. WebGPU orders the dispatches of a pass, so each sees
-/// what the previous ones wrote.
+/// Records `dispatches`, in order, into compute passes of `encoder`: one pass,
+/// except that the copies into the texture mirrors a dispatch reads go
+/// between passes, just before it. WebGPU orders the commands of an encoder,
+/// so each dispatch sees what the previous ones wrote.
+pub fn record<'a>(encoder: &mut wgpu::CommandEncoder, dispatches: impl IntoIterator<Item = &'a Dispatch>) {
+    let mut pass: Option<wgpu::ComputePass<'static>> = None;
+    for dispatch in dispatches {
+        if !dispatch.mirrors.is_empty() {
+            // Copies are not allowed inside a compute pass.
+            drop(pass.take());
+            for tensor in &dispatch.mirrors {
+                tensor.record_mirror_copy(encoder);
+            }
+        }
+        let pass = pass.get_or_insert_with(|| encoder.begin_compute_pass(&Default::default()).forget_lifetime());
+        dispatch.record_in(pass);
+    }
+}
+
+/// Records dispatches, in order, into a new command buffer (see [`record`])
+/// and submits it.
 pub fn submit(device: &wgpu::Device, queue: &wgpu::Queue, dispatches: &[&Dispatch]) {
     let mut encoder = device.create_command_encoder(&Default::default());
-    {
-        let mut pass = encoder.begin_compute_pass(&Default::default());
-        for dispatch in dispatches {
-            dispatch.record(&mut pass);
-        }
-    }
+    record(&mut encoder, dispatches.iter().copied());
     queue.submit([encoder.finish()]);
 }
 

@@ -8,6 +8,7 @@
 //! contiguous in NCHW, so vector loads along pixels stay unit-stride.
 
 use crate::EngineError;
+use std::sync::{Arc, OnceLock};
 use wgpu::util::DeviceExt;
 
 const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -21,6 +22,27 @@ pub struct Tensor {
     /// [`VIEW_ALIGNMENT`] elements.
     pub offset: u64,
     pub shape: Vec<usize>,
+    /// Its texture mirror, created when a kernel first binds it (clones
+    /// share it; a view has its own).
+    mirror: Arc<OnceLock<TextureMirror>>,
+}
+
+/// Elements per row of a tensor's texture mirror: kernels fetch element `i`
+/// at texel `(i % MIRROR_WIDTH, i / MIRROR_WIDTH)`. WebGPU's default
+/// `maxTextureDimension2D` (8192) rows of it hold any tensor that a storage
+/// binding can (128 MiB).
+pub const MIRROR_WIDTH: u32 = 8192;
+
+/// A copy of a tensor's elements in an `r32float` texture, [`MIRROR_WIDTH`]
+/// per row, for kernels that read the tensor through texel fetches: llvmpipe
+/// fetches a texel for its 8 lanes with one gather, but loads from a storage
+/// buffer lane by lane, each lane's value passing through the stack. The
+/// dispatches that read a mirror copy the tensor into it first (see
+/// [`crate::kernel::record`]).
+#[derive(Debug)]
+struct TextureMirror {
+    texture: wgpu::Texture,
+    view: wgpu::TextureView,
 }
 
 /// Views start at multiples of this many elements: WebGPU's default
@@ -51,6 +73,7 @@ impl Tensor {
             buffer,
             offset: 0,
             shape: shape.to_vec(),
+            mirror: Arc::default(),
         })
     }
 
@@ -79,6 +102,7 @@ impl Tensor {
             buffer,
             offset: 0,
             shape: shape.to_vec(),
+            mirror: Arc::default(),
         })
     }
 
@@ -110,6 +134,74 @@ impl Tensor {
             buffer: self.buffer.clone(),
             offset: self.offset + (start * 4) as u64,
             shape: shape.to_vec(),
+            mirror: Arc::default(),
+        }
+    }
+
+    /// Its texture mirror (see [`TextureMirror`]), created on first use.
+    pub fn mirror_view(&self, device: &wgpu::Device) -> &wgpu::TextureView {
+        let len = self.len().max(1) as u32;
+        &self
+            .mirror
+            .get_or_init(|| {
+                let texture = device.create_texture(&wgpu::TextureDescriptor {
+                    label: Some("tensor mirror"),
+                    size: wgpu::Extent3d {
+                        width: MIRROR_WIDTH,
+                        height: len.div_ceil(MIRROR_WIDTH),
+                        depth_or_array_layers: 1,
+                    },
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format: wgpu::TextureFormat::R32Float,
+                    // COPY_SRC: tests read mirrors back.
+                    usage: wgpu::TextureUsages::TEXTURE_BINDING
+                        | wgpu::TextureUsages::COPY_DST
+                        | wgpu::TextureUsages::COPY_SRC,
+                    view_formats: &[],
+                });
+                let view = texture.create_view(&Default::default());
+                TextureMirror { texture, view }
+            })
+            .view
+    }
+
+    /// Records the copy of its elements into its texture mirror: whole rows,
+    /// then the last, partial one. Call only after [`Tensor::mirror_view`].
+    pub fn record_mirror_copy(&self, encoder: &mut wgpu::CommandEncoder) {
+        let texture = &self.mirror.get().expect("a mirror is copied only once bound").texture;
+        let len = self.len() as u32;
+        let (rows, rest) = (len / MIRROR_WIDTH, len % MIRROR_WIDTH);
+        let row_bytes = MIRROR_WIDTH * 4;
+        let mut copy = |row: u32, width: u32, height: u32| {
+            encoder.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: &self.buffer,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: self.offset + u64::from(row) * u64::from(row_bytes),
+                        bytes_per_row: Some(row_bytes),
+                        rows_per_image: None,
+                    },
+                },
+                wgpu::TexelCopyTextureInfo {
+                    texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d { x: 0, y: row, z: 0 },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                wgpu::Extent3d {
+                    width,
+                    height,
+                    depth_or_array_layers: 1,
+                },
+            );
+        };
+        if rows > 0 {
+            copy(0, MIRROR_WIDTH, rows);
+        }
+        if rest > 0 {
+            copy(rows, rest, 1);
         }
     }
 
@@ -262,4 +354,57 @@ async fn read_through(
     };
     staging.unmap();
     Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::context;
+
+    /// Reads a mirror's texels back (row-major, MIRROR_WIDTH per row).
+    fn read_mirror(device: &wgpu::Device, queue: &wgpu::Queue, tensor: &Tensor) -> Vec<f32> {
+        let texture = &tensor.mirror.get().expect("bound").texture;
+        let size = texture.size();
+        let len = (size.width * size.height) as usize;
+        let staging = Tensor::zeros(device, &[len]).unwrap();
+        let mut encoder = device.create_command_encoder(&Default::default());
+        tensor.record_mirror_copy(&mut encoder);
+        encoder.copy_texture_to_buffer(
+            texture.as_image_copy(),
+            wgpu::TexelCopyBufferInfo {
+                buffer: &staging.buffer,
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(MIRROR_WIDTH * 4),
+                    rows_per_image: None,
+                },
+            },
+            size,
+        );
+        queue.submit([encoder.finish()]);
+        staging.read_blocking(device, queue).unwrap()
+    }
+
+    #[test]
+    fn texture_mirror_holds_a_views_elements_in_whole_rows_and_a_partial_last_one() {
+        let Some(ctx) = context() else { return };
+        let (device, queue) = (ctx.device(), ctx.queue());
+        let start = VIEW_ALIGNMENT;
+        let width = MIRROR_WIDTH as usize;
+        for len in [100, width, 2 * width + 100] {
+            let data: Vec<f32> = (0..start + len + 7).map(|i| i as f32).collect();
+            let whole = Tensor::from_slice(device, &[data.len()], &data).unwrap();
+            let view = whole.view(start, &[len]);
+            view.mirror_view(device);
+            let texels = read_mirror(device, queue, &view);
+            assert_eq!(texels.len(), len.div_ceil(width) * width, "{len} elements: mirror size");
+            assert_eq!(
+                &texels[..len],
+                &data[start..start + len],
+                "{len} elements: mirrored values"
+            );
+            // The rest of the last row is never written: zero, as created.
+            assert!(texels[len..].iter().all(|&v| v == 0.0), "{len} elements: past the end");
+        }
+    }
 }

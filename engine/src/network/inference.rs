@@ -478,11 +478,9 @@ impl InferencePlan {
         self.input.write(queue, images)
     }
 
-    /// Records one inference into `pass`.
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        for d in &self.dispatches {
-            d.record(pass);
-        }
+    /// Records one inference into `encoder`.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        crate::kernel::record(encoder, &self.dispatches);
     }
 
     /// The dispatches of one inference, in order.
@@ -493,7 +491,7 @@ impl InferencePlan {
     /// Submits one inference as a single command buffer; nothing is read back.
     pub fn run(&self, device: &wgpu::Device, queue: &wgpu::Queue) {
         let mut encoder = device.create_command_encoder(&Default::default());
-        self.record(&mut encoder.begin_compute_pass(&Default::default()));
+        self.record(&mut encoder);
         queue.submit([encoder.finish()]);
     }
 
@@ -511,7 +509,7 @@ impl InferencePlan {
         let words = checked_by_device(device, async {
             self.write_input(queue, images)?;
             let mut encoder = device.create_command_encoder(&Default::default());
-            self.record(&mut encoder.begin_compute_pass(&Default::default()));
+            self.record(&mut encoder);
             read_tensors_after(device, queue, encoder, &[&self.logits], &self.staging).await
         })
         .await;

@@ -365,11 +365,9 @@ impl Plan {
         self.forward.iter().chain(training)
     }
 
-    /// Records one step ([`Plan::dispatches`]) into `pass`.
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        for d in self.dispatches() {
-            d.record(pass);
-        }
+    /// Records one step ([`Plan::dispatches`]) into `encoder`.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        crate::kernel::record(encoder, self.dispatches());
     }
 
     /// Runs one step dispatch by dispatch, waiting for each: the time of every
@@ -386,7 +384,7 @@ impl Plan {
     /// Submits one step as a single command buffer; nothing is read back.
     pub fn step(&self, device: &wgpu::Device, queue: &wgpu::Queue) {
         let mut encoder = device.create_command_encoder(&Default::default());
-        self.record(&mut encoder.begin_compute_pass(&Default::default()));
+        self.record(&mut encoder);
         queue.submit([encoder.finish()]);
     }
 
