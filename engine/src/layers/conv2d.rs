@@ -204,6 +204,10 @@ impl ConvGemms {
                 kernel
             }
         };
+        // The register tile's backward-weight reads x and dy (bindings 31,
+        // 32) through their texture mirrors.
+        let register_weight_grad =
+            |entry_point| Kernel::new(device, module, entry_point, 30).with_mirrored_bindings(&[31, 32]);
         let pair = |plain, fused, first_binding| GemmPair {
             plain: kernel(plain, first_binding),
             fused: kernel(fused, first_binding),
@@ -215,7 +219,7 @@ impl ConvGemms {
                     "conv2d_implicit_gemm_fused",
                     REGISTER_TILE_GEMM_BINDING,
                 ),
-                Kernel::new(device, module, "conv2d_weight_grad", 30),
+                register_weight_grad("conv2d_weight_grad"),
             ),
             Variant::WorkgroupTile => (
                 pair("conv2d_implicit_gemm_tiled", "conv2d_implicit_gemm_tiled_fused", 20),
@@ -252,7 +256,7 @@ impl ConvGemms {
             )
         });
         let weight_grad_stride1 =
-            (variant == Variant::RegisterTile).then(|| Kernel::new(device, module, "conv2d_weight_grad_stride1", 30));
+            (variant == Variant::RegisterTile).then(|| register_weight_grad("conv2d_weight_grad_stride1"));
         Self {
             implicit_gemm,
             aligned,
@@ -373,7 +377,7 @@ fn rt_rows(index: u32, lane: u32) -> Rows16 {
 fn rw_rows(own: u32, loads: u32, d: DyChannels) -> Rows16 {
     var v = vec4<f32>(0.0);
     if d.loads {
-        v = vec4<f32>(rw_dy[loads + d.lane.x], rw_dy[loads + d.lane.y], rw_dy[loads + d.lane.z], rw_dy[loads + d.lane.w]);
+        v = vec4<f32>(mirrored(rw_dy, loads + d.lane.x), mirrored(rw_dy, loads + d.lane.y), mirrored(rw_dy, loads + d.lane.z), mirrored(rw_dy, loads + d.lane.w));
     }
     let first = broadcast_rows16(v);
     let last = Rows16(subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u));
