@@ -200,17 +200,11 @@ fn conv2d_transpose_weights(@builtin(global_invocation_id) gid: vec3<u32>, @buil
 // per tap).
 @group(0) @binding(10) var<uniform> rt_params: ImplicitGemm;
 @group(0) @binding(11) var<storage, read> rt_wt: array<vec4<f32>>;
-// The source through its texture mirror (engine/src/tensor.rs): element i at
-// texel (i % MIRROR_WIDTH, i / MIRROR_WIDTH). llvmpipe fetches a texel for
-// its 8 lanes with one gather but loads from a storage buffer lane by lane:
-// ResNet-20's forward GEMMs with statistics took 0.72x the time.
+// The source through its texture mirror (`mirrored`: MIRROR_WGSL in
+// engine/src/tensor.rs, which the engine appends). llvmpipe fetches a texel
+// for its 8 lanes with one gather but loads from a storage buffer lane by
+// lane: ResNet-20's forward GEMMs with statistics took 0.72x the time.
 @group(0) @binding(12) var rt_src: texture_2d<f32>;
-const MIRROR_WIDTH: u32 = 8192u;
-
-// Element i of the tensor that texture mirror `t` holds.
-fn mirrored(t: texture_2d<f32>, i: u32) -> f32 {
-    return textureLoad(t, vec2<u32>(i % MIRROR_WIDTH, i / MIRROR_WIDTH), 0).x;
-}
 @group(0) @binding(13) var<storage, read_write> rt_dst: array<f32>;
 // conv2d_implicit_gemm_fused only: bias [rows], residual and mask (shaped
 // like dst; any small buffer when the epilogue has none).

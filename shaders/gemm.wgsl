@@ -55,9 +55,24 @@ fn gemm_pack(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 // multiply-adds, was the fastest. 64 invocations per workgroup along N;
 // workgroup_id.y is the block of 16 rows.
 @group(0) @binding(10) var<uniform> register_params: Matmul;
+@group(0) @binding(13) var<storage, read_write> register_c: array<f32>;
+
+// BEGIN storage operands. For the register-tile variant the engine swaps this
+// block for `MIRRORED_OPERANDS` (gemm.rs), which reads at and bp through
+// texture mirrors as that variant's convolutions read theirs; the compact
+// variant's convolutions read storage buffers, as here.
 @group(0) @binding(11) var<storage, read> register_at: array<vec4<f32>>;
 @group(0) @binding(12) var<storage, read> register_bp: array<vec4<f32>>;
-@group(0) @binding(13) var<storage, read_write> register_c: array<f32>;
+
+// vec4 i of at and of bp.
+fn register_a(i: u32) -> vec4<f32> {
+    return register_at[i];
+}
+
+fn register_b(i: u32) -> vec4<f32> {
+    return register_bp[i];
+}
+// END storage operands.
 
 // One k of the packed operands: 16 rows of A and 16 columns of B.
 struct Panel {
@@ -93,13 +108,13 @@ fn gemm_lane(ids: GemmIds) -> u32 {
 }
 
 fn register_rows(a: u32, lane: u32) -> RowsA {
-    return RowsA(register_at[a], register_at[a + 1u], register_at[a + 2u], register_at[a + 3u]);
+    return RowsA(register_a(a), register_a(a + 1u), register_a(a + 2u), register_a(a + 3u));
 }
 // END plain loads.
 
 fn register_panel(a: u32, b: u32, lane: u32) -> Panel {
     let rows = register_rows(a, lane);
-    return Panel(rows.a0, rows.a1, rows.a2, rows.a3, register_bp[b], register_bp[b + 1u], register_bp[b + 2u], register_bp[b + 3u]);
+    return Panel(rows.a0, rows.a1, rows.a2, rows.a3, register_b(b), register_b(b + 1u), register_b(b + 2u), register_b(b + 3u));
 }
 
 // acc[4i + j] += sum over the 4 panels of a_i * b_j. Summing 4 k per update

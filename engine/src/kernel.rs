@@ -84,23 +84,34 @@ pub const BROWSER_SUBGROUPS_HEADER: &str = "enable subgroups;\ndiagnostic(off, s
 /// invocations share the bounds), which the analysis cannot see, so that
 /// check is turned off.
 pub fn with_subgroup_loads(source: &str, subgroup_loads: &str) -> String {
-    const BEGIN: &str = "// BEGIN plain loads";
-    const END: &str = "// END plain loads.";
-    let begin = source.find(BEGIN).expect("the shader marks its plain loads");
-    // The block starts after the BEGIN comment, which stays.
+    let enable = if cfg!(target_arch = "wasm32") {
+        BROWSER_SUBGROUPS_HEADER
+    } else {
+        ""
+    };
+    format!("{enable}{}", with_block(source, "plain loads", subgroup_loads))
+}
+
+/// `source` with the block between its `// BEGIN {name}` paragraph (which
+/// stays) and `// END {name}.` replaced by `replacement`.
+pub fn with_block(source: &str, name: &str, replacement: &str) -> String {
+    let begin_marker = format!("// BEGIN {name}");
+    let end_marker = format!("// END {name}.");
+    let begin = source
+        .find(&begin_marker)
+        .unwrap_or_else(|| panic!("the shader marks its {name}"));
+    // The block starts after the BEGIN comment.
     let block = begin
         + source[begin..]
             .split_inclusive('\n')
             .take_while(|line| line.starts_with("//"))
             .map(str::len)
             .sum::<usize>();
-    let end = begin + source[begin..].find(END).expect("the shader ends its plain loads");
-    let enable = if cfg!(target_arch = "wasm32") {
-        BROWSER_SUBGROUPS_HEADER
-    } else {
-        ""
-    };
-    format!("{enable}{}{subgroup_loads}{}", &source[..block], &source[end..])
+    let end = begin
+        + source[begin..]
+            .find(&end_marker)
+            .unwrap_or_else(|| panic!("the shader ends its {name}"));
+    format!("{}{replacement}{}", &source[..block], &source[end..])
 }
 
 #[derive(Clone, Debug)]

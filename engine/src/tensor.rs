@@ -33,6 +33,17 @@ pub struct Tensor {
 /// binding can (128 MiB).
 pub const MIRROR_WIDTH: u32 = 8192;
 
+/// WGSL for kernels that read tensors through their texture mirrors; the
+/// engine appends it to their modules.
+pub const MIRROR_WGSL: &str = "
+const MIRROR_WIDTH: u32 = 8192u;
+
+// Element i of the tensor that texture mirror t holds (engine/src/tensor.rs).
+fn mirrored(t: texture_2d<f32>, i: u32) -> f32 {
+    return textureLoad(t, vec2<u32>(i % MIRROR_WIDTH, i / MIRROR_WIDTH), 0).x;
+}
+";
+
 /// A copy of a tensor's elements in an `r32float` texture, [`MIRROR_WIDTH`]
 /// per row, for kernels that read the tensor through texel fetches: llvmpipe
 /// fetches a texel for its 8 lanes with one gather, but loads from a storage
@@ -383,6 +394,11 @@ mod tests {
         );
         queue.submit([encoder.finish()]);
         staging.read_blocking(device, queue).unwrap()
+    }
+
+    #[test]
+    fn mirror_wgsl_indexes_rows_as_wide_as_the_textures() {
+        assert!(MIRROR_WGSL.contains(&format!("const MIRROR_WIDTH: u32 = {MIRROR_WIDTH}u;")));
     }
 
     #[test]

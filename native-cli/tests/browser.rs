@@ -376,7 +376,7 @@ fn every_shader_compiles_in_chromium_with_and_without_subgroup_loads() {
     ));
     modules.push((
         "gemm.wgsl with subgroup loads".into(),
-        format!("{header}{}", engine::layers::gemm::gemm_source(true)),
+        format!("{header}{}", engine::layers::gemm::gemm_source(true, false)),
     ));
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("modules.json");

@@ -1,7 +1,8 @@
 //! Dense f32 matrix product `C[M,N] = A[M,K] B[K,N]` (row-major): the adapter's
 //! GEMM ceiling, against which `resnet-native bench` measures the convolutions.
 
-use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, grid_1d, module_source, shader_module};
+use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, grid_1d, module_source, shader_module, with_block};
+use crate::tensor::MIRROR_WGSL;
 use crate::{Dispatch, EngineError, Kernels, Tensor, Variant};
 
 pub struct GemmKernels {
@@ -26,27 +27,60 @@ fn gemm_lane(ids: GemmIds) -> u32 {
 }
 
 fn register_rows(a: u32, lane: u32) -> RowsA {
-    let v = register_at[a + lane % 4u];
+    let v = register_a(a + lane % 4u);
     return RowsA(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
 }
 ";
 
+/// The register-tile variant's operands, in place of gemm.wgsl's storage
+/// operands: at and bp through their texture mirrors (see
+/// [`crate::tensor::MIRROR_WGSL`]), as that variant's convolutions read their
+/// sources (on llvmpipe the 1024^3 GEMM then ran 2.2-2.7x as fast).
+const MIRRORED_OPERANDS: &str = "@group(0) @binding(11) var register_at: texture_2d<f32>;
+@group(0) @binding(12) var register_bp: texture_2d<f32>;
+
+fn mirrored_vec4(t: texture_2d<f32>, i: u32) -> vec4<f32> {
+    let e = 4u * i;
+    return vec4<f32>(mirrored(t, e), mirrored(t, e + 1u), mirrored(t, e + 2u), mirrored(t, e + 3u));
+}
+
+fn register_a(i: u32) -> vec4<f32> {
+    return mirrored_vec4(register_at, i);
+}
+
+fn register_b(i: u32) -> vec4<f32> {
+    return mirrored_vec4(register_bp, i);
+}
+";
+
 /// gemm.wgsl, with subgroup loads in the register tile when `subgroups`
-/// (see [`module_source`]).
-pub fn gemm_source(subgroups: bool) -> String {
-    module_source(include_str!("../../../shaders/gemm.wgsl"), SUBGROUP_LOADS, subgroups)
+/// (see [`module_source`]) and, when `mirrored`, its operands read through
+/// texture mirrors.
+pub fn gemm_source(subgroups: bool, mirrored: bool) -> String {
+    let source = module_source(include_str!("../../../shaders/gemm.wgsl"), SUBGROUP_LOADS, subgroups);
+    if mirrored {
+        with_block(&source, "storage operands", MIRRORED_OPERANDS) + MIRROR_WGSL
+    } else {
+        source
+    }
 }
 
 impl GemmKernels {
     /// The kernels of `variant` only; `subgroups` (the device has
     /// the feature) gives the register tile subgroup loads.
     pub fn new(device: &wgpu::Device, variant: Variant, subgroups: bool) -> Self {
-        let source = gemm_source(subgroups && variant != Variant::WorkgroupTile);
+        let source = gemm_source(
+            subgroups && variant != Variant::WorkgroupTile,
+            variant == Variant::RegisterTile,
+        );
         let module = shader_module("gemm", source);
         // The compact tile has no GEMM of its own (the network needs none):
-        // it measures the register tile's.
+        // it measures the register tile's, with storage operands.
         let matmul = match variant {
-            Variant::RegisterTile | Variant::CompactTile => Kernel::new(device, &module, "matmul_register", 10),
+            Variant::RegisterTile => {
+                Kernel::new(device, &module, "matmul_register", 10).with_mirrored_bindings(&[11, 12])
+            }
+            Variant::CompactTile => Kernel::new(device, &module, "matmul_register", 10),
             Variant::WorkgroupTile => Kernel::new(device, &module, "matmul_tiled", 20),
         };
         Self {
