@@ -254,9 +254,34 @@ const EPILOGUE_RELU: u32 = 2u;
 @group(0) @binding(15) var<storage, read> normalize_beta: array<f32>;
 @group(0) @binding(16) var<storage, read> normalize_residual: array<f32>;
 @group(0) @binding(17) var<storage, read_write> normalize_y: array<f32>;
+@group(0) @binding(17) var<storage, read_write> normalize_y4: array<vec4<f32>>;
+
+// BEGIN vec4 inputs. For the register-tile variant the engine swaps this
+// block for `MIRRORED_VEC4_INPUTS` (batch_norm.rs), which reads the same
+// inputs through texture mirrors, as that variant's convolutions read theirs
+// (see conv2d.wgsl's rt_src).
 @group(0) @binding(11) var<storage, read> normalize_x4: array<vec4<f32>>;
 @group(0) @binding(16) var<storage, read> normalize_residual4: array<vec4<f32>>;
-@group(0) @binding(17) var<storage, read_write> normalize_y4: array<vec4<f32>>;
+@group(0) @binding(31) var<storage, read> data_x4: array<vec4<f32>>;
+@group(0) @binding(32) var<storage, read> data_dy4: array<vec4<f32>>;
+
+// vec4 i of normalize's x and residual, and of backward-data's x and dy.
+fn normalize_x_at(i: u32) -> vec4<f32> {
+    return normalize_x4[i];
+}
+
+fn normalize_residual_at(i: u32) -> vec4<f32> {
+    return normalize_residual4[i];
+}
+
+fn data_x_at(i: u32) -> vec4<f32> {
+    return data_x4[i];
+}
+
+fn data_dy_at(i: u32) -> vec4<f32> {
+    return data_dy4[i];
+}
+// END vec4 inputs.
 
 // Channel c's normalisation: x -> (x - mean) * scale + shift.
 struct Affine {
@@ -307,9 +332,9 @@ fn batch_norm_normalize_vec4(@builtin(global_invocation_id) gid: vec3<u32>, @bui
     let residual = (p.epilogue & EPILOGUE_RESIDUAL) != 0u;
     let relu = (p.epilogue & EPILOGUE_RELU) != 0u;
     for (var i = run.x; i < run.y; i++) {
-        var v = (normalize_x4[i] - a.mean) * a.scale + a.shift;
+        var v = (normalize_x_at(i) - a.mean) * a.scale + a.shift;
         if residual {
-            v += normalize_residual4[i];
+            v += normalize_residual_at(i);
         }
         if relu {
             v = max(v, vec4<f32>(0.0));
@@ -451,8 +476,6 @@ struct BackwardDataParams {
 @group(0) @binding(36) var<storage, read> data_dgamma: array<f32>;
 @group(0) @binding(37) var<storage, read> data_dbeta: array<f32>;
 @group(0) @binding(38) var<storage, read_write> data_dx: array<f32>;
-@group(0) @binding(31) var<storage, read> data_x4: array<vec4<f32>>;
-@group(0) @binding(32) var<storage, read> data_dy4: array<vec4<f32>>;
 @group(0) @binding(38) var<storage, read_write> data_dx4: array<vec4<f32>>;
 
 // Channel c's constants: dx = scale * (dy - mean_dy - (x - mean) * inv_std * mean_dy_xhat).
@@ -499,7 +522,7 @@ fn batch_norm_backward_data_vec4(@builtin(global_invocation_id) gid: vec3<u32>, 
     }
     let k = data_channel(run.z);
     for (var i = run.x; i < run.y; i++) {
-        let xhat = (data_x4[i] - k.mean) * k.inv_std;
-        data_dx4[i] = k.scale * (data_dy4[i] - k.mean_dy - xhat * k.mean_dy_xhat);
+        let xhat = (data_x_at(i) - k.mean) * k.inv_std;
+        data_dx4[i] = k.scale * (data_dy_at(i) - k.mean_dy - xhat * k.mean_dy_xhat);
     }
 }

@@ -13,7 +13,9 @@
 //! before it compiles the pipeline that a page needs first.
 //!
 //! Binding convention: an entry point's uniform parameters sit at binding
-//! `first_binding` and its storage buffers follow in order. Entry points that
+//! `first_binding` and its tensors follow in order, as storage buffers or,
+//! for the bindings a kernel reads through texture mirrors
+//! ([`Kernel::with_mirrored_bindings`]), as textures. Entry points that
 //! share a WGSL file use disjoint binding ranges (forward 0.., backward 10..,
 //! ...), which every WGSL implementation accepts.
 
@@ -198,7 +200,11 @@ impl Kernel {
         let mut mirrors = Vec::new();
         for (tensor, binding) in tensors.iter().zip(self.first_binding + 1..) {
             let resource = if self.mirrored.contains(&binding) {
-                mirrors.push((*tensor).clone());
+                // A tensor bound twice (a stand-in for an unused input) is
+                // copied once.
+                if !mirrors.iter().any(|m: &Tensor| m.shares_mirror(tensor)) {
+                    mirrors.push((*tensor).clone());
+                }
                 wgpu::BindingResource::TextureView(tensor.mirror_view(device))
             } else {
                 tensor.binding()

@@ -42,6 +42,12 @@ const MIRROR_WIDTH: u32 = 8192u;
 fn mirrored(t: texture_2d<f32>, i: u32) -> f32 {
     return textureLoad(t, vec2<u32>(i % MIRROR_WIDTH, i / MIRROR_WIDTH), 0).x;
 }
+
+// Elements 4i to 4i + 3.
+fn mirrored_vec4(t: texture_2d<f32>, i: u32) -> vec4<f32> {
+    let e = 4u * i;
+    return vec4<f32>(mirrored(t, e), mirrored(t, e + 1u), mirrored(t, e + 2u), mirrored(t, e + 3u));
+}
 ";
 
 /// A copy of a tensor's elements in an `r32float` texture, [`MIRROR_WIDTH`]
@@ -176,6 +182,11 @@ impl Tensor {
                 TextureMirror { texture, view }
             })
             .view
+    }
+
+    /// Whether `other` is a clone of it, with the same texture mirror.
+    pub fn shares_mirror(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.mirror, &other.mirror)
     }
 
     /// Records the copy of its elements into its texture mirror: whole rows,

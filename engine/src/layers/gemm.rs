@@ -39,11 +39,6 @@ fn register_rows(a: u32, lane: u32) -> RowsA {
 const MIRRORED_OPERANDS: &str = "@group(0) @binding(11) var register_at: texture_2d<f32>;
 @group(0) @binding(12) var register_bp: texture_2d<f32>;
 
-fn mirrored_vec4(t: texture_2d<f32>, i: u32) -> vec4<f32> {
-    let e = 4u * i;
-    return vec4<f32>(mirrored(t, e), mirrored(t, e + 1u), mirrored(t, e + 2u), mirrored(t, e + 3u));
-}
-
 fn register_a(i: u32) -> vec4<f32> {
     return mirrored_vec4(register_at, i);
 }
