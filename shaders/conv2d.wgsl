@@ -200,8 +200,8 @@ fn conv2d_transpose_weights(@builtin(global_invocation_id) gid: vec3<u32>, @buil
 // per tap).
 @group(0) @binding(10) var<uniform> rt_params: ImplicitGemm;
 @group(0) @binding(11) var<storage, read> rt_wt: array<vec4<f32>>;
-// The source through its texture mirror (`mirrored`: MIRROR_WGSL in
-// engine/src/tensor.rs, which the engine appends). llvmpipe fetches a texel
+// The source through its texture mirror (`mirrored`: shaders/mirror.wgsl,
+// which the engine appends). llvmpipe fetches a texel
 // for its 8 lanes with one gather but loads from a storage buffer lane by
 // lane: ResNet-20's forward GEMMs with statistics took 0.72x the time.
 @group(0) @binding(12) var rt_src: texture_2d<f32>;

@@ -33,22 +33,10 @@ pub struct Tensor {
 /// binding can (128 MiB).
 pub const MIRROR_WIDTH: u32 = 8192;
 
-/// WGSL for kernels that read tensors through their texture mirrors; the
-/// engine appends it to their modules.
-pub const MIRROR_WGSL: &str = "
-const MIRROR_WIDTH: u32 = 8192u;
-
-// Element i of the tensor that texture mirror t holds (engine/src/tensor.rs).
-fn mirrored(t: texture_2d<f32>, i: u32) -> f32 {
-    return textureLoad(t, vec2<u32>(i % MIRROR_WIDTH, i / MIRROR_WIDTH), 0).x;
-}
-
-// Elements 4i to 4i + 3.
-fn mirrored_vec4(t: texture_2d<f32>, i: u32) -> vec4<f32> {
-    let e = 4u * i;
-    return vec4<f32>(mirrored(t, e), mirrored(t, e + 1u), mirrored(t, e + 2u), mirrored(t, e + 3u));
-}
-";
+/// WGSL for kernels that read tensors through their texture mirrors
+/// (`mirrored(t, i)`, `mirrored_vec4(t, i)`); the engine appends it to their
+/// modules.
+pub const MIRROR_WGSL: &str = include_str!("../../shaders/mirror.wgsl");
 
 /// A copy of a tensor's elements in an `r32float` texture, [`MIRROR_WIDTH`]
 /// per row, for kernels that read the tensor through texel fetches: llvmpipe

@@ -40,9 +40,14 @@ fn display_name(path: &Path) -> String {
 }
 
 /// Parses and validates one file, returning its module or naga's message.
+/// A file that reads texture mirrors is validated as the engine compiles it:
+/// with `shaders/mirror.wgsl` appended.
 fn validate(path: &Path) -> Result<naga::Module, String> {
     let name = display_name(path);
-    let source = fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
+    let mut source = fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
+    if source.contains("mirrored(") && !source.contains("fn mirrored(") {
+        source += &fs::read_to_string(shaders_dir().join("mirror.wgsl")).map_err(|e| format!("mirror.wgsl: {e}"))?;
+    }
     // Some validation errors carry no source span, so the name goes first too.
     let module = naga::front::wgsl::parse_str(&source)
         .map_err(|e| format!("{name}: {}", e.emit_to_string_with_path(&source, &name)))?;
