@@ -38,6 +38,16 @@ pub const MIRROR_WIDTH: u32 = 8192;
 /// modules.
 pub const MIRROR_WGSL: &str = include_str!("../../shaders/mirror.wgsl");
 
+/// `source` as the engine compiles a module of it: with [`MIRROR_WGSL`]
+/// appended where it reads texture mirrors.
+pub fn with_mirror_wgsl(source: String) -> String {
+    if source.contains("mirrored") && !source.contains("fn mirrored(") {
+        source + MIRROR_WGSL
+    } else {
+        source
+    }
+}
+
 /// A copy of a tensor's elements in an `r32float` texture, [`MIRROR_WIDTH`]
 /// per row, for kernels that read the tensor through texel fetches: llvmpipe
 /// fetches a texel for its 8 lanes with one gather, but loads from a storage

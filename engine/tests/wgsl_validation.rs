@@ -40,14 +40,11 @@ fn display_name(path: &Path) -> String {
 }
 
 /// Parses and validates one file, returning its module or naga's message.
-/// A file that reads texture mirrors is validated as the engine compiles it:
-/// with `shaders/mirror.wgsl` appended.
+/// A file that reads texture mirrors is validated as the engine compiles it,
+/// with `shaders/mirror.wgsl` appended (`engine::tensor::with_mirror_wgsl`).
 fn validate(path: &Path) -> Result<naga::Module, String> {
     let name = display_name(path);
-    let mut source = fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
-    if source.contains("mirrored(") && !source.contains("fn mirrored(") {
-        source += &fs::read_to_string(shaders_dir().join("mirror.wgsl")).map_err(|e| format!("mirror.wgsl: {e}"))?;
-    }
+    let source = engine::tensor::with_mirror_wgsl(fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?);
     // Some validation errors carry no source span, so the name goes first too.
     let module = naga::front::wgsl::parse_str(&source)
         .map_err(|e| format!("{name}: {}", e.emit_to_string_with_path(&source, &name)))?;

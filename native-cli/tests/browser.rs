@@ -364,7 +364,8 @@ fn every_shader_compiles_in_chromium_with_and_without_subgroup_loads() {
         .map(|path| {
             (
                 path.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read_to_string(&path).unwrap(),
+                // As the engine compiles it (see with_mirror_wgsl).
+                engine::tensor::with_mirror_wgsl(std::fs::read_to_string(&path).unwrap()),
             )
         })
         .collect();
@@ -377,6 +378,16 @@ fn every_shader_compiles_in_chromium_with_and_without_subgroup_loads() {
     modules.push((
         "gemm.wgsl with subgroup loads".into(),
         format!("{header}{}", engine::layers::gemm::gemm_source(true, false)),
+    ));
+    // The register tile's texture-mirror variants (a page can ask for that
+    // tile: `?kernels=register-tile`).
+    modules.push((
+        "gemm.wgsl with subgroup loads and mirrored operands".into(),
+        format!("{header}{}", engine::layers::gemm::gemm_source(true, true)),
+    ));
+    modules.push((
+        "batch_norm.wgsl with mirrored inputs".into(),
+        engine::layers::batch_norm::batch_norm_source(true),
     ));
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("modules.json");

@@ -9,7 +9,7 @@
 //! `dx = gamma * inv_std * (dy - dbeta / n - xhat * dgamma / n)`.
 
 use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, MAX_WORKGROUPS_PER_DIMENSION, grid_1d, shader_module, with_block};
-use crate::tensor::MIRROR_WGSL;
+use crate::tensor::with_mirror_wgsl;
 use crate::{Dispatch, Kernels, Tensor, Variant};
 
 /// Values per invocation of the element-wise passes (see `plane_run` in the
@@ -69,18 +69,21 @@ fn data_dy_at(i: u32) -> vec4<f32> {
 }
 ";
 
+/// batch_norm.wgsl, with its vec4 inputs read through texture mirrors when
+/// `mirrored`.
+pub fn batch_norm_source(mirrored: bool) -> String {
+    let source = include_str!("../../../shaders/batch_norm.wgsl");
+    if mirrored {
+        with_mirror_wgsl(with_block(source, "vec4 inputs", MIRRORED_VEC4_INPUTS))
+    } else {
+        source.to_string()
+    }
+}
+
 impl BatchNormKernels {
     pub fn new(device: &wgpu::Device, variant: Variant) -> Self {
-        let source = include_str!("../../../shaders/batch_norm.wgsl");
         let mirrored = variant == Variant::RegisterTile;
-        let module = if mirrored {
-            shader_module(
-                "batch_norm",
-                with_block(source, "vec4 inputs", MIRRORED_VEC4_INPUTS) + MIRROR_WGSL,
-            )
-        } else {
-            shader_module("batch_norm", source)
-        };
+        let module = shader_module("batch_norm", batch_norm_source(mirrored));
         let pair = |entry_point: &'static str, vec4_entry_point: &'static str, first_binding| {
             [
                 Kernel::new(device, &module, entry_point, first_binding),

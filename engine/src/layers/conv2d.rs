@@ -20,7 +20,7 @@
 //! take Winograd F(4x4, 3x3) instead ([`winograd`]).
 
 use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, ShaderModule, grid_1d, module_source, shader_module};
-use crate::tensor::MIRROR_WGSL;
+use crate::tensor::with_mirror_wgsl;
 use crate::{Dispatch, EngineError, Kernels, Tensor, Variant};
 use std::sync::Arc;
 
@@ -389,12 +389,11 @@ fn rw_rows(own: u32, loads: u32, d: DyChannels) -> Rows16 {
 /// conv2d.wgsl, with subgroup weight loads in the register and compact
 /// kernels when `subgroups` (see [`module_source`]).
 pub fn conv2d_source(subgroups: bool) -> String {
-    let source = module_source(
+    with_mirror_wgsl(module_source(
         include_str!("../../../shaders/conv2d.wgsl"),
         SUBGROUP_WEIGHT_LOADS,
         subgroups,
-    );
-    source + MIRROR_WGSL
+    ))
 }
 
 impl Conv2dKernels {

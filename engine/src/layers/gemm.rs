@@ -2,7 +2,7 @@
 //! GEMM ceiling, against which `resnet-native bench` measures the convolutions.
 
 use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, grid_1d, module_source, shader_module, with_block};
-use crate::tensor::MIRROR_WGSL;
+use crate::tensor::with_mirror_wgsl;
 use crate::{Dispatch, EngineError, Kernels, Tensor, Variant};
 
 pub struct GemmKernels {
@@ -54,7 +54,7 @@ fn register_b(i: u32) -> vec4<f32> {
 pub fn gemm_source(subgroups: bool, mirrored: bool) -> String {
     let source = module_source(include_str!("../../../shaders/gemm.wgsl"), SUBGROUP_LOADS, subgroups);
     if mirrored {
-        with_block(&source, "storage operands", MIRRORED_OPERANDS) + MIRROR_WGSL
+        with_mirror_wgsl(with_block(&source, "storage operands", MIRRORED_OPERANDS))
     } else {
         source
     }
