@@ -189,37 +189,24 @@ struct ConvGemms {
     weight_grad_stride1: Option<Kernel>,
 }
 
-/// The register tile GEMMs' first binding (their parameters; conv2d.wgsl's
-/// `rt_params`).
-const REGISTER_TILE_GEMM_BINDING: u32 = 10;
-
 impl ConvGemms {
     fn new(device: &wgpu::Device, module: &Arc<ShaderModule>, variant: Variant) -> Self {
-        // The register tile reads its source (binding 12) through its
-        // texture mirror.
-        let kernel = |entry_point, first_binding| {
-            let kernel = Kernel::new(device, module, entry_point, first_binding);
-            if first_binding == REGISTER_TILE_GEMM_BINDING {
-                kernel.with_mirrored_bindings(&[REGISTER_TILE_GEMM_BINDING + 2])
-            } else {
-                kernel
-            }
+        let pair = |plain, fused, first_binding| GemmPair {
+            plain: Kernel::new(device, module, plain, first_binding),
+            fused: Kernel::new(device, module, fused, first_binding),
         };
-        // The register tile's backward-weight reads x and dy (bindings 31,
-        // 32) through their texture mirrors.
+        // The register tile reads its sources through their texture mirrors:
+        // the GEMMs' (binding 12), the backward-weight's x and dy (31, 32).
+        let register_gemm = |entry_point| Kernel::new(device, module, entry_point, 10).with_mirrored_bindings(&[12]);
+        let register_pair = |plain, fused| GemmPair {
+            plain: register_gemm(plain),
+            fused: register_gemm(fused),
+        };
         let register_weight_grad =
             |entry_point| Kernel::new(device, module, entry_point, 30).with_mirrored_bindings(&[31, 32]);
-        let pair = |plain, fused, first_binding| GemmPair {
-            plain: kernel(plain, first_binding),
-            fused: kernel(fused, first_binding),
-        };
         let (implicit_gemm, weight_grad) = match variant {
             Variant::RegisterTile => (
-                pair(
-                    "conv2d_implicit_gemm",
-                    "conv2d_implicit_gemm_fused",
-                    REGISTER_TILE_GEMM_BINDING,
-                ),
+                register_pair("conv2d_implicit_gemm", "conv2d_implicit_gemm_fused"),
                 register_weight_grad("conv2d_weight_grad"),
             ),
             Variant::WorkgroupTile => (
@@ -231,17 +218,12 @@ impl ConvGemms {
                 Kernel::new(device, module, "conv2d_weight_grad_compact", 70),
             ),
         };
-        let aligned = (variant == Variant::RegisterTile).then(|| {
-            pair(
-                "conv2d_implicit_gemm_aligned",
-                "conv2d_implicit_gemm_aligned_fused",
-                REGISTER_TILE_GEMM_BINDING,
-            )
-        });
-        let aligned_statistics = (variant == Variant::RegisterTile)
-            .then(|| kernel("conv2d_implicit_gemm_aligned_statistics", REGISTER_TILE_GEMM_BINDING));
-        let aligned_fused_sums = (variant == Variant::RegisterTile)
-            .then(|| kernel("conv2d_implicit_gemm_aligned_fused_sums", REGISTER_TILE_GEMM_BINDING));
+        let aligned = (variant == Variant::RegisterTile)
+            .then(|| register_pair("conv2d_implicit_gemm_aligned", "conv2d_implicit_gemm_aligned_fused"));
+        let aligned_statistics =
+            (variant == Variant::RegisterTile).then(|| register_gemm("conv2d_implicit_gemm_aligned_statistics"));
+        let aligned_fused_sums =
+            (variant == Variant::RegisterTile).then(|| register_gemm("conv2d_implicit_gemm_aligned_fused_sums"));
         let seven_taps_stride2 = (variant == Variant::CompactTile).then(|| {
             pair(
                 "conv2d_implicit_gemm_compact_7_taps_stride2",
