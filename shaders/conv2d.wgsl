@@ -976,17 +976,19 @@ fn conv2d_implicit_gemm_tiled_fused(
 //   exponentially with branches in a loop body (the register tile did not
 //   compile in minutes);
 // - no branch inside a loop, even a uniform one (a loop body with one ran 4x
-//   slower): the 3-tap fast path is chosen outside the loops;
+//   slower);
 // - 16 vec4 accumulators: 16x8 or 8x16 tiles ran slower, 4x8 loads too much;
 // - every load is a gather of one f32 per invocation, the expensive part:
-//   with stride 1 and 3 taps per row a 10-pixel window serves all 3 taps,
-//   and 7 taps of stride 2 (the stem) have entry points of their own, since
-//   a path added to ct_gemm slows its others (see CONTRIBUTING.md).
+//   with 3 taps per row at stride 1 a 10-pixel window serves all 3 taps,
+//   at stride 2 17 pixels, and 7 taps of stride 2 (the stem) 24. Each of
+//   these fast paths has entry points of its own: a path added to ct_gemm
+//   slows its others, and every path compiles slowly on SwiftShader, where
+//   a page waits for its first plan's pipelines (see CONTRIBUTING.md).
 @group(0) @binding(60) var<uniform> ct_params: ImplicitGemm;
 @group(0) @binding(61) var<storage, read> ct_wt: array<vec4<f32>>;
 @group(0) @binding(62) var<storage, read> ct_src: array<f32>;
 @group(0) @binding(63) var<storage, read_write> ct_dst: array<f32>;
-// conv2d_implicit_gemm_compact_fused only, as rt_bias, rt_residual and rt_mask.
+// The fused entry points only, as rt_bias, rt_residual and rt_mask.
 @group(0) @binding(64) var<storage, read> ct_bias: array<f32>;
 @group(0) @binding(65) var<storage, read> ct_residual: array<f32>;
 @group(0) @binding(66) var<storage, read> ct_mask: array<f32>;
@@ -1095,52 +1097,56 @@ fn ct_pixels(plane_offset: u32, cols: Cols4) -> vec4<f32> {
     return vec4<f32>(ct_src[o.x], ct_src[o.y], ct_src[o.z], ct_src[o.w]) * cols.mask;
 }
 
-// Accumulates the 8 rows from 8 * row_block of `block` into acc.
+// Accumulates the 8 rows from 8 * row_block of `block` into acc: any taps,
+// strides and tap steps (backward-data too), 8 pixels per tap.
 fn ct_gemm(p: ImplicitGemm, block: RtBlock, row_block: u32, lane: u32, acc: ptr<function, array<vec4<f32>, 16>>) {
     let plane = p.src_h * p.src_w;
     // wt in vec4s: a channel step is rows_padded / 4, a tap step
     // channels_padded channel steps, the row block 2 vec4s.
     let a_step = p.rows_padded / 4u;
     let tap_step = p.channels_padded * a_step;
-    let a_block = row_block * 2u;
     let s = i32(p.src_step);
     let iota = vec4<i32>(0, 1, 2, 3);
     let first = i32(block.qw0 * p.src_step) + p.src_first_w;
-    if (p.taps_w == 3u) & (s == 1) & (p.src_tap_step == 1) & (p.kernel_step == 1u) {
-        // 3 taps of stride 1 (3x3 convolutions): per channel and tap row, one
-        // window of 10 pixels, shifted by one pixel per tap.
-        for (var th = 0u; th < p.taps_h; th++) {
-            let row = ct_row(p, block, th);
-            let cols_a = ct_cols(p, row, vec4<i32>(first) + iota);
-            let cols_b = ct_cols(p, row, vec4<i32>(first + 4) + iota);
-            let cols_c = ct_cols(p, row, vec4<i32>(first + 8) + iota);
-            var a = weight_tap(p, th, 0u) * tap_step + a_block;
+    for (var th = 0u; th < p.taps_h; th++) {
+        let row = ct_row(p, block, th);
+        for (var tw = 0u; tw < p.taps_w; tw++) {
+            let col = first + i32(tw) * p.src_tap_step;
+            let lo = ct_cols(p, row, vec4<i32>(col) + iota * s);
+            let hi = ct_cols(p, row, vec4<i32>(col + 4 * s) + iota * s);
+            var a = weight_tap(p, th, tw) * tap_step + row_block * 2u;
             for (var c = 0u; c < p.channels; c++) {
                 let offset = c * plane;
-                let x = ct_pixels(offset, cols_a);
-                let y = ct_pixels(offset, cols_b);
-                let z = vec2<f32>(ct_src[offset + cols_c.offset.x], ct_src[offset + cols_c.offset.y]) * cols_c.mask.xy;
-                ct_outer_product(acc, ct_rows(a, lane), Window(x, y));
-                ct_outer_product(acc, ct_rows(a + tap_step, lane), Window(vec4<f32>(x.yzw, y.x), vec4<f32>(y.yzw, z.x)));
-                ct_outer_product(acc, ct_rows(a + 2u * tap_step, lane), Window(vec4<f32>(x.zw, y.xy), vec4<f32>(y.zw, z)));
+                ct_outer_product(acc, ct_rows(a, lane), Window(ct_pixels(offset, lo), ct_pixels(offset, hi)));
                 a += a_step;
             }
         }
-    } else {
-        // Any taps, strides and tap steps (backward-data): 8 pixels per tap.
-        for (var th = 0u; th < p.taps_h; th++) {
-            let row = ct_row(p, block, th);
-            for (var tw = 0u; tw < p.taps_w; tw++) {
-                let col = first + i32(tw) * p.src_tap_step;
-                let lo = ct_cols(p, row, vec4<i32>(col) + iota * s);
-                let hi = ct_cols(p, row, vec4<i32>(col + 4 * s) + iota * s);
-                var a = weight_tap(p, th, tw) * tap_step + a_block;
-                for (var c = 0u; c < p.channels; c++) {
-                    let offset = c * plane;
-                    ct_outer_product(acc, ct_rows(a, lane), Window(ct_pixels(offset, lo), ct_pixels(offset, hi)));
-                    a += a_step;
-                }
-            }
+    }
+}
+
+// ct_gemm for 3 taps of stride 1 (3x3 convolutions): per channel and tap
+// row, one window of 10 pixels, shifted by one pixel per tap, instead of 24.
+fn ct_gemm_3_taps_stride1(p: ImplicitGemm, block: RtBlock, row_block: u32, lane: u32, acc: ptr<function, array<vec4<f32>, 16>>) {
+    let plane = p.src_h * p.src_w;
+    let a_step = p.rows_padded / 4u;
+    let tap_step = p.channels_padded * a_step;
+    let iota = vec4<i32>(0, 1, 2, 3);
+    let first = i32(block.qw0) + p.src_first_w;
+    for (var th = 0u; th < p.taps_h; th++) {
+        let row = ct_row(p, block, th);
+        let cols_a = ct_cols(p, row, vec4<i32>(first) + iota);
+        let cols_b = ct_cols(p, row, vec4<i32>(first + 4) + iota);
+        let cols_c = ct_cols(p, row, vec4<i32>(first + 8) + iota);
+        var a = weight_tap(p, th, 0u) * tap_step + row_block * 2u;
+        for (var c = 0u; c < p.channels; c++) {
+            let offset = c * plane;
+            let x = ct_pixels(offset, cols_a);
+            let y = ct_pixels(offset, cols_b);
+            let z = vec2<f32>(ct_src[offset + cols_c.offset.x], ct_src[offset + cols_c.offset.y]) * cols_c.mask.xy;
+            ct_outer_product(acc, ct_rows(a, lane), Window(x, y));
+            ct_outer_product(acc, ct_rows(a + tap_step, lane), Window(vec4<f32>(x.yzw, y.x), vec4<f32>(y.yzw, z.x)));
+            ct_outer_product(acc, ct_rows(a + 2u * tap_step, lane), Window(vec4<f32>(x.zw, y.xy), vec4<f32>(y.zw, z)));
+            a += a_step;
         }
     }
 }
@@ -1266,6 +1272,15 @@ fn conv2d_implicit_gemm_compact(ids: Ids) {
 }
 
 @compute @workgroup_size(8)
+fn conv2d_implicit_gemm_compact_3_taps_stride1(ids: Ids) {
+    let p = ct_params;
+    let block = ct_block(p, ct_block_index(ids));
+    var acc: array<vec4<f32>, 16>;
+    ct_gemm_3_taps_stride1(p, block, ids.workgroup.z, subgroup_lane(ids), &acc);
+    ct_store(p, block, ids.workgroup.z * 8u, &acc);
+}
+
+@compute @workgroup_size(8)
 fn conv2d_implicit_gemm_compact_7_taps_stride2(ids: Ids) {
     let p = ct_params;
     let block = ct_block(p, ct_block_index(ids));
@@ -1317,6 +1332,15 @@ fn conv2d_implicit_gemm_compact_fused(ids: Ids) {
     let block = ct_block(p, ct_block_index(ids));
     var acc: array<vec4<f32>, 16>;
     ct_gemm(p, block, ids.workgroup.z, subgroup_lane(ids), &acc);
+    ct_epilogue(p, block, ids.workgroup.z * 8u, &acc);
+}
+
+@compute @workgroup_size(8)
+fn conv2d_implicit_gemm_compact_3_taps_stride1_fused(ids: Ids) {
+    let p = ct_params;
+    let block = ct_block(p, ct_block_index(ids));
+    var acc: array<vec4<f32>, 16>;
+    ct_gemm_3_taps_stride1(p, block, ids.workgroup.z, subgroup_lane(ids), &acc);
     ct_epilogue(p, block, ids.workgroup.z * 8u, &acc);
 }
 

@@ -28,11 +28,12 @@ pub mod winograd;
 
 /// Which layers of an inference plan take the compact tile's specialised
 /// kernels: Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions
-/// ([`winograd::winograd_applies`]) and the 3-tap stride-2 GEMM for 3x3
+/// ([`winograd::winograd_applies`]; the 3-tap stride-1 GEMM where it does
+/// not apply, [`three_taps_stride1`]) and the 3-tap stride-2 GEMM for 3x3
 /// stride-2 ones ([`three_taps_stride2`]). They run faster but their
 /// pipelines compile slowly in a browser (ResNet-20's Winograd, in Chromium
 /// on SwiftShader: 0.5-0.7 s more before the first result, four alternating
-/// cold starts; the 3-tap fused GEMM about 145 ms), so a plan that must
+/// cold starts; the 3-tap stride-2 fused GEMM about 145 ms), so a plan that must
 /// answer soon takes them only where the first run repays that
 /// ([`SpecialisedLayers::Wide`]), and a page swaps in the plan with
 /// [`SpecialisedLayers::All`] after its first result.
@@ -181,8 +182,9 @@ struct ConvGemms {
     /// ResNets' stem; see [`seven_taps_stride2`]). Their pipelines compile
     /// only for networks that have such a layer.
     seven_taps_stride2: Option<GemmPair>,
-    /// Compact tile: the GEMMs of 3-tap stride-2 convolutions
-    /// (see [`three_taps_stride2`]).
+    /// Compact tile: the GEMMs of 3-tap stride-1 and stride-2 convolutions
+    /// (see [`three_taps_stride1`], [`three_taps_stride2`]).
+    three_taps_stride1: Option<GemmPair>,
     three_taps_stride2: Option<GemmPair>,
     weight_grad: Kernel,
     /// Register tile: the backward-weight at stride 1, over pixel quads.
@@ -231,6 +233,13 @@ impl ConvGemms {
                 60,
             )
         });
+        let three_taps_stride1 = (variant == Variant::CompactTile).then(|| {
+            pair(
+                "conv2d_implicit_gemm_compact_3_taps_stride1",
+                "conv2d_implicit_gemm_compact_3_taps_stride1_fused",
+                60,
+            )
+        });
         let three_taps_stride2 = (variant == Variant::CompactTile).then(|| {
             pair(
                 "conv2d_implicit_gemm_compact_3_taps_stride2",
@@ -246,6 +255,7 @@ impl ConvGemms {
             aligned_statistics,
             aligned_fused_sums,
             seven_taps_stride2,
+            three_taps_stride1,
             three_taps_stride2,
             weight_grad,
             weight_grad_stride1,
@@ -259,6 +269,7 @@ impl ConvGemms {
         let specialised = [
             (&self.aligned, aligned_blocks(params)),
             (&self.seven_taps_stride2, seven_taps_stride2(params)),
+            (&self.three_taps_stride1, three_taps_stride1(params, layers)),
             (&self.three_taps_stride2, three_taps_stride2(params, layers)),
         ];
         let pair = specialised
@@ -785,15 +796,31 @@ fn seven_taps_stride2(params: &ImplicitGemmParams) -> bool {
     params.taps_w == 7 && params.src_step == 2 && params.src_tap_step == 1 && params.kernel_step == 1
 }
 
+/// Whether a GEMM reads 3 taps per tap row at source stride 1 (a 3x3
+/// stride-1 convolution's forward), which the compact tile
+/// loads per tap row once, and `layers` asks for every layer. A first plan
+/// leaves it out: where Winograd does not take a network's stride-1
+/// convolutions (ResNet-20's, at batch 1), a pipeline with this path as well
+/// as the general one (which the others need) compiled for 0.59-0.77 s in
+/// Chromium on SwiftShader, the general path alone for 0.35-0.47 s, and
+/// ResNet-20's page cold start took 931 against 1101 ms (medians of six
+/// alternating runs) with its first plan on the general path.
+fn three_taps_stride1(params: &ImplicitGemmParams, layers: SpecialisedLayers) -> bool {
+    three_taps(params, 1) && layers == SpecialisedLayers::All
+}
+
+/// Whether a GEMM reads 3 taps per tap row at source stride `stride`, one
+/// source pixel apart.
+fn three_taps(params: &ImplicitGemmParams, stride: u32) -> bool {
+    params.taps_w == 3 && params.src_step == stride && params.src_tap_step == 1 && params.kernel_step == 1
+}
+
 /// Whether a GEMM reads 3 taps per tap row at source stride 2 (a forward 3x3
 /// stride-2 convolution), which the compact tile loads per tap row once, and
 /// is as wide as `layers` asks: with [`SpecialisedLayers::Wide`], at least
 /// [`THREE_TAPS_STRIDE2_WIDE_CHANNELS`] input channels.
 fn three_taps_stride2(params: &ImplicitGemmParams, layers: SpecialisedLayers) -> bool {
-    params.taps_w == 3
-        && params.src_step == 2
-        && params.src_tap_step == 1
-        && params.kernel_step == 1
+    three_taps(params, 2)
         && (layers == SpecialisedLayers::All || params.channels as usize >= THREE_TAPS_STRIDE2_WIDE_CHANNELS)
 }
 
@@ -1142,7 +1169,8 @@ fn backward_data(
 ) -> Result<Vec<Dispatch>, EngineError> {
     let (wt, transpose) = checked_weights(device, kernels, shape, dy, w, dx, false)?;
     let mut dispatches = vec![transpose];
-    // Backward-data never reads 3 taps at source stride 2: any `layers`.
+    // Backward-data reads its taps in reverse, which no 3-tap GEMM does: any
+    // `layers`.
     dispatches.extend(backward_data_phases(shape, &wt.shape).iter().map(|params| {
         implicit_gemm(
             device,
@@ -1498,6 +1526,7 @@ mod tests {
             Variant::CompactTile => &[
                 "conv2d_implicit_gemm_compact",
                 "conv2d_implicit_gemm_compact_7_taps_stride2",
+                "conv2d_implicit_gemm_compact_3_taps_stride1",
                 "conv2d_implicit_gemm_compact_3_taps_stride2",
             ],
             Variant::WorkgroupTile => &[],
@@ -1598,6 +1627,29 @@ mod tests {
         assert!(!packed(&shape(128, 16, 32, 16, 3, 1, 1)));
         assert!(packed(&shape(1, 512, 7, 512, 3, 1, 1)));
         assert!(shapes().iter().any(packed) && !shapes().iter().all(packed));
+    }
+
+    /// The 3-tap stride-1 GEMM takes the forward of 3x3 stride-1
+    /// convolutions only in a plan with every layer specialised: a first
+    /// plan compiles the general GEMM alone. Neither a stride-2, a 1x1 nor
+    /// a 3x3 stride-1 backward-data GEMM (taps in reverse) takes it.
+    #[test]
+    fn three_taps_stride1_takes_3x3_stride1_forwards_only_where_every_layer_is_asked() {
+        use SpecialisedLayers::{All, Wide};
+        let takes = |s: Conv2dShape| {
+            let params = forward_params(
+                &s,
+                &transposed_shape(s.kernel * s.kernel, s.out_channels, s.in_channels),
+            );
+            [Wide, All].map(|layers| three_taps_stride1(&params, layers))
+        };
+        assert_eq!(takes(shape(1, 16, 32, 16, 3, 1, 1)), [false, true]);
+        assert_eq!(takes(shape(1, 256, 14, 256, 3, 1, 1)), [false, true]);
+        assert_eq!(takes(shape(1, 16, 32, 32, 3, 2, 1)), [false, false]);
+        assert_eq!(takes(shape(1, 64, 56, 64, 1, 1, 0)), [false, false]);
+        let s = shape(1, 16, 32, 16, 3, 1, 1);
+        let backward = backward_data_phases(&s, &transposed_shape(9, s.in_channels, s.out_channels));
+        assert!(backward.iter().all(|params| !three_taps_stride1(params, All)));
     }
 
     /// The 3-tap stride-2 GEMM takes ResNet-20's downsampling convolutions
@@ -1837,6 +1889,7 @@ mod tests {
             Variant::CompactTile => &[
                 "conv2d_implicit_gemm_compact_fused",
                 "conv2d_implicit_gemm_compact_7_taps_stride2_fused",
+                "conv2d_implicit_gemm_compact_3_taps_stride1_fused",
                 "conv2d_implicit_gemm_compact_3_taps_stride2_fused",
             ],
             Variant::WorkgroupTile => &[],

@@ -385,7 +385,7 @@ fn assert_logits_match(what: &str, got: &[f32], want: &[f64]) {
 }
 
 /// `specialised`: per [`SpecialisedLayers`], the Winograd GEMMs and 3-tap
-/// stride-2 GEMMs that the compact kernels run (the others run none).
+/// GEMMs that the compact kernels run (the others run none).
 fn assert_inference_plan_matches_reference(
     spec: ModelSpec,
     batch: usize,
@@ -426,7 +426,7 @@ fn assert_inference_plan_matches_reference(
             .dispatches()
             .iter()
             .map(|d| d.entry_point())
-            .filter(|e| e.starts_with("conv2d_winograd_gemm") || e.contains("3_taps_stride2"))
+            .filter(|e| e.starts_with("conv2d_winograd_gemm") || e.contains("3_taps"))
             .collect();
         let expected: BTreeSet<&str> = match variant {
             Variant::CompactTile => gemms.iter().copied().collect(),
@@ -457,8 +457,9 @@ fn folded_resnet8_inference_plan_matches_the_unfolded_reference_in_every_variant
     // Batch 1, as a page runs it: none of its convolutions is wide enough for
     // a specialised kernel in a first plan; in the plan a page swaps in, the
     // 32x32 and 16x16 stages (64 and 16 tiles) take the 8-row Winograd GEMM,
-    // the 8x8 one (4 tiles) the 4-row GEMM, and the downsampling ones the
-    // 3-tap stride-2 GEMM.
+    // the 8x8 one (4 tiles) the 4-row GEMM, the downsampling ones the 3-tap
+    // stride-2 GEMM, and the stem (3 input channels, too few for Winograd)
+    // the 3-tap stride-1 GEMM.
     assert_inference_plan_matches_reference(
         cifar_spec(8),
         1,
@@ -467,6 +468,7 @@ fn folded_resnet8_inference_plan_matches_the_unfolded_reference_in_every_variant
             (
                 SpecialisedLayers::All,
                 &[
+                    "conv2d_implicit_gemm_compact_3_taps_stride1_fused",
                     "conv2d_implicit_gemm_compact_3_taps_stride2_fused",
                     "conv2d_winograd_gemm",
                     "conv2d_winograd_gemm_4_rows",
