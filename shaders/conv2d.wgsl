@@ -32,6 +32,11 @@
 //   columns, so that no invocation computes only padding rows;
 // - compact tile (CPU adapters in browsers: SwiftShader): 8 x 8 outputs per
 //   invocation, no barriers, no branches in loops, quick to compile.
+// Code that one tiling alone runs sits between `// BEGIN <tiling> tile` and
+// `// END <tiling> tile.` lines: the engine compiles each tiling's module
+// without the others' code (`conv2d_source`), since a browser parses and
+// translates the whole module for each pipeline (in Chromium on SwiftShader
+// this whole file took 80-90 ms to parse).
 //
 // The `*_fused` entry points run a GEMM with an epilogue:
 // dst = relu?(gemm + bias[row] + residual?), zeroed where mask <= 0 (MASK).
@@ -92,6 +97,7 @@ const EPILOGUE_RESIDUAL: u32 = 1u;
 const EPILOGUE_RELU: u32 = 2u;
 const EPILOGUE_MASK: u32 = 4u;
 
+// BEGIN workgroup tile
 // Four consecutive columns of an implicit GEMM: where they read and write.
 struct Columns4 {
     live: vec4<bool>,
@@ -139,6 +145,7 @@ fn tap4(p: ImplicitGemm, cols: Columns4, th: u32, tw: u32) -> Tap4 {
     let cc = vec4<u32>(clamp(c, vec4<i32>(0), vec4<i32>(w - 1)));
     return Tap4(cols.src_base + rc * p.src_w + cc, select(vec4<f32>(0.0), vec4<f32>(1.0), ok));
 }
+// END workgroup tile.
 
 // Index of tap (th, tw) of a phase in the weights' K x K taps.
 fn weight_tap(p: ImplicitGemm, th: u32, tw: u32) -> u32 {
@@ -189,6 +196,7 @@ fn conv2d_transpose_weights(@builtin(global_invocation_id) gid: vec3<u32>, @buil
     }
 }
 
+// BEGIN register tile
 // conv2d_implicit_gemm (register tile): 16 rows x 24 columns per invocation,
 // the columns being three blocks of 8 consecutive pixels of a destination row
 // (consecutive blocks in (b, qh, qw) order, so narrow maps waste nothing); 8
@@ -219,6 +227,7 @@ struct Rows16 {
     a2: vec4<f32>,
     a3: vec4<f32>,
 }
+// END register tile.
 
 // 8 source pixels of one channel for the 8 columns of a block.
 struct Window {
@@ -226,6 +235,7 @@ struct Window {
     hi: vec4<f32>,
 }
 
+// BEGIN register tile
 // Four terms of a GEMM's reduction, each 16 rows and 8 pixels: four
 // consecutive channels in the forward and backward-data GEMMs (their rows of
 // wt and their windows of the same 8 pixels), four consecutive pixels in the
@@ -320,6 +330,7 @@ fn outer_product_16x8x2(acc: ptr<function, array<vec4<f32>, 32>>, a: Rows16, x: 
     (*acc)[30] += a.a3.w * x.lo + b.a3.w * y.lo;
     (*acc)[31] += a.a3.w * x.hi + b.a3.w * y.hi;
 }
+// END register tile.
 
 // One block of 8 consecutive destination pixels of a row.
 struct RtBlock {
@@ -348,6 +359,7 @@ struct RtRow {
     ok: bool,
 }
 
+// BEGIN register tile
 fn rt_row(p: ImplicitGemm, block: RtBlock, th: u32) -> RtRow {
     let r = i32(block.qh * p.src_step) + p.src_first_h + i32(th) * p.src_tap_step;
     let base = block.image * p.channels * p.src_h * p.src_w + u32(clamp(r, 0, i32(p.src_h) - 1)) * p.src_w;
@@ -395,12 +407,14 @@ fn rt_tap_rows4(p: ImplicitGemm, tap_row: u32, tw: u32, c: u32, a_block: u32, la
     let a = ((tap_row + p.kernel_first_w + tw * p.kernel_step) * p.channels_padded + c) * a_step + a_block;
     return Rows16x4(rt_rows(a, lane), rt_rows(a + a_step, lane), rt_rows(a + 2u * a_step, lane), rt_rows(a + 3u * a_step, lane));
 }
+// END register tile.
 
 // Index in dst of a block's first pixel in `row`.
 fn rt_dst_index(p: ImplicitGemm, block: RtBlock, row: u32) -> u32 {
     return ((block.image * p.rows + row) * p.dst_h + p.dst_first_h + block.qh * p.dst_step) * p.dst_w + p.dst_first_w + block.qw0 * p.dst_step;
 }
 
+// BEGIN register tile
 fn rt_store_row(p: ImplicitGemm, block: RtBlock, row: u32, lo: vec4<f32>, hi: vec4<f32>) {
     let n = block.live;
     if row >= p.rows || n == 0u {
@@ -436,12 +450,14 @@ fn rt_store(p: ImplicitGemm, block: RtBlock, row0: u32, acc: ptr<function, array
     rt_store_row(p, block, row0 + 14u, (*acc)[28], (*acc)[29]);
     rt_store_row(p, block, row0 + 15u, (*acc)[30], (*acc)[31]);
 }
+// END register tile.
 
 // Blocks of 8 destination pixels of the register-tile GEMM, over all rows.
 fn rt_blocks(p: ImplicitGemm) -> u32 {
     return p.batch * p.q_h * ((p.q_w + 7u) / 8u);
 }
 
+// BEGIN register tile
 // What invocation g computes: the 16 rows from row0 of three blocks.
 struct RtTile {
     block0: RtBlock,
@@ -801,7 +817,9 @@ fn conv2d_implicit_gemm_aligned_fused_sums(ids: Ids) {
     let tile = rt_gemm(p, ids, &acc0, &acc1, &acc2);
     rt_epilogue_tile_sums(p, tile, &acc0, &acc1, &acc2);
 }
+// END register tile.
 
+// BEGIN workgroup tile
 // Workgroup-memory tiles shared by the two tiled kernels, as vec4s of 4
 // consecutive rows (a: `depth` x `a_width`) or columns (b: `depth` x
 // `b_width`), k-major.
@@ -965,7 +983,9 @@ fn conv2d_implicit_gemm_tiled_fused(
     wt_store_row(p, cols, row + 2u, wt_epilogue(p, cols, row + 2u, acc[2]));
     wt_store_row(p, cols, row + 3u, wt_epilogue(p, cols, row + 3u, acc[3]));
 }
+// END workgroup tile.
 
+// BEGIN compact tile
 // conv2d_implicit_gemm_compact (compact tile: CPU adapters in browsers, e.g.
 // SwiftShader): 8 rows x 8 consecutive pixels of a destination row per
 // invocation, no barriers, 8 invocations per workgroup, all on the same 8 rows
@@ -998,6 +1018,7 @@ struct Rows8 {
     lo: vec4<f32>,
     hi: vec4<f32>,
 }
+// END compact tile.
 
 // BEGIN plain loads: the weights of the register and compact tiles. Where
 // the device has subgroups the engine swaps this block for
@@ -1016,6 +1037,7 @@ fn subgroup_lane(ids: Ids) -> u32 {
     return 0u;
 }
 
+// BEGIN compact tile
 fn ct_rows(index: u32, lane: u32) -> Rows8 {
     return Rows8(ct_wt[index], ct_wt[index + 1u]);
 }
@@ -1024,7 +1046,9 @@ fn ct_rows(index: u32, lane: u32) -> Rows8 {
 fn ct_rows4(index: u32, lane: u32) -> vec4<f32> {
     return ct_wt[index];
 }
+// END compact tile.
 
+// BEGIN register tile
 // 16 consecutive rows of wt (one tap and channel).
 fn rt_rows(index: u32, lane: u32) -> Rows16 {
     return Rows16(rt_wt[index], rt_wt[index + 1u], rt_wt[index + 2u], rt_wt[index + 3u]);
@@ -1041,8 +1065,10 @@ fn rw_rows(own: u32, loads: u32, d: DyChannels) -> Rows16 {
         vec4<f32>(mirrored(rw_dy, own + d.d3.x), mirrored(rw_dy, own + d.d3.y), mirrored(rw_dy, own + d.d3.z), mirrored(rw_dy, own + d.d3.w)),
     );
 }
+// END register tile.
 // END plain loads.
 
+// BEGIN compact tile
 // acc[2i + h] += a_i * x_h: 8 rows a with 8 pixels x (lo: 0..3, hi: 4..7).
 fn ct_outer_product(acc: ptr<function, array<vec4<f32>, 16>>, a: Rows8, x: Window) {
     (*acc)[0] += a.lo.x * x.lo;
@@ -1370,6 +1396,7 @@ fn conv2d_implicit_gemm_compact_3_taps_stride2_fused(ids: Ids) {
     ct_gemm_3_taps_stride2(p, block, ids.workgroup.z, subgroup_lane(ids), &acc);
     ct_epilogue(p, block, ids.workgroup.z * 8u, &acc);
 }
+// END compact tile.
 
 // Backward-weight: partial[chunk][co][ci][kh][kw] = sum over the chunk's output
 // rows (b, oh) and ow of dy[b][co][oh][ow] * x[b][ci][oh*s - pad + kh][ow*s - pad + kw].
@@ -1455,6 +1482,7 @@ fn weight_grad_slice(p: WeightGrad, g: u32) -> WeightGradSlice {
     );
 }
 
+// BEGIN register tile
 // conv2d_weight_grad (register tile): one invocation per (chunk, kernel row
 // kh, taps kw..kw + 2 of it, 16 output channels, 8 input channels). On
 // llvmpipe a load from a per-invocation address is gathered lane by lane, so
@@ -1726,7 +1754,9 @@ fn conv2d_weight_grad_stride1(ids: Ids) {
     }
     rw_store_tile(p, t, &acc0, &acc1, &acc2);
 }
+// END register tile.
 
+// BEGIN workgroup tile
 // conv2d_weight_grad_tiled (workgroup tile): rows = output channels, columns =
 // (ci, kh, kw) flattened, depth = the chunk's pixels (b, oh, ow) flattened;
 // workgroup_id.z is the chunk. Tiles as conv2d_implicit_gemm_tiled's: R x
@@ -1817,7 +1847,9 @@ fn conv2d_weight_grad_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local
         }
     }
 }
+// END workgroup tile.
 
+// BEGIN compact tile
 // conv2d_weight_grad_compact (compact tile, for the reasons of the compact
 // GEMM): one invocation per (chunk, tap, 8 output channels, 8 input
 // channels); per output pixel it loads 8 dy and 8 x values (the padding as a
@@ -1906,6 +1938,7 @@ fn conv2d_weight_grad_compact(@builtin(global_invocation_id) gid: vec3<u32>, @bu
     cw_store_row(p, base, co + 6u, ci_lo, ci_hi, acc[12], acc[13]);
     cw_store_row(p, base, co + 7u, ci_lo, ci_hi, acc[14], acc[15]);
 }
+// END compact tile.
 
 // conv2d_reduce_partials: dw[i] = sum over chunks of partials[chunk][i], in
 // chunk order.
@@ -1932,6 +1965,7 @@ fn conv2d_reduce_partials(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     reduce_dw[i] = sum;
 }
 
+// BEGIN compact tile
 // Winograd F(4x4, 3x3): the inference forward of 3x3 stride-1 convolutions
 // with the compact tile (SwiftShader), in three passes over scratch buffers.
 // Each 4x4 tile of output pixels is computed from the 6x6 input patch d at
@@ -2365,3 +2399,4 @@ fn conv2d_winograd_output(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     wo_store_row(p, plane, h + 1u, columns, bias, array<f32, 6>(c0.y, c1.y, c2.y, c3.y, c4.y, c5.y));
     wo_store_row(p, plane, h, columns, bias, array<f32, 6>(c0.x, c1.x, c2.x, c3.x, c4.x, c5.x));
 }
+// END compact tile.

@@ -116,6 +116,24 @@ pub fn with_block(source: &str, name: &str, replacement: &str) -> String {
     format!("{}{replacement}{}", &source[..block], &source[end..])
 }
 
+/// `source` without its blocks named `name`: every run of lines from a
+/// `// BEGIN {name}` line to the next `// END {name}.` line, both included.
+pub fn without_blocks(source: &str, name: &str) -> String {
+    let begin_marker = format!("// BEGIN {name}\n");
+    let end_marker = format!("// END {name}.\n");
+    let mut kept = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(begin) = rest.find(&begin_marker) {
+        let end = rest[begin..]
+            .find(&end_marker)
+            .unwrap_or_else(|| panic!("the shader ends its {name} block"));
+        kept.push_str(&rest[..begin]);
+        rest = &rest[begin + end + end_marker.len()..];
+    }
+    kept.push_str(rest);
+    kept
+}
+
 #[derive(Clone, Debug)]
 pub struct Kernel {
     module: Arc<ShaderModule>,
@@ -388,6 +406,22 @@ pub fn grid_1d(invocations: usize, workgroup_size: u32) -> [u32; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_blocks_drops_every_block_of_that_name_and_keeps_the_others() {
+        let source = "a\n// BEGIN x tile\nb\n// END x tile.\nc\n// BEGIN y tile\nd\n// END y tile.\n// BEGIN x tile\ne\n// END x tile.\nf\n";
+        assert_eq!(
+            without_blocks(source, "x tile"),
+            "a\nc\n// BEGIN y tile\nd\n// END y tile.\nf\n"
+        );
+        assert_eq!(without_blocks(source, "z tile"), source);
+    }
+
+    #[test]
+    #[should_panic(expected = "the shader ends its x tile block")]
+    fn without_blocks_rejects_a_block_without_its_end() {
+        without_blocks("// BEGIN x tile\nb\n", "x tile");
+    }
 
     #[test]
     fn grid_1d_covers_every_invocation_within_limits() {

@@ -2,7 +2,7 @@
 //! when it is first bound) and the execution context.
 
 use crate::layers::batch_norm::BatchNormKernels;
-use crate::layers::conv2d::{Conv2dKernels, conv2d_source};
+use crate::layers::conv2d::{CONV2D_WGSL, Conv2dKernels};
 use crate::layers::gemm::GemmKernels;
 use crate::layers::linear::LinearKernels;
 use crate::layers::loss::LossKernels;
@@ -71,7 +71,7 @@ impl Variant {
 /// variants made with other kernels are stale.
 pub fn tiled_kernels_fingerprint() -> String {
     // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    let hash = conv2d_source(false).bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+    let hash = CONV2D_WGSL.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     });
     format!("engine {} conv2d.wgsl {hash:016x}", env!("CARGO_PKG_VERSION"))

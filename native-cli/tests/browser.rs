@@ -371,10 +371,14 @@ fn every_shader_compiles_in_chromium_with_and_without_subgroup_loads() {
         .collect();
     assert!(modules.len() >= 9, "shaders/ holds {} modules", modules.len());
     let header = engine::kernel::BROWSER_SUBGROUPS_HEADER;
-    modules.push((
-        "conv2d.wgsl with subgroup loads".into(),
-        format!("{header}{}", engine::layers::conv2d::conv2d_source(true)),
-    ));
+    // Each tiling's own module, as the engine compiles it where the device
+    // has subgroups (the workgroup tile has no subgroup loads).
+    for variant in [engine::Variant::RegisterTile, engine::Variant::CompactTile] {
+        modules.push((
+            format!("conv2d.wgsl, {variant:?} kernels with subgroup loads"),
+            format!("{header}{}", engine::layers::conv2d::conv2d_source(variant, true)),
+        ));
+    }
     modules.push((
         "gemm.wgsl with subgroup loads".into(),
         format!("{header}{}", engine::layers::gemm::gemm_source(true, false)),

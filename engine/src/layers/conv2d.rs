@@ -19,7 +19,9 @@
 //! the compact tile, wide 3x3 stride-1 convolutions with enough 4x4 tiles
 //! take Winograd F(4x4, 3x3) instead ([`winograd`]).
 
-use crate::kernel::{ELEMENTWISE_WORKGROUP, Kernel, ShaderModule, grid_1d, module_source, shader_module};
+use crate::kernel::{
+    ELEMENTWISE_WORKGROUP, Kernel, ShaderModule, grid_1d, module_source, shader_module, without_blocks,
+};
 use crate::tensor::with_mirror_wgsl;
 use crate::{Dispatch, EngineError, Kernels, Tensor, Variant};
 use std::sync::Arc;
@@ -333,6 +335,7 @@ fn subgroup_lane(ids: Ids) -> u32 {
     return ids.lane;
 }
 
+// BEGIN compact tile
 fn ct_rows(index: u32, lane: u32) -> Rows8 {
     let k = lane % 4u;
     let lo = ct_wt[index][k];
@@ -348,6 +351,9 @@ fn ct_rows4(index: u32, lane: u32) -> vec4<f32> {
     return vec4<f32>(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
 }
 
+// END compact tile.
+
+// BEGIN register tile
 // The 16 values that lanes 0 to 3 hold in v, 4 each.
 fn broadcast_rows16(v: vec4<f32>) -> Rows16 {
     return Rows16(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
@@ -377,16 +383,30 @@ fn rw_rows(own: u32, loads: u32, d: DyChannels) -> Rows16 {
     let last = Rows16(subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u));
     return Rows16(select(first.a0, last.a0, d.last), select(first.a1, last.a1, d.last), select(first.a2, last.a2, d.last), select(first.a3, last.a3, d.last));
 }
+// END register tile.
 ";
 
-/// conv2d.wgsl, with subgroup weight loads in the register and compact
+/// The convolutions' WGSL, every tiling's code.
+pub const CONV2D_WGSL: &str = include_str!("../../../shaders/conv2d.wgsl");
+
+/// conv2d.wgsl as `variant`'s kernels compile it: without the other
+/// tilings' blocks, with subgroup weight loads in the register and compact
 /// kernels when `subgroups` (see [`module_source`]).
-pub fn conv2d_source(subgroups: bool) -> String {
-    with_mirror_wgsl(module_source(
-        include_str!("../../../shaders/conv2d.wgsl"),
-        SUBGROUP_WEIGHT_LOADS,
-        subgroups,
-    ))
+pub fn conv2d_source(variant: Variant, subgroups: bool) -> String {
+    let source = Variant::ALL.into_iter().filter(|&other| other != variant).fold(
+        module_source(CONV2D_WGSL, SUBGROUP_WEIGHT_LOADS, subgroups),
+        |source, other| without_blocks(&source, tile_block(other)),
+    );
+    with_mirror_wgsl(source)
+}
+
+/// The name of `variant`'s blocks in conv2d.wgsl.
+fn tile_block(variant: Variant) -> &'static str {
+    match variant {
+        Variant::RegisterTile => "register tile",
+        Variant::WorkgroupTile => "workgroup tile",
+        Variant::CompactTile => "compact tile",
+    }
 }
 
 impl Conv2dKernels {
@@ -394,10 +414,9 @@ impl Conv2dKernels {
     /// feature) gives the register and compact kernels subgroup weight loads.
     pub fn new(device: &wgpu::Device, variant: Variant, subgroups: bool) -> Self {
         let subgroup_loads = subgroups && variant != Variant::WorkgroupTile;
-        let source = conv2d_source(subgroup_loads);
-        let module = shader_module("conv2d", source);
+        let module = shader_module("conv2d", conv2d_source(variant, subgroup_loads));
         let packed = (variant == Variant::RegisterTile && subgroup_loads).then(|| {
-            let plain = shader_module("conv2d (packed)", conv2d_source(false));
+            let plain = shader_module("conv2d (packed)", conv2d_source(variant, false));
             ConvGemms::new(device, &plain, variant)
         });
         Self {
@@ -1751,19 +1770,50 @@ mod tests {
         with_and_without_subgroups(Variant::CompactTile, check_variant);
     }
 
+    /// Each tiling's module, with and without subgroup loads, is valid WGSL
+    /// (the blocks it leaves out held nothing it uses) and holds its own
+    /// tiling's entry points and no other's.
     #[test]
-    fn conv2d_subgroup_source_validates_with_the_subgroups_feature() {
-        let source = conv2d_source(true);
-        assert!(source.contains("subgroupBroadcast") && !source.contains("enable subgroups"));
-        let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{}", e.emit_to_string(&source)));
+    fn conv2d_source_of_each_variant_validates_with_its_entry_points_only() {
         let capabilities = naga::valid::Capabilities::CUBE_ARRAY_TEXTURES
             | naga::valid::Capabilities::MULTISAMPLED_SHADING
             | naga::valid::Capabilities::SUBGROUP;
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
-            .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
-            .subgroup_operations(naga::valid::SubgroupOperationSet::all())
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{}", e.emit_to_string(&source)));
+        let own_entry_point = |variant| match variant {
+            Variant::RegisterTile => "fn conv2d_implicit_gemm(",
+            Variant::WorkgroupTile => "fn conv2d_implicit_gemm_tiled(",
+            Variant::CompactTile => "fn conv2d_winograd_gemm(",
+        };
+        for variant in Variant::ALL {
+            for subgroups in [false, true] {
+                let source = conv2d_source(variant, subgroups);
+                let what = format!("{variant:?}, subgroups {subgroups}");
+                assert_eq!(
+                    source.contains("subgroupBroadcast"),
+                    subgroups && variant != Variant::WorkgroupTile,
+                    "{what}"
+                );
+                assert!(!source.contains("enable subgroups"), "{what}");
+                for other in Variant::ALL {
+                    assert_eq!(
+                        source.contains(own_entry_point(other)),
+                        other == variant,
+                        "{what}: {other:?}'s kernels"
+                    );
+                }
+                assert!(
+                    source.len() < CONV2D_WGSL.len() * 2 / 3,
+                    "{what}: {} bytes",
+                    source.len()
+                );
+                let module = naga::front::wgsl::parse_str(&source)
+                    .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&source)));
+                naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+                    .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+                    .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+                    .validate(&module)
+                    .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&source)));
+            }
+        }
     }
 
     /// Signature of a fused inference forward under test: dispatches for
