@@ -188,6 +188,12 @@ struct ConvGemms {
     /// (see [`three_taps_stride1`], [`three_taps_stride2`]).
     three_taps_stride1: Option<GemmPair>,
     three_taps_stride2: Option<GemmPair>,
+    /// Compact tile: the general GEMM fused with an epilogue that masks
+    /// (backward-data through a ReLU), which its other fused entry points
+    /// leave out: the mask made the fused forward's pipeline compile in
+    /// 1.25x the time in Chromium on SwiftShader, before a page's first
+    /// result.
+    masked: Option<Kernel>,
     weight_grad: Kernel,
     /// Register tile: the backward-weight at stride 1, over pixel quads.
     weight_grad_stride1: Option<Kernel>,
@@ -195,16 +201,20 @@ struct ConvGemms {
 
 impl ConvGemms {
     fn new(device: &wgpu::Device, module: &Arc<ShaderModule>, variant: Variant) -> Self {
-        let pair = |plain, fused, first_binding| GemmPair {
+        let pair = |plain, fused, first_binding, fused_masks| GemmPair {
             plain: Kernel::new(device, module, plain, first_binding),
             fused: Kernel::new(device, module, fused, first_binding),
+            fused_masks,
         };
+        // The compact tile's fused entry points leave the mask to `masked`.
+        let compact_pair = |plain, fused| pair(plain, fused, 60, false);
         // The register tile reads its sources through their texture mirrors:
         // the GEMMs' (binding 12), the backward-weight's x and dy (31, 32).
         let register_gemm = |entry_point| Kernel::new(device, module, entry_point, 10).with_mirrored_bindings(&[12]);
         let register_pair = |plain, fused| GemmPair {
             plain: register_gemm(plain),
             fused: register_gemm(fused),
+            fused_masks: true,
         };
         let register_weight_grad =
             |entry_point| Kernel::new(device, module, entry_point, 30).with_mirrored_bindings(&[31, 32]);
@@ -214,11 +224,16 @@ impl ConvGemms {
                 register_weight_grad("conv2d_weight_grad"),
             ),
             Variant::WorkgroupTile => (
-                pair("conv2d_implicit_gemm_tiled", "conv2d_implicit_gemm_tiled_fused", 20),
+                pair(
+                    "conv2d_implicit_gemm_tiled",
+                    "conv2d_implicit_gemm_tiled_fused",
+                    20,
+                    true,
+                ),
                 Kernel::new(device, module, "conv2d_weight_grad_tiled", 40),
             ),
             Variant::CompactTile => (
-                pair("conv2d_implicit_gemm_compact", "conv2d_implicit_gemm_compact_fused", 60),
+                compact_pair("conv2d_implicit_gemm_compact", "conv2d_implicit_gemm_compact_fused"),
                 Kernel::new(device, module, "conv2d_weight_grad_compact", 70),
             ),
         };
@@ -229,26 +244,25 @@ impl ConvGemms {
         let aligned_fused_sums =
             (variant == Variant::RegisterTile).then(|| register_gemm("conv2d_implicit_gemm_aligned_fused_sums"));
         let seven_taps_stride2 = (variant == Variant::CompactTile).then(|| {
-            pair(
+            compact_pair(
                 "conv2d_implicit_gemm_compact_7_taps_stride2",
                 "conv2d_implicit_gemm_compact_7_taps_stride2_fused",
-                60,
             )
         });
         let three_taps_stride1 = (variant == Variant::CompactTile).then(|| {
-            pair(
+            compact_pair(
                 "conv2d_implicit_gemm_compact_3_taps_stride1",
                 "conv2d_implicit_gemm_compact_3_taps_stride1_fused",
-                60,
             )
         });
         let three_taps_stride2 = (variant == Variant::CompactTile).then(|| {
-            pair(
+            compact_pair(
                 "conv2d_implicit_gemm_compact_3_taps_stride2",
                 "conv2d_implicit_gemm_compact_3_taps_stride2_fused",
-                60,
             )
         });
+        let masked = (variant == Variant::CompactTile)
+            .then(|| Kernel::new(device, module, "conv2d_implicit_gemm_compact_masked", 60));
         let weight_grad_stride1 =
             (variant == Variant::RegisterTile).then(|| register_weight_grad("conv2d_weight_grad_stride1"));
         Self {
@@ -259,14 +273,23 @@ impl ConvGemms {
             seven_taps_stride2,
             three_taps_stride1,
             three_taps_stride2,
+            masked,
             weight_grad,
             weight_grad_stride1,
         }
     }
 
     /// The plain or fused GEMM for `params`: a specialised one where there is
-    /// one for it (the 3-tap stride-2 one where `layers` asks for it).
-    fn implicit_gemm(&self, params: &ImplicitGemmParams, fused: bool, layers: SpecialisedLayers) -> &Kernel {
+    /// one for it (the 3-tap ones where `layers` asks for them), the masked
+    /// one where the epilogue masks and there is one. With whether it binds
+    /// a mask.
+    fn implicit_gemm(&self, params: &ImplicitGemmParams, fused: bool, layers: SpecialisedLayers) -> (&Kernel, bool) {
+        if fused
+            && params.epilogue & EPILOGUE_MASK != 0
+            && let Some(masked) = &self.masked
+        {
+            return (masked, true);
+        }
         // The first specialised pair that this variant has and that fits.
         let specialised = [
             (&self.aligned, aligned_blocks(params)),
@@ -278,7 +301,11 @@ impl ConvGemms {
             .into_iter()
             .find_map(|(pair, fits)| pair.as_ref().filter(|_| fits))
             .unwrap_or(&self.implicit_gemm);
-        if fused { &pair.fused } else { &pair.plain }
+        if fused {
+            (&pair.fused, pair.fused_masks)
+        } else {
+            (&pair.plain, false)
+        }
     }
 
     /// The backward-weight for `shape`: pixel quads at stride 1 where there
@@ -292,10 +319,11 @@ impl ConvGemms {
 }
 
 /// A GEMM's plain entry point and its fused one, which shares its bindings
-/// and adds the epilogue's.
+/// and adds the epilogue's: bias, residual and, where `fused_masks`, mask.
 struct GemmPair {
     plain: Kernel,
     fused: Kernel,
+    fused_masks: bool,
 }
 
 pub struct Conv2dKernels {
@@ -867,30 +895,27 @@ fn implicit_gemm(
         epilogue: epilogue.map_or(0, Epilogue::flags),
         ..*params
     };
-    let (kernel, launch) = implicit_gemm_kernel(kernels, &params, epilogue.is_some(), layers);
+    let ((kernel, binds_mask), launch) = implicit_gemm_kernel(kernels, &params, epilogue.is_some(), layers);
     match epilogue {
         None => kernel.bind(device, &launch.params, &[wt, src, dst], launch.grid),
         Some(e) => {
             let [bias, residual, mask] = e.tensors(wt);
-            kernel.bind(
-                device,
-                &launch.params,
-                &[wt, src, dst, bias, residual, mask],
-                launch.grid,
-            )
+            let tensors = [wt, src, dst, bias, residual, mask];
+            let bound = if binds_mask { &tensors[..] } else { &tensors[..5] };
+            kernel.bind(device, &launch.params, bound, launch.grid)
         }
     }
     .with_flops(params.flops())
 }
 
 /// The GEMM entry point (fused with the epilogue or plain) for `params`,
-/// with its launch.
+/// with whether it binds a mask, and its launch.
 fn implicit_gemm_kernel<'k>(
     kernels: &'k Conv2dKernels,
     params: &ImplicitGemmParams,
     fused: bool,
     layers: SpecialisedLayers,
-) -> (&'k Kernel, Launch) {
+) -> ((&'k Kernel, bool), Launch) {
     let launch = launch(kernels, params);
     (
         kernels.gemms(launch.packed).implicit_gemm(params, fused, layers),
@@ -905,7 +930,9 @@ pub fn conv2d_forward_fused_kernel<'k>(
     layers: SpecialisedLayers,
 ) -> &'k Kernel {
     let wt_shape = transposed_shape(shape.kernel * shape.kernel, shape.out_channels, shape.in_channels);
-    implicit_gemm_kernel(&kernels.conv2d, &forward_params(shape, &wt_shape), true, layers).0
+    implicit_gemm_kernel(&kernels.conv2d, &forward_params(shape, &wt_shape), true, layers)
+        .0
+        .0
 }
 
 /// `y = conv2d(x, w)`.
@@ -1938,6 +1965,7 @@ mod tests {
             Variant::RegisterTile => &["conv2d_implicit_gemm_fused", "conv2d_implicit_gemm_aligned_fused"],
             Variant::CompactTile => &[
                 "conv2d_implicit_gemm_compact_fused",
+                "conv2d_implicit_gemm_compact_masked",
                 "conv2d_implicit_gemm_compact_7_taps_stride2_fused",
                 "conv2d_implicit_gemm_compact_3_taps_stride1_fused",
                 "conv2d_implicit_gemm_compact_3_taps_stride2_fused",
