@@ -261,6 +261,7 @@ fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path_and_auto_skips_swi
             "images": images,
             "bad": [not_image, corrupt, not_resnet],
             "drop": images[1],
+            "early": images[3],
             "variants": images[2],
             "screenshot": if webgpu { Some(artifacts.join("page.png")) } else { None },
             // On WebGPU the ImageNet network also runs the compact tile's own
@@ -307,6 +308,15 @@ fn page_matches_native_classify_on_webgpu_and_on_the_cpu_path_and_auto_skips_swi
             &native[0],
         );
         assert_same_top5(&format!("{backend}: dropped"), &result["dropped"]["top"], &native[1]);
+        // An image given to a fresh page before its model has loaded (as by
+        // someone who drops one at once) is classified once it has.
+        let early = &result["early"];
+        assert_eq!(
+            early["loadedFirst"], false,
+            "{backend}: the model loaded first: {early}"
+        );
+        assert_eq!(early["backend"], backend, "{early}");
+        assert_same_top5(&format!("{backend}: given while loading"), &early["top"], &native[3]);
         // Every input type of the API sees the same pixels.
         let variants = result["variants"].as_object().unwrap();
         for kind in ["ArrayBuffer", "Blob", "HTMLImageElement", "ImageBitmap", "ImageData"] {

@@ -87,7 +87,9 @@ function render(file, result) {
 async function handle(file) {
   if (!file) return;
   if (file.name?.toLowerCase().endsWith(".safetensors")) return loadModel(await file.arrayBuffer(), file.name);
-  if (!app.classifier) return showError("No model is loaded yet.");
+  // An image given while the model loads waits for it.
+  if (!app.classifier) await app.ready;
+  if (!app.classifier) return showError(`${file.name ?? "pasted image"}: no model is loaded`);
   $("result").dataset.state = "busy";
   const preview = $("preview");
   URL.revokeObjectURL(preview.src);
