@@ -1679,23 +1679,30 @@ mod tests {
     /// convolutions only in a plan with every layer specialised: a first
     /// plan compiles the general GEMM alone. Neither a stride-2, a 1x1 nor
     /// a 3x3 stride-1 backward-data GEMM (taps in reverse) takes it.
+    /// Whether `fits` takes the forward of `s` in a first plan and in a plan
+    /// with every layer specialised.
+    fn takes_forward(fits: fn(&ImplicitGemmParams, SpecialisedLayers) -> bool, s: Conv2dShape) -> [bool; 2] {
+        let params = forward_params(
+            &s,
+            &transposed_shape(s.kernel * s.kernel, s.out_channels, s.in_channels),
+        );
+        [SpecialisedLayers::Wide, SpecialisedLayers::All].map(|layers| fits(&params, layers))
+    }
+
     #[test]
     fn three_taps_stride1_takes_3x3_stride1_forwards_only_where_every_layer_is_asked() {
-        use SpecialisedLayers::{All, Wide};
-        let takes = |s: Conv2dShape| {
-            let params = forward_params(
-                &s,
-                &transposed_shape(s.kernel * s.kernel, s.out_channels, s.in_channels),
-            );
-            [Wide, All].map(|layers| three_taps_stride1(&params, layers))
-        };
+        let takes = |s| takes_forward(three_taps_stride1, s);
         assert_eq!(takes(shape(1, 16, 32, 16, 3, 1, 1)), [false, true]);
         assert_eq!(takes(shape(1, 256, 14, 256, 3, 1, 1)), [false, true]);
         assert_eq!(takes(shape(1, 16, 32, 32, 3, 2, 1)), [false, false]);
         assert_eq!(takes(shape(1, 64, 56, 64, 1, 1, 0)), [false, false]);
         let s = shape(1, 16, 32, 16, 3, 1, 1);
         let backward = backward_data_phases(&s, &transposed_shape(9, s.in_channels, s.out_channels));
-        assert!(backward.iter().all(|params| !three_taps_stride1(params, All)));
+        assert!(
+            backward
+                .iter()
+                .all(|params| !three_taps_stride1(params, SpecialisedLayers::All))
+        );
     }
 
     /// The 3-tap stride-2 GEMM takes ResNet-20's downsampling convolutions
@@ -1704,14 +1711,7 @@ mod tests {
     /// stride-1 nor a 1x1 stride-2 convolution.
     #[test]
     fn three_taps_stride2_takes_narrow_convolutions_only_where_every_layer_is_asked() {
-        use SpecialisedLayers::{All, Wide};
-        let takes = |s: Conv2dShape| {
-            let params = forward_params(
-                &s,
-                &transposed_shape(s.kernel * s.kernel, s.out_channels, s.in_channels),
-            );
-            [Wide, All].map(|layers| three_taps_stride2(&params, layers))
-        };
+        let takes = |s| takes_forward(three_taps_stride2, s);
         assert_eq!(takes(shape(1, 16, 32, 32, 3, 2, 1)), [false, true]);
         assert_eq!(takes(shape(1, 32, 16, 64, 3, 2, 1)), [false, true]);
         assert_eq!(takes(shape(1, 64, 56, 128, 3, 2, 1)), [true, true]);
