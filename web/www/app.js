@@ -87,9 +87,6 @@ function render(file, result) {
 async function handle(file) {
   if (!file) return;
   if (file.name?.toLowerCase().endsWith(".safetensors")) return loadModel(await file.arrayBuffer(), file.name);
-  // An image given while the model loads waits for it.
-  if (!app.classifier) await app.ready;
-  if (!app.classifier) return showError(`${file.name ?? "pasted image"}: no model is loaded`);
   $("result").dataset.state = "busy";
   const preview = $("preview");
   URL.revokeObjectURL(preview.src);
@@ -97,6 +94,9 @@ async function handle(file) {
   preview.onerror = () => { preview.hidden = true; };
   preview.src = URL.createObjectURL(file);
   try {
+    // An image given while the model loads waits for it.
+    if (!app.classifier) await app.ready;
+    if (!app.classifier) throw new Error("no model is loaded");
     const result = await app.classifier.classify(file, 5);
     app.last = result;
     app.firstResultMs ??= performance.now();
