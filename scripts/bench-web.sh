@@ -4,9 +4,11 @@
 # path), and with WebGPU available but the page's default `backend: "auto"`
 # (which picks the CPU path on CPU adapters such as SwiftShader). For each:
 # median latency of one classification over N runs after warm-up, and cold
-# start (navigation to the first result; coldInferenceMs: its first network
-# run, mostly the browser compiling pipelines). Prints one JSON line per run:
-# webgpu, cpu, auto.
+# start (navigation to the first result in a fresh page, the image given as
+# soon as the page can take one, at DOMContentLoaded: the page classifies it
+# once its model has loaded; coldInferenceMs: its first network run, mostly
+# the browser compiling pipelines). Prints one JSON line per run: webgpu,
+# cpu, auto.
 #   scripts/bench-web.sh [WEIGHTS] [N]
 # WEIGHTS defaults to the shipped CIFAR-10 ResNet-20; N to 50.
 # KERNELS=register-tile|workgroup-tile|compact-tile picks the WebGPU run's
