@@ -840,7 +840,7 @@ fn aligned_blocks(params: &ImplicitGemmParams) -> bool {
 /// Whether a GEMM reads 7 taps per tap row at source stride 2 (a forward 7x7
 /// stride-2 convolution), which the compact tile loads per tap row once.
 fn seven_taps_stride2(params: &ImplicitGemmParams) -> bool {
-    params.taps_w == 7 && params.src_step == 2 && params.src_tap_step == 1 && params.kernel_step == 1
+    taps_one_pixel_apart(params, 7, 2)
 }
 
 /// Whether a GEMM reads 3 taps per tap row at source stride 1 (a 3x3
@@ -853,13 +853,13 @@ fn seven_taps_stride2(params: &ImplicitGemmParams) -> bool {
 /// ResNet-20's page cold start took 931 against 1101 ms (medians of six
 /// alternating runs) with its first plan on the general path.
 fn three_taps_stride1(params: &ImplicitGemmParams, layers: SpecialisedLayers) -> bool {
-    three_taps(params, 1) && layers == SpecialisedLayers::All
+    taps_one_pixel_apart(params, 3, 1) && layers == SpecialisedLayers::All
 }
 
-/// Whether a GEMM reads 3 taps per tap row at source stride `stride`, one
-/// source pixel apart.
-fn three_taps(params: &ImplicitGemmParams, stride: u32) -> bool {
-    params.taps_w == 3 && params.src_step == stride && params.src_tap_step == 1 && params.kernel_step == 1
+/// Whether a GEMM reads `taps` taps per tap row at source stride `stride`,
+/// in order and one source pixel apart (a forward convolution's).
+fn taps_one_pixel_apart(params: &ImplicitGemmParams, taps: u32, stride: u32) -> bool {
+    params.taps_w == taps && params.src_step == stride && params.src_tap_step == 1 && params.kernel_step == 1
 }
 
 /// Whether a GEMM reads 3 taps per tap row at source stride 2 (a forward 3x3
@@ -867,7 +867,7 @@ fn three_taps(params: &ImplicitGemmParams, stride: u32) -> bool {
 /// is as wide as `layers` asks: with [`SpecialisedLayers::Wide`], at least
 /// [`THREE_TAPS_STRIDE2_WIDE_CHANNELS`] input channels.
 fn three_taps_stride2(params: &ImplicitGemmParams, layers: SpecialisedLayers) -> bool {
-    three_taps(params, 2)
+    taps_one_pixel_apart(params, 3, 2)
         && (layers == SpecialisedLayers::All || params.channels as usize >= THREE_TAPS_STRIDE2_WIDE_CHANNELS)
 }
 
