@@ -95,11 +95,7 @@ impl BatchNormKernels {
             let [scalar, vec4] = pair(entry_point, vec4_entry_point, first_binding);
             [
                 scalar,
-                if mirrored {
-                    vec4.with_mirrored_bindings(bindings)
-                } else {
-                    vec4
-                },
+                vec4.with_mirrored_bindings(if mirrored { bindings } else { &[] }),
             ]
         };
         Self {

@@ -895,7 +895,7 @@ fn implicit_gemm(
         epilogue: epilogue.map_or(0, Epilogue::flags),
         ..*params
     };
-    let ((kernel, binds_mask), launch) = implicit_gemm_kernel(kernels, &params, epilogue.is_some(), layers);
+    let (kernel, binds_mask, launch) = implicit_gemm_kernel(kernels, &params, epilogue.is_some(), layers);
     match epilogue {
         None => kernel.bind(device, &launch.params, &[wt, src, dst], launch.grid),
         Some(e) => {
@@ -915,12 +915,10 @@ fn implicit_gemm_kernel<'k>(
     params: &ImplicitGemmParams,
     fused: bool,
     layers: SpecialisedLayers,
-) -> ((&'k Kernel, bool), Launch) {
+) -> (&'k Kernel, bool, Launch) {
     let launch = launch(kernels, params);
-    (
-        kernels.gemms(launch.packed).implicit_gemm(params, fused, layers),
-        launch,
-    )
+    let (kernel, binds_mask) = kernels.gemms(launch.packed).implicit_gemm(params, fused, layers);
+    (kernel, binds_mask, launch)
 }
 
 /// The kernel that [`conv2d_forward_fused`] runs for `shape` and `layers`.
@@ -930,9 +928,7 @@ pub fn conv2d_forward_fused_kernel<'k>(
     layers: SpecialisedLayers,
 ) -> &'k Kernel {
     let wt_shape = transposed_shape(shape.kernel * shape.kernel, shape.out_channels, shape.in_channels);
-    implicit_gemm_kernel(&kernels.conv2d, &forward_params(shape, &wt_shape), true, layers)
-        .0
-        .0
+    implicit_gemm_kernel(&kernels.conv2d, &forward_params(shape, &wt_shape), true, layers).0
 }
 
 /// `y = conv2d(x, w)`.
